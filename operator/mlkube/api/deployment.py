@@ -1,0 +1,190 @@
+"""Deployment (deployments.mlkube.io): serve a ModelVersion, rolling new ones out as a canary."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mlkube.api.common import DECIMAL, DNS_LABEL, ApiModel, Resources, StatusBase, cel
+
+
+class Pause(ApiModel):
+    seconds: int | None = Field(
+        default=None, ge=0, description="How long to wait; unset waits for `mlkube promote`."
+    )
+
+
+class AnalysisStep(ApiModel):
+    """Run the analysis once now; the thresholds come from `strategy.canary.analysis`."""
+
+    min_request_count: int | None = Field(default=None, ge=0, description="Override for this step.")
+
+
+class CanaryStep(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.setWeight), has(self.pause), has(self.analysis)]"
+                    ".filter(x, x).size() == 1",
+                    "each canary step must set exactly one of setWeight, pause or analysis",
+                )
+            ]
+        }
+    }
+
+    set_weight: int | None = Field(default=None, ge=0, le=100)
+    pause: Pause | None = None
+    analysis: AnalysisStep | None = None
+
+
+class Analysis(ApiModel):
+    """Thresholds a canary must meet, measured from the pods' own /metrics."""
+
+    interval_seconds: int = Field(default=30, ge=1, description="Between background analyses.")
+    min_request_count: int = Field(default=20, ge=0)
+    max_error_rate_percent: str = Field(default="5", pattern=DECIMAL)
+    max_p95_latency_ms: int = Field(default=500, ge=1)
+    max_prediction_shift: str = Field(
+        default="0.25",
+        pattern=DECIMAL,
+        description="Largest Jensen-Shannon distance between canary and stable predictions.",
+    )
+    failure_limit: int = Field(default=1, ge=1, description="Failed analyses that abort a rollout.")
+    inconclusive_limit: int = Field(
+        default=10, ge=1, description="Analyses short of minRequestCount before the rollout pauses."
+    )
+
+
+def _weights_rising_to_100() -> list[dict[str, str]]:
+    weights = "self.filter(s, has(s.setWeight)).map(s, s.setWeight)"
+    return [
+        cel(f"{weights}.isSorted()", "canary setWeight values must rise from step to step"),
+        cel(
+            f"{weights}.all(w, {weights}.filter(v, v == w).size() == 1)",
+            "canary setWeight values must not repeat",
+        ),
+        cel(
+            f"!self.exists(s, has(s.setWeight)) || {weights}.max() == 100",
+            "the last canary setWeight must be 100",
+        ),
+    ]
+
+
+class Canary(ApiModel):
+    steps: list[CanaryStep] = Field(
+        default_factory=list,
+        max_length=20,
+        json_schema_extra={"x-kubernetes-validations": _weights_rising_to_100()},
+        description="Empty: a new version replaces the stable one at once (after its pods are ready).",
+    )
+    analysis: Analysis = Field(default_factory=Analysis)
+    scale_down_delay_seconds: int = Field(
+        default=300, ge=0, description="The old stable stays warm this long after a promotion."
+    )
+
+
+class Strategy(ApiModel):
+    canary: Canary = Field(default_factory=Canary)
+
+
+class ParentRef(ApiModel):
+    name: str = Field(pattern=DNS_LABEL)
+    namespace: str | None = Field(default=None, pattern=DNS_LABEL)
+    section_name: str | None = None
+
+
+class Autoscaling(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas")
+            ]
+        }
+    }
+
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(ge=1)
+    target_cpu_utilization_percent: int = Field(default=80, ge=1, le=100)
+
+
+class DeploymentSpec(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.modelVersion) != (has(self.model) && self.latestApproved)",
+                    "must set exactly one of modelVersion, or model with latestApproved: true",
+                ),
+                cel(
+                    "self.traffic != 'GatewayAPI' || has(self.gateway)",
+                    "gateway must be set when traffic is GatewayAPI",
+                    field_path=".gateway",
+                ),
+            ]
+        }
+    }
+
+    model_version: str | None = Field(default=None, pattern=DNS_LABEL)
+    model: str | None = Field(default=None, pattern=DNS_LABEL)
+    latest_approved: bool = Field(
+        default=False, description="Follow the newest approved ModelVersion of `model`."
+    )
+    require_approval: bool = Field(
+        default=True, description="Refuse to serve a ModelVersion that is not approved."
+    )
+    replicas: int = Field(default=1, ge=0, le=100)
+    autoscaling: Autoscaling | None = None
+    resources: Resources | None = None
+    image: str | None = Field(default=None, description="Server image; default: the operator's.")
+    port: int = Field(default=3000, ge=1024, le=65535)
+    traffic: Literal["Replicas", "GatewayAPI"] = Field(
+        default="Replicas",
+        description="Replicas: weight approximated by pod counts behind one Service; "
+        "GatewayAPI: an HTTPRoute with weighted backendRefs.",
+    )
+    gateway: ParentRef | None = None
+    strategy: Strategy = Field(default_factory=Strategy)
+
+
+class AnalysisResult(ApiModel):
+    result: Literal["Passed", "Failed", "Inconclusive"]
+    at: str = Field(json_schema_extra={"format": "date-time"})
+    requests: int = 0
+    error_rate_percent: str | None = None
+    p95_latency_ms: str | None = None
+    prediction_shift: str | None = None
+    message: str = ""
+
+
+DeploymentPhase = Literal["Pending", "Progressing", "Paused", "Healthy", "Degraded"]
+
+
+class DeploymentStatus(StatusBase):
+    phase: DeploymentPhase | None = None
+    stable_version: str | None = None
+    canary_version: str | None = None
+    previous_stable_version: str | None = None
+    scale_down_at: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="When the warm previous stable is scaled down.",
+    )
+    current_step: int | None = Field(default=None, ge=0)
+    canary_weight: int | None = Field(default=None, ge=0, le=100)
+    step_started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    analysis_failures: int = Field(default=0, ge=0)
+    analysis_inconclusive: int = Field(default=0, ge=0)
+    last_analysis: AnalysisResult | None = None
+    aborted_version: str | None = Field(
+        default=None, description="A version rolled back; not retried until `mlkube retry`."
+    )
+    handled_action: str | None = Field(default=None, description="Last CLI action carried out.")
+    service_name: str | None = None
+    ready_replicas: int | None = None
+
+
+class Deployment(ApiModel):
+    spec: DeploymentSpec
+    status: DeploymentStatus = Field(default_factory=DeploymentStatus)

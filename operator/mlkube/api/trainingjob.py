@@ -1,0 +1,124 @@
+"""TrainingJob: train a scikit-learn model, gate it on quality, record a ModelVersion."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mlkube.api.common import DECIMAL, DNS_LABEL, ApiModel, Resources, StatusBase, cel, immutable
+from mlkube.estimators import ESTIMATORS
+
+DATASET_URI = r"^(builtin:[a-z_]+|file://.+|https://.+|s3://.+)$"
+
+
+class Dataset(ApiModel):
+    uri: str = Field(
+        pattern=DATASET_URI,
+        description="builtin:<name> (iris, wine, breast_cancer, diabetes), file://, https:// or s3://",
+    )
+    format: Literal["Auto", "Csv", "Parquet"] = "Auto"
+
+
+class Estimator(ApiModel):
+    class_name: str = Field(
+        json_schema_extra={"enum": sorted(ESTIMATORS)},
+        description="An allowlisted scikit-learn estimator class path.",
+    )
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the estimator's constructor.",
+    )
+
+
+class Split(ApiModel):
+    test_percent: int = Field(default=20, ge=5, le=90)
+    seed: int = Field(default=42, ge=0)
+    stratify: bool = Field(default=True, description="Stratify by target for classifiers.")
+
+
+class ColumnRange(ApiModel):
+    column: str = Field(min_length=1)
+    min: str | None = Field(default=None, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+    max: str | None = Field(default=None, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+
+
+class DataTests(ApiModel):
+    """Checks run on the dataset before fitting; a failure stops the run as DataValidationFailed."""
+
+    min_rows: int = Field(default=20, ge=1)
+    max_missing_percent: int = Field(default=0, ge=0, le=100)
+    ranges: list[ColumnRange] = Field(default_factory=list, max_length=256)
+
+
+class ChampionGate(ApiModel):
+    """The new model must beat an earlier version on the same held-out split by a margin."""
+
+    model_version: str = Field(pattern=DNS_LABEL, description="Name of the ModelVersion to beat.")
+    min_improvement: str = Field(default="0", pattern=DECIMAL)
+
+
+class QualityGates(ApiModel):
+    min_accuracy: str | None = Field(default=None, pattern=DECIMAL)
+    min_f1: str | None = Field(default=None, pattern=DECIMAL)
+    min_r2: str | None = Field(default=None, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+    max_rmse: str | None = Field(default=None, pattern=DECIMAL)
+    max_mae: str | None = Field(default=None, pattern=DECIMAL)
+    champion: ChampionGate | None = None
+
+
+class TrainingJobSpec(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.features) || !(self.target in self.features)",
+                    "features must not contain the target column",
+                    field_path=".features",
+                ),
+            ]
+        }
+    }
+
+    model: str = Field(
+        pattern=DNS_LABEL, max_length=50, json_schema_extra=immutable("model"),
+        description="Name of the model in the registry; versions are numbered per model.",
+    )
+    dataset: Dataset = Field(json_schema_extra=immutable("dataset"))
+    target: str = Field(default="target", min_length=1)
+    features: list[str] | None = Field(
+        default=None, max_length=1024, description="Feature columns; default: all but the target."
+    )
+    estimator: Estimator = Field(json_schema_extra=immutable("estimator"))
+    split: Split = Field(default_factory=Split)
+    data_tests: DataTests = Field(default_factory=DataTests)
+    quality_gates: QualityGates = Field(default_factory=QualityGates)
+    approval_policy: Literal["Manual", "AutoApproveOnGates"] = Field(
+        default="Manual",
+        description="AutoApproveOnGates approves the ModelVersion when every gate passed.",
+    )
+    resources: Resources | None = None
+    image: str | None = Field(default=None, description="Trainer image; default: the operator's.")
+    active_deadline_seconds: int = Field(default=3600, ge=1)
+    backoff_limit: int = Field(default=0, ge=0, le=10)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    suspend: bool = False
+
+
+Phase = Literal["Pending", "Suspended", "Running", "Succeeded", "Failed"]
+
+
+class TrainingJobStatus(StatusBase):
+    phase: Phase | None = None
+    job_name: str | None = None
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    metrics: dict[str, str] = Field(default_factory=dict)
+    model_version: str | None = Field(default=None, description="The ModelVersion produced.")
+    version: int | None = None
+    progress: str | None = None
+
+
+class TrainingJob(ApiModel):
+    spec: TrainingJobSpec
+    status: TrainingJobStatus = Field(default_factory=TrainingJobStatus)

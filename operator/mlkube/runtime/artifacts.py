@@ -1,0 +1,149 @@
+"""The artifact store: one layout, any fsspec backend (a PVC path or `file://`, `s3://`).
+
+Layout, per model version::
+
+    <root>/<namespace>/<model>/<version>/
+        model.joblib        the fitted estimator
+        model.sha256        hex digest of model.joblib, also recorded in the ModelVersion
+        schema.json         task, target, classes, input columns and their types
+        metrics.json        held-out metrics
+        lineage.json        dataset digest, estimator, params, seed, library versions
+        reference.parquet   a sample of the training inputs: the drift reference
+
+and, per Deployment, inference logs under ``<root>/<namespace>/_inference/<deployment>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import joblib
+
+from mlkube.api.modelversion import Column, ColumnType
+from mlkube.estimators import Task
+
+MODEL_FILE = "model.joblib"
+DIGEST_FILE = "model.sha256"
+SCHEMA_FILE = "schema.json"
+METRICS_FILE = "metrics.json"
+LINEAGE_FILE = "lineage.json"
+REFERENCE_FILE = "reference.parquet"
+
+
+class ArtifactError(Exception):
+    """An artifact is missing, unreadable, or does not match its recorded digest."""
+
+
+def _with_scheme(uri: str) -> str:
+    return uri if "://" in uri else f"file://{uri}"
+
+
+def join(root: str, *parts: str | int) -> str:
+    return "/".join([_with_scheme(root).rstrip("/"), *(str(p).strip("/") for p in parts)])
+
+
+def version_uri(root: str, namespace: str, model: str, version: int) -> str:
+    return join(root, namespace, model, version)
+
+
+def inference_log_uri(root: str, namespace: str, deployment: str) -> str:
+    return join(root, namespace, "_inference", deployment)
+
+
+def read_bytes(uri: str) -> bytes:
+    try:
+        with fsspec.open(_with_scheme(uri), "rb") as f:
+            data: bytes = f.read()
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{uri} does not exist") from e
+    return data
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write through a temporary name and rename, so a reader never sees half a file."""
+    fs, path = fsspec.core.url_to_fs(_with_scheme(uri))
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def write_json(uri: str, value: Any) -> None:
+    write_bytes(uri, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelSchema:
+    """What a server needs to know to validate a request and answer it."""
+
+    task: Task
+    target: str
+    columns: list[Column]
+    classes: list[str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "target": self.target,
+            "columns": [c.to_api() for c in self.columns],
+            "classes": self.classes,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ModelSchema:
+        return cls(
+            task=value["task"],
+            target=value["target"],
+            columns=[Column.model_validate(c) for c in value["columns"]],
+            classes=value.get("classes"),
+        )
+
+    def column_types(self) -> dict[str, ColumnType]:
+        return {c.name: c.type for c in self.columns}
+
+
+def save_model(directory: str, estimator: object) -> str:
+    """Store the estimator and its digest; returns the sha256."""
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    data = buffer.getvalue()
+    digest = sha256_hex(data)
+    write_bytes(join(directory, MODEL_FILE), data)
+    write_bytes(join(directory, DIGEST_FILE), digest.encode())
+    return digest
+
+
+def load_verified_model(directory: str, expected_sha256: str | None = None) -> object:
+    """Load model.joblib only if its digest matches the recorded (or the given) sha256.
+
+    joblib files are pickles: loading a tampered one runs arbitrary code, so the digest is checked
+    on the bytes before anything is unpickled.
+    """
+    data = read_bytes(join(directory, MODEL_FILE))
+    expected = expected_sha256 or read_bytes(join(directory, DIGEST_FILE)).decode().strip()
+    actual = sha256_hex(data)
+    if actual != expected:
+        raise ArtifactError(
+            f"{join(directory, MODEL_FILE)} has sha256 {actual}, expected {expected}: "
+            "refusing to load a tampered or corrupted artifact"
+        )
+    return joblib.load(io.BytesIO(data))
+
+
+def load_schema(directory: str) -> ModelSchema:
+    return ModelSchema.from_json(read_json(join(directory, SCHEMA_FILE)))
