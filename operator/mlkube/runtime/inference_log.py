@@ -1,0 +1,281 @@
+"""The inference log: Parquet segments a server appends to and a drift check reads back.
+
+A log is a directory URI (any fsspec backend: ``file://``, ``s3://``) holding segments named
+``<UTC yyyymmddTHHMMSSffffff>-<writer id>-<seq>.parquet``. The timestamp is the append time of the
+segment's newest row, so names sort by time and a reader picks the segments it needs from a listing
+alone. Columns: the request's feature columns, ``prediction`` and ``ts`` (int64 epoch ms).
+
+Several writers (one per serving pod) may share a directory; their segments interleave by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlkube.runtime.artifacts import join, write_bytes
+
+PREDICTION_COLUMN = "prediction"
+TS_COLUMN = "ts"
+SEGMENT_SUFFIX = ".parquet"
+_NAME_TIME_FORMAT = "%Y%m%dT%H%M%S%f"
+_NAME_TIME_LENGTH = 21
+
+log = logging.getLogger(__name__)
+
+Values = Sequence[Any] | npt.NDArray[Any]
+"""One column of a logged batch: a numpy array or a list."""
+
+
+def segment_name(newest_row_time: float, writer_id: str, seq: int) -> str:
+    stamp = datetime.fromtimestamp(newest_row_time, UTC).strftime(_NAME_TIME_FORMAT)
+    return f"{stamp}-{writer_id}-{seq:010d}{SEGMENT_SUFFIX}"
+
+
+def segment_time(name: str) -> float:
+    """Epoch seconds of a segment's newest row, read from its file name."""
+    stamp = datetime.strptime(name[:_NAME_TIME_LENGTH], _NAME_TIME_FORMAT).replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
+@dataclass
+class _Buffer:
+    batches: list[tuple[dict[str, Values], Values, int]]
+    rows: int = 0
+    oldest: float = 0.0
+    newest: float = 0.0
+
+
+class SegmentWriter:
+    """Buffers logged requests in memory; a daemon thread writes them out as Parquet segments.
+
+    `append` only takes a lock and appends references, so the request path never waits for the
+    store. Arrays passed to `append` must not be mutated afterwards. A failed write is logged and
+    its rows dropped: losing some drift samples beats blocking or growing memory without bound.
+    Retention counts every segment in the directory, whichever writer made it.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        writer_id: str,
+        max_rows: int = 10_000,
+        max_seconds: float = 10.0,
+        retention_segments: int | None = 1000,
+    ) -> None:
+        if max_rows < 1 or max_seconds <= 0:
+            raise ValueError("max_rows must be >= 1 and max_seconds > 0")
+        if retention_segments is not None and retention_segments < 1:
+            raise ValueError("retention_segments must be >= 1 or None")
+        self.uri = uri
+        self.writer_id = writer_id
+        self.max_rows = max_rows
+        self.max_seconds = max_seconds
+        self.retention_segments = retention_segments
+        self._fs, self._dir = fsspec.core.url_to_fs(join(uri))
+        self._buffer = _Buffer(batches=[])
+        self._seq = 0
+        self._closed = False
+        self._wake = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._run, name=f"inference-log-{writer_id}", daemon=True
+        )
+        self._thread.start()
+
+    def append(self, batch: dict[str, Values], predictions: Values) -> None:
+        now = time.time()
+        rows = len(predictions)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("SegmentWriter is closed")
+            buffer = self._buffer
+            was_empty = buffer.rows == 0
+            buffer.batches.append((batch, predictions, int(now * 1000)))
+            buffer.rows += rows
+            buffer.newest = now
+            if was_empty:
+                buffer.oldest = now
+            if was_empty or buffer.rows >= self.max_rows:
+                self._wake.notify()
+
+    def flush(self) -> None:
+        """Write whatever is buffered now, in the caller's thread."""
+        with self._wake:
+            buffer, self._buffer = self._buffer, _Buffer(batches=[])
+        self._write(buffer)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        self.flush()
+
+    def __enter__(self) -> SegmentWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._due(time.time()):
+                    timeout = (
+                        self._buffer.oldest + self.max_seconds - time.time()
+                        if self._buffer.rows
+                        else None
+                    )
+                    self._wake.wait(timeout)
+                if self._closed:
+                    return
+                buffer, self._buffer = self._buffer, _Buffer(batches=[])
+            try:
+                self._write(buffer)
+            except Exception:
+                log.exception("dropping %d logged rows: writing a segment failed", buffer.rows)
+
+    def _due(self, now: float) -> bool:
+        rows = self._buffer.rows
+        return rows >= self.max_rows or (rows > 0 and now - self._buffer.oldest >= self.max_seconds)
+
+    def _write(self, buffer: _Buffer) -> None:
+        if buffer.rows == 0:
+            return
+        table = pa.concat_tables(
+            [_batch_table(batch, predictions, ts) for batch, predictions, ts in buffer.batches],
+            promote_options="permissive",
+        )
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        with self._write_lock:
+            self._seq += 1
+            name = segment_name(buffer.newest, self.writer_id, self._seq)
+            write_bytes(join(self.uri, name), sink.getvalue())
+            if self.retention_segments is not None:
+                self._enforce_retention(self.retention_segments)
+
+    def _enforce_retention(self, keep: int) -> None:
+        segments = _segment_paths(self._fs, self._dir)
+        for path in segments[: max(0, len(segments) - keep)]:
+            with contextlib.suppress(FileNotFoundError):  # another writer deleted it first
+                self._fs.rm(path)
+
+
+def _batch_table(batch: dict[str, Values], predictions: Values, ts_ms: int) -> pa.Table:
+    columns: dict[str, Any] = {name: pa.array(values) for name, values in batch.items()}
+    columns[PREDICTION_COLUMN] = pa.array(predictions)
+    columns[TS_COLUMN] = pa.array(np.full(len(predictions), ts_ms, dtype=np.int64))
+    return pa.table(columns)
+
+
+def _segment_paths(fs: Any, directory: str) -> list[str]:
+    """Segment paths, oldest first; temporary files of writes in flight are not segments."""
+    fs.invalidate_cache(directory)  # s3fs caches listings; segments come and go underneath
+    try:
+        names: list[str] = fs.ls(directory, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        (p for p in names if p.endswith(SEGMENT_SUFFIX)), key=lambda p: p.rsplit("/", 1)[-1]
+    )
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def read_window(
+    uri: str,
+    rows: int | None = None,
+    seconds: int | None = None,
+    columns: list[str] | None = None,
+    now: float | None = None,
+) -> pa.Table:
+    """The last `rows` logged rows and/or those logged in the last `seconds`, oldest first.
+
+    Segments are chosen from their names (by time) and, for a row window, their Parquet footers,
+    so only the newest segments are opened. With several writers a row window is exact up to the
+    time span of one segment.
+    """
+    fs, directory = fsspec.core.url_to_fs(join(uri))
+    paths = _segment_paths(fs, directory)
+    if seconds is not None:
+        cutoff = (time.time() if now is None else now) - seconds
+        paths = [p for p in paths if segment_time(_name(p)) >= cutoff]
+    if rows is not None:
+        paths = _newest_covering(fs, paths, rows)
+    wanted = None if columns is None else list(dict.fromkeys([*columns, TS_COLUMN]))
+    tables = [t for t in (_read_segment(fs, p, wanted) for p in paths) if t is not None]
+    if not tables:
+        return _empty(columns)
+    table = pa.concat_tables(tables, promote_options="permissive")
+    ts = table.column(TS_COLUMN).to_numpy()
+    if ts.size > 1 and bool(np.any(ts[1:] < ts[:-1])):
+        table = table.sort_by(TS_COLUMN)
+    if seconds is not None:
+        cutoff_ms = int(((time.time() if now is None else now) - seconds) * 1000)
+        table = table.filter(pc.greater_equal(table.column(TS_COLUMN), cutoff_ms))
+    if rows is not None and table.num_rows > rows:
+        table = table.slice(table.num_rows - rows)
+    return table if columns is None else table.select(columns)
+
+
+def _read_segment(fs: Any, path: str, columns: list[str] | None) -> pa.Table | None:
+    """A segment, or None when retention deleted it since the listing."""
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    except FileNotFoundError:
+        return None
+
+
+def _newest_covering(fs: Any, paths: list[str], rows: int) -> list[str]:
+    """The fewest newest segments that hold at least `rows` rows, oldest first."""
+    chosen: list[str] = []
+    total = 0
+    for path in reversed(paths):
+        if total >= rows:
+            break
+        rows_in_segment = _footer_rows(fs, path)
+        if rows_in_segment is not None:
+            total += rows_in_segment
+            chosen.append(path)
+    return chosen[::-1]
+
+
+def _empty(columns: list[str] | None) -> pa.Table:
+    names = [TS_COLUMN] if columns is None else columns
+    return pa.table({name: pa.array([], type=pa.int64()) for name in names})
+
+
+def count_rows(uri: str) -> int:
+    """Rows in the whole log, from Parquet footers only."""
+    fs, directory = fsspec.core.url_to_fs(join(uri))
+    total = 0
+    for path in _segment_paths(fs, directory):
+        total += _footer_rows(fs, path) or 0
+    return total
+
+
+def _footer_rows(fs: Any, path: str) -> int | None:
+    try:
+        with fs.open(path, "rb") as f:
+            rows: int = pq.read_metadata(f).num_rows
+    except FileNotFoundError:
+        return None
+    return rows

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mlkube.runtime.inference_log import (
+    SegmentWriter,
+    Values,
+    count_rows,
+    read_window,
+    segment_name,
+    segment_time,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _segments(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*.parquet"))
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def _batch(start: int, rows: int) -> dict[str, Values]:
+    values = np.arange(start, start + rows, dtype=np.float64)
+    return {"x": values, "colour": ["red" if v % 2 else "blue" for v in range(rows)]}
+
+
+def test_segment_names_sort_by_time_and_parse_back() -> None:
+    early = segment_name(1_700_000_000.25, "pod-a-7f", 12)
+    late = segment_name(1_700_000_001.0, "pod-a-7f", 3)
+    assert early < late
+    assert early == "20231114T221320250000-pod-a-7f-0000000012.parquet"
+    assert segment_time(early) == pytest.approx(1_700_000_000.25)
+
+
+def test_flushes_by_rows_off_the_request_path(tmp_path: Path) -> None:
+    writer = SegmentWriter(str(tmp_path), "w1", max_rows=100, max_seconds=3600)
+    try:
+        writer.append(_batch(0, 60), np.zeros(60))
+        time.sleep(0.1)
+        assert _segments(tmp_path) == []
+        writer.append(_batch(60, 60), np.ones(60))
+        _wait_for(lambda: len(_segments(tmp_path)) == 1)
+        table = pq.read_table(tmp_path / _segments(tmp_path)[0])
+        assert table.column_names == ["x", "colour", "prediction", "ts"]
+        assert table.num_rows == 120
+        assert str(table.schema.field("ts").type) == "int64"
+    finally:
+        writer.close()
+
+
+def test_flushes_by_age(tmp_path: Path) -> None:
+    writer = SegmentWriter(str(tmp_path), "w1", max_rows=1_000_000, max_seconds=0.2)
+    try:
+        writer.append(_batch(0, 5), ["a"] * 5)
+        _wait_for(lambda: len(_segments(tmp_path)) == 1, timeout=5)
+        assert count_rows(str(tmp_path)) == 5
+    finally:
+        writer.close()
+
+
+def test_close_flushes_the_rest(tmp_path: Path) -> None:
+    with SegmentWriter(f"file://{tmp_path}", "w1", max_rows=1000, max_seconds=3600) as writer:
+        writer.append(_batch(0, 7), np.zeros(7))
+    assert count_rows(str(tmp_path)) == 7
+    with pytest.raises(RuntimeError):
+        writer.append(_batch(0, 1), [0])
+
+
+def test_retention_deletes_the_oldest_segments(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600, retention_segments=3) as writer:
+        for i in range(6):
+            writer.append(_batch(i * 10, 10), np.zeros(10))
+            writer.flush()
+    assert len(_segments(tmp_path)) == 3
+    assert read_window(str(tmp_path), rows=100).column("x").to_pylist() == list(
+        map(float, range(30, 60))
+    )
+
+
+def test_window_by_rows_opens_only_the_newest_segments(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600, retention_segments=None) as writer:
+        for i in range(5):
+            writer.append(_batch(i * 100, 100), np.full(100, i))
+            writer.flush()
+    for old in _segments(tmp_path)[:3]:
+        (tmp_path / old).write_bytes(b"not parquet: must never be opened")
+    table = read_window(str(tmp_path), rows=150, columns=["x", "prediction"])
+    assert table.column_names == ["x", "prediction"]
+    assert table.column("x").to_pylist() == list(map(float, range(350, 500)))
+
+
+def test_window_by_seconds_uses_names_and_ts(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append(_batch(0, 10), np.zeros(10))
+        writer.flush()
+        time.sleep(0.3)
+        writer.append(_batch(10, 10), np.zeros(10))
+        writer.flush()
+    newest = segment_time(_segments(tmp_path)[-1])
+    table = read_window(str(tmp_path), seconds=1, now=newest + 0.9)
+    assert table.column("x").to_pylist() == list(map(float, range(10, 20)))
+    assert read_window(str(tmp_path), seconds=10, now=newest).num_rows == 20
+    assert read_window(str(tmp_path), seconds=1, now=newest + 5).num_rows == 0
+
+
+def test_window_of_an_empty_log_is_empty(tmp_path: Path) -> None:
+    assert read_window(str(tmp_path / "missing"), rows=10, columns=["x"]).num_rows == 0
+    assert count_rows(str(tmp_path / "missing")) == 0
+
+
+def test_several_writers_interleave_in_time_order(tmp_path: Path) -> None:
+    a = SegmentWriter(str(tmp_path), "pod-a", max_seconds=3600)
+    b = SegmentWriter(str(tmp_path), "pod-b", max_seconds=3600)
+    for i in range(4):
+        writer = a if i % 2 else b
+        writer.append(_batch(i * 10, 10), np.zeros(10))
+        time.sleep(0.002)
+        writer.flush()
+    a.close()
+    b.close()
+    ts = read_window(str(tmp_path), rows=40).column("ts").to_numpy()
+    assert np.all(np.diff(ts) >= 0)
+    assert read_window(str(tmp_path), rows=40).column("x").to_pylist() == list(
+        map(float, range(40))
+    )
+
+
+def test_a_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def read_continuously() -> None:
+        while not stop.is_set():
+            try:
+                table = read_window(str(tmp_path), rows=1_000_000)
+                seen.append(table.num_rows)
+            except BaseException as e:
+                errors.append(e)
+                return
+
+    reader = threading.Thread(target=read_continuously)
+    reader.start()
+    with SegmentWriter(str(tmp_path), "w1", max_rows=2000, max_seconds=3600) as writer:
+        for i in range(40):
+            writer.append(_batch(i * 2000, 2000), np.zeros(2000))
+            time.sleep(0.005)
+    stop.set()
+    reader.join()
+    assert errors == []
+    assert all(rows % 2000 == 0 for rows in seen)
+    assert count_rows(str(tmp_path)) == 80_000
