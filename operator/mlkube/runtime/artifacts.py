@@ -1,16 +1,8 @@
-"""The artifact store: one layout, any fsspec backend (a PVC path or `file://`, `s3://`).
+"""The artifact store: one layout (see :mod:`mlkube.layout`), any fsspec backend.
 
-Layout, per model version::
-
-    <root>/<namespace>/<model>/<version>/
-        model.joblib        the fitted estimator
-        model.sha256        hex digest of model.joblib, also recorded in the ModelVersion
-        schema.json         task, target, classes, input columns and their types
-        metrics.json        held-out metrics
-        lineage.json        dataset digest, estimator, params, seed, library versions
-        reference.parquet   a sample of the training inputs: the drift reference
-
-and, per Deployment, inference logs under ``<root>/<namespace>/_inference/<deployment>/``.
+Each version directory holds model.joblib and its sha256 (recorded in the ModelVersion too),
+schema.json (task, target, classes, input columns), metrics.json, lineage.json and
+reference.parquet (a sample of the training inputs: the drift reference).
 """
 
 from __future__ import annotations
@@ -26,38 +18,39 @@ import joblib
 
 from mlkube.api.modelversion import Column, ColumnType
 from mlkube.estimators import Task
+from mlkube.layout import (
+    DIGEST_FILE,
+    LINEAGE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    SCHEMA_FILE,
+    inference_log_uri,
+    join,
+    version_uri,
+    with_scheme,
+)
 
-MODEL_FILE = "model.joblib"
-DIGEST_FILE = "model.sha256"
-SCHEMA_FILE = "schema.json"
-METRICS_FILE = "metrics.json"
-LINEAGE_FILE = "lineage.json"
-REFERENCE_FILE = "reference.parquet"
+__all__ = [
+    "LINEAGE_FILE",
+    "METRICS_FILE",
+    "REFERENCE_FILE",
+    "SCHEMA_FILE",
+    "ArtifactError",
+    "ModelSchema",
+    "inference_log_uri",
+    "join",
+    "version_uri",
+]
 
 
 class ArtifactError(Exception):
     """An artifact is missing, unreadable, or does not match its recorded digest."""
 
 
-def _with_scheme(uri: str) -> str:
-    return uri if "://" in uri else f"file://{uri}"
-
-
-def join(root: str, *parts: str | int) -> str:
-    return "/".join([_with_scheme(root).rstrip("/"), *(str(p).strip("/") for p in parts)])
-
-
-def version_uri(root: str, namespace: str, model: str, version: int) -> str:
-    return join(root, namespace, model, version)
-
-
-def inference_log_uri(root: str, namespace: str, deployment: str) -> str:
-    return join(root, namespace, "_inference", deployment)
-
-
 def read_bytes(uri: str) -> bytes:
     try:
-        with fsspec.open(_with_scheme(uri), "rb") as f:
+        with fsspec.open(with_scheme(uri), "rb") as f:
             data: bytes = f.read()
     except FileNotFoundError as e:
         raise ArtifactError(f"{uri} does not exist") from e
@@ -66,7 +59,7 @@ def read_bytes(uri: str) -> bytes:
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write through a temporary name and rename, so a reader never sees half a file."""
-    fs, path = fsspec.core.url_to_fs(_with_scheme(uri))
+    fs, path = fsspec.core.url_to_fs(with_scheme(uri))
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{path}.tmp"

@@ -1,0 +1,149 @@
+"""Pieces every child manifest shares: names, labels, owner references, a restricted pod."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mlkube.api.common import API_VERSION, ApiModel
+from mlkube.api.common import Resources as ResourcesModel
+from mlkube.config import ARTIFACT_MOUNT_PATH, OperatorConfig
+
+Manifest = dict[str, Any]
+
+MAX_NAME = 63
+MANAGED_BY = {"app.kubernetes.io/managed-by": "mlkube"}
+SPEC_ENV = "MLKUBE_SPEC"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource a child belongs to."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, kind: str, body: dict[str, Any]) -> Owner:
+        meta = body["metadata"]
+        return cls(kind=kind, name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+    def reference(self) -> Manifest:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def child_name(base: str, suffix: str) -> str:
+    """`<base>-<suffix>`, shortened with a hash when over 63 characters: deterministic, unique."""
+    name = f"{base}-{suffix}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 2
+    return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def metadata(name: str, owner: Owner, labels: dict[str, str]) -> Manifest:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**MANAGED_BY, **labels},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def restricted_security_context() -> Manifest:
+    """The `restricted` Pod Security Standard, so the pods run in locked-down namespaces."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> Manifest:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def resources(spec: ResourcesModel | None, default_requests: dict[str, str]) -> Manifest:
+    if spec is None:
+        return {"requests": dict(default_requests)}
+    return spec.to_api()
+
+
+def spec_env(spec: ApiModel) -> Manifest:
+    """The custom resource's spec, handed to the runtime as it was applied."""
+    return {"name": SPEC_ENV, "value": json.dumps(spec.to_api(), sort_keys=True)}
+
+
+def storage_env(config: OperatorConfig) -> list[Manifest]:
+    env: list[Manifest] = [{"name": "MLKUBE_ARTIFACT_ROOT", "value": config.artifact_root}]
+    if config.s3_secret:
+        env.append({"name": "MLKUBE_S3_SECRET", "value": config.s3_secret})
+    return env
+
+
+def storage_env_from(config: OperatorConfig) -> list[Manifest]:
+    return [{"secretRef": {"name": config.s3_secret}}] if config.s3_secret else []
+
+
+def volumes(config: OperatorConfig) -> tuple[list[Manifest], list[Manifest]]:
+    """Pod volumes and container mounts: a writable /tmp (read-only root) and the artifact PVC."""
+    pod_volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if config.artifact_pvc:
+        pod_volumes.append(
+            {"name": "artifacts", "persistentVolumeClaim": {"claimName": config.artifact_pvc}}
+        )
+        mounts.append({"name": "artifacts", "mountPath": ARTIFACT_MOUNT_PATH})
+    return pod_volumes, mounts
+
+
+def pod_spec(container: Manifest, config: OperatorConfig, restart_policy: str) -> Manifest:
+    pod_volumes, mounts = volumes(config)
+    spec: Manifest = {
+        "restartPolicy": restart_policy,
+        "securityContext": pod_security_context(),
+        "containers": [{**container, "volumeMounts": mounts}],
+        "volumes": pod_volumes,
+        "enableServiceLinks": False,
+    }
+    if config.service_account:
+        spec["serviceAccountName"] = config.service_account
+    return spec
+
+
+def artifact_pvc(namespace: str, config: OperatorConfig) -> Manifest | None:
+    """The namespace's artifact claim; not owned by any one object, so deleting one keeps data."""
+    if not config.artifact_pvc:
+        return None
+    spec: Manifest = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": config.artifact_storage_size}},
+    }
+    if config.artifact_storage_class:
+        spec["storageClassName"] = config.artifact_storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": config.artifact_pvc, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "spec": spec,
+    }

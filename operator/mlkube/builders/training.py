@@ -1,0 +1,102 @@
+"""TrainingJob -> batch/v1 Job running `mlkube-runtime train`."""
+
+from __future__ import annotations
+
+from mlkube.api.trainingjob import TrainingJobSpec
+from mlkube.builders.common import (
+    SPEC_ENV,
+    Manifest,
+    Owner,
+    child_name,
+    metadata,
+    pod_spec,
+    resources,
+    restricted_security_context,
+    spec_env,
+    storage_env,
+    storage_env_from,
+)
+from mlkube.config import OperatorConfig
+from mlkube.runtime.outcome import EXIT_PERMANENT
+
+TRAINER = "trainer"
+
+
+def job_name(trainingjob: str) -> str:
+    return child_name(trainingjob, "train")
+
+
+def trainer_labels(owner: Owner, spec: TrainingJobSpec) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "mlkube-trainer",
+        "mlkube.io/trainingjob": owner.name,
+        "mlkube.io/model": spec.model,
+    }
+
+
+def build_job(
+    owner: Owner,
+    spec: TrainingJobSpec,
+    version: int,
+    config: OperatorConfig,
+    champion: tuple[str, str] | None = None,
+) -> Manifest:
+    """The Job that trains `version` of the model; `champion` is (artifact URI, sha256) to beat."""
+    image = spec.image or config.runtime_image
+    args = [
+        "train",
+        "--spec", f"env:{SPEC_ENV}",
+        "--artifact-root", config.artifact_root,
+        "--namespace", owner.namespace,
+        "--version", str(version),
+    ]  # fmt: skip
+    if champion:
+        args += ["--champion-uri", champion[0], "--champion-sha256", champion[1]]
+    container: Manifest = {
+        "name": TRAINER,
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["mlkube-runtime"],
+        "args": args,
+        "env": [
+            spec_env(spec),
+            *storage_env(config),
+            {"name": "MLKUBE_TRAININGJOB", "value": owner.name},
+            {"name": "MLKUBE_IMAGE", "value": image},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "envFrom": storage_env_from(config),
+        "resources": resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
+        "securityContext": restricted_security_context(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    labels = trainer_labels(owner, spec)
+    job_spec: Manifest = {
+        "backoffLimit": spec.backoff_limit,
+        "activeDeadlineSeconds": spec.active_deadline_seconds,
+        "suspend": spec.suspend,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": TRAINER, "operator": "In", "values": [EXIT_PERMANENT]},
+                }
+            ]
+        },
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": pod_spec(container, config, restart_policy="Never"),
+        },
+    }
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **metadata(job_name(owner.name), owner, labels),
+            "annotations": {"mlkube.io/model-version": str(version)},
+        },
+        "spec": job_spec,
+    }

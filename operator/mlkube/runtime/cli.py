@@ -1,0 +1,128 @@
+"""`mlkube-runtime train|serve|drift --spec FILE`: what runs in a pod runs on a laptop.
+
+`--spec` takes the custom resource as applied (or just its `spec`). Results are printed as JSON
+and, in a pod, written to the termination-message file the operator reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mlkube.api.driftmonitor import DriftMonitorSpec
+from mlkube.api.trainingjob import TrainingJobSpec
+from mlkube.runtime.outcome import EXIT_PERMANENT, RunFailure
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+def load_spec(source: str, model: type[SpecT]) -> SpecT:
+    """Read a spec from a YAML file, or from an environment variable given as `env:NAME`."""
+    if source.startswith("env:"):
+        text = os.environ.get(source.removeprefix("env:"))
+        if text is None:
+            raise FileNotFoundError(f"environment variable {source.removeprefix('env:')} is not set")
+    else:
+        text = Path(source).read_text()
+    document: Any = yaml.safe_load(text)
+    if isinstance(document, dict) and "spec" in document and "kind" in document:
+        document = document["spec"]
+    return model.model_validate(document)
+
+
+def _write_result(text: str, result_file: str | None) -> None:
+    print(text)
+    target = result_file or (DEFAULT_TERMINATION_LOG if Path(DEFAULT_TERMINATION_LOG).exists() else None)
+    if target:
+        Path(target).write_text(text)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mlkube.runtime import train  # the heavy imports only for the command that needs them
+
+    spec = load_spec(args.spec, TrainingJobSpec)
+    version = args.version or train.next_free_version(args.artifact_root, args.namespace, spec.model)
+    champion = train.Champion(args.champion_uri, args.champion_sha256) if args.champion_uri else None
+    request = train.TrainRequest(
+        spec=spec,
+        artifact_root=args.artifact_root,
+        namespace=args.namespace,
+        version=version,
+        champion=champion,
+        training_job=os.environ.get("MLKUBE_TRAININGJOB"),
+        image=os.environ.get("MLKUBE_IMAGE"),
+    )
+    try:
+        result = train.train(request)
+    except RunFailure as failure:
+        _write_result(train.termination_message(train.failure_result(failure)), args.result_file)
+        return EXIT_PERMANENT
+    _write_result(train.termination_message(result), args.result_file)
+    return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from mlkube.runtime import drift
+
+    spec = load_spec(args.spec, DriftMonitorSpec)
+    report = drift.run_drift(spec, args.reference, args.log)
+    _write_result(report.to_json(), args.result_file)
+    return 0
+
+
+def _serve(args: argparse.Namespace, rest: list[str]) -> int:
+    from mlkube.runtime.serving_cli import serve_main
+
+    return serve_main(rest)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mlkube-runtime", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="fit, evaluate, gate and store a model version")
+    train.add_argument("--spec", required=True, help="TrainingJob manifest or spec: a YAML file, or env:NAME")
+    train.add_argument(
+        "--artifact-root",
+        default=os.environ.get("MLKUBE_ARTIFACT_ROOT", "./mlkube-artifacts"),
+        help="artifact store root: a path, file:// or s3:// (env MLKUBE_ARTIFACT_ROOT)",
+    )
+    train.add_argument("--namespace", default=os.environ.get("MLKUBE_NAMESPACE", "default"))
+    train.add_argument("--version", type=int, help="version number (default: next free one)")
+    train.add_argument("--champion-uri", help="artifact directory of the version to beat")
+    train.add_argument("--champion-sha256")
+    train.add_argument("--result-file", help="also write the result here")
+
+    drift = commands.add_parser("drift", help="compare logged inputs with the reference sample")
+    drift.add_argument("--spec", required=True, help="DriftMonitor manifest or spec: a YAML file, or env:NAME")
+    drift.add_argument("--reference", required=True, help="reference Parquet URI")
+    drift.add_argument("--log", required=True, help="inference log directory URI")
+    drift.add_argument("--result-file")
+
+    commands.add_parser("serve", help="serve a model version with BentoML", add_help=False)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parser().parse_known_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args, rest)
+        if rest:
+            parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        return _train(args) if args.command == "train" else _drift(args)
+    except (ValidationError, FileNotFoundError, yaml.YAMLError) as e:
+        print(f"mlkube-runtime {args.command}: invalid --spec: {e}", file=sys.stderr)
+        return EXIT_PERMANENT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

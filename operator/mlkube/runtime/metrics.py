@@ -1,0 +1,111 @@
+"""Prometheus metrics of the model server, read by the operator's canary analysis.
+
+Names (all labelled ``model_version`` so canary and stable can be told apart):
+
+- ``mlkube_requests_total{code="2xx|4xx|5xx",model_version}``: prediction requests by status class.
+- ``mlkube_request_duration_seconds{model_version}``: histogram of request latency, with buckets
+  from 0.5 ms to 10 s dense enough around 1-100 ms to read a p95 in milliseconds.
+- ``mlkube_predictions_total{label,model_version}``: classifiers, predicted rows per class label.
+- ``mlkube_prediction_value{model_version}``: regressors, histogram of predicted values.
+- ``mlkube_inference_log_errors_total{model_version}``: batches the inference log could not take.
+
+They are registered on prometheus_client's default registry, which BentoML's ``/metrics`` serves
+(in its multiprocess mode too), so they appear next to BentoML's own ``bentoml_service_*`` series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+def _one_two_five(low_exponent: int, high_exponent: int) -> list[float]:
+    return [m * 10.0**e for e in range(low_exponent, high_exponent + 1) for m in (1, 2, 5)]
+
+
+# Symmetric 1-2-5 steps from 0.01 to 500,000: a regressor's scale is not known in advance, and
+# canary and stable only need the same buckets to be compared.
+PREDICTION_VALUE_BUCKETS: tuple[float, ...] = tuple(
+    [-v for v in reversed(_one_two_five(-2, 5))] + [0.0] + _one_two_five(-2, 5)
+)
+
+
+def status_class(status: int) -> str:
+    """'2xx', '4xx', '5xx': the label the canary analysis sums error rates over."""
+    return f"{status // 100}xx"
+
+
+class ServingMetrics:
+    """The server's metrics for one model version; one instance per process."""
+
+    def __init__(
+        self,
+        model_version: str,
+        registry: CollectorRegistry = REGISTRY,
+        prediction_buckets: Sequence[float] = PREDICTION_VALUE_BUCKETS,
+    ) -> None:
+        self.model_version = model_version
+        self._requests = Counter(
+            "mlkube_requests",
+            "Prediction requests by status code class.",
+            ["code", "model_version"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "mlkube_request_duration_seconds",
+            "Prediction request latency.",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self._predictions = Counter(
+            "mlkube_predictions",
+            "Predicted rows per class label (classifiers).",
+            ["label", "model_version"],
+            registry=registry,
+        )
+        self._prediction_value = Histogram(
+            "mlkube_prediction_value",
+            "Predicted values (regressors).",
+            ["model_version"],
+            buckets=prediction_buckets,
+            registry=registry,
+        )
+        self._log_errors = Counter(
+            "mlkube_inference_log_errors",
+            "Request batches the inference log could not take.",
+            ["model_version"],
+            registry=registry,
+        )
+        self._latency_child = self._latency.labels(model_version)
+        self._value_child = self._prediction_value.labels(model_version)
+        self._log_errors_child = self._log_errors.labels(model_version)
+        self._requests_by_code = {
+            code: self._requests.labels(code, model_version) for code in ("2xx", "4xx", "5xx")
+        }
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        code = status_class(status)
+        child = self._requests_by_code.get(code) or self._requests.labels(code, self.model_version)
+        child.inc()
+        self._latency_child.observe(seconds)
+
+    def observe_class_labels(self, predictions: npt.NDArray[np.generic]) -> None:
+        labels, counts = np.unique(predictions, return_counts=True)
+        for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+            self._predictions.labels(str(label), self.model_version).inc(count)
+
+    def observe_values(self, predictions: npt.NDArray[np.generic]) -> None:
+        for value in np.asarray(predictions, dtype=np.float64).ravel().tolist():
+            self._value_child.observe(value)
+
+    def inference_log_failed(self) -> None:
+        self._log_errors_child.inc()

@@ -1,0 +1,238 @@
+"""`mlkube-runtime train`: fit, evaluate, gate and store one model version.
+
+The same code runs in the trainer pod and on a laptop; the pod reports its result through the
+termination message (a small JSON document), never by writing to the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import platform
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.compose import ColumnTransformer
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    r2_score,
+    root_mean_squared_error,
+)
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from mlkube.api.modelversion import Column
+from mlkube.api.trainingjob import QualityGates, TrainingJobSpec
+from mlkube.estimators import ESTIMATORS, Task
+from mlkube.runtime import artifacts
+from mlkube.runtime.datasets import check_data, load_dataset
+from mlkube.runtime.outcome import RunFailure
+
+REFERENCE_SAMPLE_ROWS = 5000
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class Champion:
+    """An earlier version to beat, resolved by the operator from `qualityGates.champion`."""
+
+    uri: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    spec: TrainingJobSpec
+    artifact_root: str
+    namespace: str
+    version: int
+    champion: Champion | None = None
+    training_job: str | None = None
+    image: str | None = None
+
+
+def _estimator(spec: TrainingJobSpec) -> Any:
+    module_name, class_name = spec.estimator.class_name.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    params = dict(spec.estimator.hyperparameters)
+    if "random_state" in inspect.signature(cls).parameters:
+        params.setdefault("random_state", spec.split.seed)
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise RunFailure("InvalidHyperparameters", f"estimator.hyperparameters: {e}") from e
+
+
+def _pipeline(estimator: Any, columns: list[Column]) -> Pipeline:
+    """One-hot encode string and bool columns so any allowlisted estimator can take them."""
+    categorical = [c.name for c in columns if c.type in ("string", "bool")]
+    encode = ColumnTransformer(
+        [("categorical", OneHotEncoder(handle_unknown="ignore"), categorical)],
+        remainder="passthrough",
+        verbose_feature_names_out=False,
+    )
+    return Pipeline([("encode", encode), ("estimator", estimator)])
+
+
+def evaluate(task: Task, model: Any, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+    predicted = model.predict(x)
+    if task == "classification":
+        return {
+            "accuracy": float(accuracy_score(y, predicted)),
+            "f1": float(f1_score(y, predicted, average="macro")),
+        }
+    return {
+        "rmse": float(root_mean_squared_error(y, predicted)),
+        "mae": float(mean_absolute_error(y, predicted)),
+        "r2": float(r2_score(y, predicted)),
+    }
+
+
+def gate_failures(gates: QualityGates, metrics: dict[str, float]) -> list[str]:
+    """Every absolute gate the metrics miss, as "qualityGates.<gate>: ..." messages."""
+    bounds = [
+        ("minAccuracy", gates.min_accuracy, "accuracy", 1),
+        ("minF1", gates.min_f1, "f1", 1),
+        ("minR2", gates.min_r2, "r2", 1),
+        ("maxRmse", gates.max_rmse, "rmse", -1),
+        ("maxMae", gates.max_mae, "mae", -1),
+    ]
+    failures = []
+    for gate, threshold, metric, direction in bounds:
+        if threshold is None:
+            continue
+        if metric not in metrics:
+            failures.append(f"qualityGates.{gate}: the model has no {metric} metric")
+            continue
+        value = Decimal(repr(metrics[metric]))
+        if (value - Decimal(threshold)) * direction < 0:
+            failures.append(f"qualityGates.{gate}: {metric} {metrics[metric]:.4f} misses {threshold}")
+    return failures
+
+
+def _champion_failure(
+    request: TrainRequest, task: Task, metrics: dict[str, float], x: pd.DataFrame, y: pd.Series
+) -> str | None:
+    """Score the champion on the same held-out split; the challenger must beat it by the margin."""
+    gate = request.spec.quality_gates.champion
+    if gate is None or request.champion is None:
+        return None
+    try:
+        champion = artifacts.load_verified_model(request.champion.uri, request.champion.sha256)
+    except artifacts.ArtifactError as e:
+        raise RunFailure("ChampionNotFound", f"qualityGates.champion: {e}") from e
+    champion_metrics = evaluate(task, champion, x, y)
+    metric, better = ("accuracy", 1) if task == "classification" else ("rmse", -1)
+    margin = float(Decimal(gate.min_improvement))
+    improvement = (metrics[metric] - champion_metrics[metric]) * better
+    if improvement < margin:
+        return (
+            f"qualityGates.champion: {metric} {metrics[metric]:.4f} against champion "
+            f"{gate.model_version}'s {champion_metrics[metric]:.4f} improves by {improvement:.4f}, "
+            f"less than {gate.min_improvement}"
+        )
+    return None
+
+
+def _lineage(request: TrainRequest, dataset_digest: str) -> dict[str, Any]:
+    spec = request.spec
+    return {
+        "trainingJob": request.training_job,
+        "datasetUri": spec.dataset.uri,
+        "datasetDigest": dataset_digest,
+        "image": request.image,
+        "estimator": spec.estimator.class_name,
+        "params": spec.estimator.hyperparameters,
+        "seed": spec.split.seed,
+        "libraries": {
+            "python": platform.python_version(),
+            "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+        },
+    }
+
+
+def train(request: TrainRequest) -> dict[str, Any]:
+    """Run the whole training; returns the result document, or raises RunFailure."""
+    spec = request.spec
+    task = ESTIMATORS[spec.estimator.class_name]
+    loaded = load_dataset(spec.dataset)
+    frame = loaded.frame
+    features = spec.features or [str(c) for c in frame.columns if c != spec.target]
+    columns = check_data(frame, spec.target, features, spec.data_tests)
+    x, y = frame[features], frame[spec.target]
+    stratify = y if task == "classification" and spec.split.stratify else None
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=spec.split.test_percent / 100, random_state=spec.split.seed, stratify=stratify
+    )
+    model = _pipeline(_estimator(spec), columns)
+    try:
+        model.fit(x_train, y_train)
+    except ValueError as e:
+        raise RunFailure("TrainingFailed", f"estimator {spec.estimator.class_name}: {e}") from e
+    metrics = evaluate(task, model, x_test, y_test)
+    failures = gate_failures(spec.quality_gates, metrics)
+    champion_failure = _champion_failure(request, task, metrics, x_test, y_test)
+    if champion_failure:
+        failures.append(champion_failure)
+    if failures:
+        raise RunFailure("QualityGateFailed", "; ".join(failures))
+
+    directory = artifacts.version_uri(request.artifact_root, request.namespace, spec.model, request.version)
+    digest = artifacts.save_model(directory, model)
+    classes = [str(c) for c in model.classes_] if task == "classification" else None
+    schema = artifacts.ModelSchema(task=task, target=spec.target, columns=columns, classes=classes)
+    artifacts.write_json(artifacts.join(directory, artifacts.SCHEMA_FILE), schema.to_json())
+    artifacts.write_json(artifacts.join(directory, artifacts.METRICS_FILE), metrics)
+    artifacts.write_json(artifacts.join(directory, artifacts.LINEAGE_FILE), _lineage(request, loaded.digest))
+    sample = x_train.sample(n=min(REFERENCE_SAMPLE_ROWS, len(x_train)), random_state=spec.split.seed)
+    artifacts.write_bytes(
+        artifacts.join(directory, artifacts.REFERENCE_FILE), sample.reset_index(drop=True).to_parquet()
+    )
+    return {
+        "status": "Succeeded",
+        "model": spec.model,
+        "version": request.version,
+        "task": task,
+        "artifactUri": directory,
+        "sha256": digest,
+        "datasetDigest": loaded.digest,
+        "metrics": {k: f"{v:.6g}" for k, v in metrics.items()},
+        "classes": classes,
+        "columns": [[c.name, c.type] for c in columns],
+        "framework": {"version": sklearn.__version__, "pythonVersion": platform.python_version()},
+    }
+
+
+def failure_result(failure: RunFailure) -> dict[str, Any]:
+    return {"status": "Failed", "reason": failure.reason, "message": failure.message}
+
+
+def termination_message(result: dict[str, Any]) -> str:
+    """The result as JSON within the kubelet's 4 KiB termination-message limit."""
+    text = json.dumps(result, separators=(",", ":"))
+    if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+        return text
+    trimmed = {**result, "columns": None, "schemaTruncated": True}
+    if "message" in trimmed:
+        trimmed["message"] = str(trimmed["message"])[:1024]
+    return json.dumps(trimmed, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]
+
+
+def next_free_version(artifact_root: str, namespace: str, model: str) -> int:
+    """For laptop runs: the version after the highest one in the store."""
+    fs, path = fsspec.core.url_to_fs(artifacts.join(artifact_root, namespace, model))
+    if not fs.exists(path):
+        return 1
+    versions = [int(p.rsplit("/", 1)[-1]) for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].isdigit()]
+    return max(versions, default=0) + 1
