@@ -30,9 +30,13 @@ class OperatorConfig:
         object_storage = root is not None and not root.startswith("file://")
         return cls(
             runtime_image=os.environ.get("MLKUBE_RUNTIME_IMAGE", cls.runtime_image),
-            artifact_pvc=None if object_storage else os.environ.get("MLKUBE_ARTIFACT_PVC", "mlkube-artifacts"),
+            artifact_pvc=None
+            if object_storage
+            else os.environ.get("MLKUBE_ARTIFACT_PVC", "mlkube-artifacts"),
             artifact_root=root or cls.artifact_root,
-            artifact_storage_size=os.environ.get("MLKUBE_ARTIFACT_STORAGE_SIZE", cls.artifact_storage_size),
+            artifact_storage_size=os.environ.get(
+                "MLKUBE_ARTIFACT_STORAGE_SIZE", cls.artifact_storage_size
+            ),
             artifact_storage_class=os.environ.get("MLKUBE_ARTIFACT_STORAGE_CLASS") or None,
             s3_secret=os.environ.get("MLKUBE_S3_SECRET") or None,
             service_account=os.environ.get("MLKUBE_WORKLOAD_SERVICE_ACCOUNT") or None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
 GROUP = "mlkube.io"
@@ -20,28 +20,47 @@ DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
 """Thresholds are decimal strings, never floats, so a spec round-trips exactly through YAML."""
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str, str]:
+JsonDict = dict[str, JsonValue]
+
+
+def cel(rule: str, message: str, *, field_path: str | None = None) -> JsonDict:
     """One `x-kubernetes-validations` entry; messages say what the value "must" be."""
-    entry = {"rule": rule, "message": message}
+    entry: JsonDict = {"rule": rule, "message": message}
     if field_path is not None:
         entry["fieldPath"] = field_path
     return entry
 
 
-def immutable(what: str) -> dict[str, Any]:
+def validations(*rules: JsonDict) -> JsonDict:
+    """Schema extra carrying CEL rules."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def immutable(what: str) -> JsonDict:
     """Schema extra forbidding changes after creation (a CEL transition rule)."""
-    return {"x-kubernetes-validations": [cel("self == oldSelf", f"{what} must not change after creation")]}
+    return {
+        "x-kubernetes-validations": [
+            cel("self == oldSelf", f"{what} must not change after creation")
+        ]
+    }
 
 
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are the API server's business."""
+def api_config(*rules: JsonDict) -> ConfigDict:
+    """camelCase on the wire, snake_case in Python; unknown fields are the API server's business.
 
-    model_config = ConfigDict(
+    `rules` are CEL rules on the whole object (cross-field checks).
+    """
+    return ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="ignore",
         use_enum_values=True,
+        json_schema_extra=validations(*rules) if rules else None,
     )
+
+
+class ApiModel(BaseModel):
+    model_config = api_config()
 
     def to_api(self) -> dict[str, Any]:
         """The object as the API server stores it: camelCase, without unset optional fields."""
@@ -62,7 +81,7 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
-CONDITIONS_LIST = {
+CONDITIONS_LIST: JsonDict = {
     "x-kubernetes-list-type": "map",
     "x-kubernetes-list-map-keys": ["type"],
 }

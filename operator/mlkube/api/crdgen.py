@@ -71,7 +71,12 @@ KINDS: list[Kind] = [
             {"name": "Ready", "type": "string", "jsonPath": _condition("Ready")},
             {"name": "Approved", "type": "boolean", "jsonPath": ".status.approved"},
             {"name": "Stage", "type": "string", "jsonPath": ".spec.stage"},
-            {"name": "SHA256", "type": "string", "jsonPath": ".spec.artifact.sha256", "priority": 1},
+            {
+                "name": "SHA256",
+                "type": "string",
+                "jsonPath": ".spec.artifact.sha256",
+                "priority": 1,
+            },
             AGE,
         ],
     ),

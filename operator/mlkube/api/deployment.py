@@ -6,7 +6,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from mlkube.api.common import DECIMAL, DNS_LABEL, ApiModel, Resources, StatusBase, cel
+from mlkube.api.common import (
+    DECIMAL,
+    DNS_LABEL,
+    ApiModel,
+    JsonDict,
+    Resources,
+    StatusBase,
+    api_config,
+    cel,
+    validations,
+)
 
 
 class Pause(ApiModel):
@@ -22,17 +32,12 @@ class AnalysisStep(ApiModel):
 
 
 class CanaryStep(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "[has(self.setWeight), has(self.pause), has(self.analysis)]"
-                    ".filter(x, x).size() == 1",
-                    "each canary step must set exactly one of setWeight, pause or analysis",
-                )
-            ]
-        }
-    }
+    model_config = api_config(
+        cel(
+            "[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
+            "each canary step must set exactly one of setWeight, pause or analysis",
+        )
+    )
 
     set_weight: int | None = Field(default=None, ge=0, le=100)
     pause: Pause | None = None
@@ -57,7 +62,7 @@ class Analysis(ApiModel):
     )
 
 
-def _weights_rising_to_100() -> list[dict[str, str]]:
+def _weights_rising_to_100() -> list[JsonDict]:
     weights = "self.filter(s, has(s.setWeight)).map(s, s.setWeight)"
     return [
         cel(f"{weights}.isSorted()", "canary setWeight values must rise from step to step"),
@@ -76,7 +81,7 @@ class Canary(ApiModel):
     steps: list[CanaryStep] = Field(
         default_factory=list,
         max_length=20,
-        json_schema_extra={"x-kubernetes-validations": _weights_rising_to_100()},
+        json_schema_extra=validations(*_weights_rising_to_100()),
         description="Empty: a new version replaces the stable one at once (after its pods are ready).",
     )
     analysis: Analysis = Field(default_factory=Analysis)
@@ -96,13 +101,9 @@ class ParentRef(ApiModel):
 
 
 class Autoscaling(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas")
-            ]
-        }
-    }
+    model_config = api_config(
+        cel("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas")
+    )
 
     min_replicas: int = Field(default=1, ge=1)
     max_replicas: int = Field(ge=1)
@@ -110,21 +111,17 @@ class Autoscaling(ApiModel):
 
 
 class DeploymentSpec(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.modelVersion) != (has(self.model) && self.latestApproved)",
-                    "must set exactly one of modelVersion, or model with latestApproved: true",
-                ),
-                cel(
-                    "self.traffic != 'GatewayAPI' || has(self.gateway)",
-                    "gateway must be set when traffic is GatewayAPI",
-                    field_path=".gateway",
-                ),
-            ]
-        }
-    }
+    model_config = api_config(
+        cel(
+            "has(self.modelVersion) != (has(self.model) && self.latestApproved)",
+            "must set exactly one of modelVersion, or model with latestApproved: true",
+        ),
+        cel(
+            "self.traffic != 'GatewayAPI' || has(self.gateway)",
+            "gateway must be set when traffic is GatewayAPI",
+            field_path=".gateway",
+        ),
+    )
 
     model_version: str | None = Field(default=None, pattern=DNS_LABEL)
     model: str | None = Field(default=None, pattern=DNS_LABEL)

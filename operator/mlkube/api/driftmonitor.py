@@ -6,10 +6,20 @@ from typing import Literal
 
 from pydantic import Field
 
-from mlkube.api.common import DECIMAL, DNS_LABEL, ApiModel, Resources, StatusBase, cel
+from mlkube.api.common import (
+    DECIMAL,
+    DNS_LABEL,
+    ApiModel,
+    Resources,
+    StatusBase,
+    api_config,
+    cel,
+)
 from mlkube.api.trainingjob import TrainingJobSpec
 
-_CRON_FIELD = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*"
+_CRON_FIELD = (
+    r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*"
+)
 CRON_PATTERN = (
     r"^(@(yearly|annually|monthly|weekly|daily|hourly)|" + r"\s+".join([_CRON_FIELD] * 5) + ")$"
 )
@@ -21,16 +31,14 @@ CategoricalTest = Literal["ChiSquared", "JensenShannon", "PSI"]
 
 
 class Window(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel("has(self.rows) || has(self.seconds)", "window must set rows or seconds")
-            ]
-        }
-    }
+    model_config = api_config(
+        cel("has(self.rows) || has(self.seconds)", "window must set rows or seconds")
+    )
 
     rows: int | None = Field(default=None, ge=1, description="The last N logged rows.")
-    seconds: int | None = Field(default=None, ge=1, description="Rows logged in the last N seconds.")
+    seconds: int | None = Field(
+        default=None, ge=1, description="Rows logged in the last N seconds."
+    )
 
 
 class Reference(ApiModel):
@@ -60,17 +68,13 @@ class RetrainAction(ApiModel):
 
 
 class Action(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.type != 'Retrain' || has(self.retrain)",
-                    "retrain must be set when type is Retrain",
-                    field_path=".retrain",
-                )
-            ]
-        }
-    }
+    model_config = api_config(
+        cel(
+            "self.type != 'Retrain' || has(self.retrain)",
+            "retrain must be set when type is Retrain",
+            field_path=".retrain",
+        )
+    )
 
     type: Literal["None", "Retrain"] = "None"
     retrain: RetrainAction | None = None
@@ -82,7 +86,10 @@ class DriftMonitorSpec(ApiModel):
         default="*/10 * * * *",
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel(CRON_RULE, "schedule must be a five-field cron expression or @hourly-style macro")
+                cel(
+                    CRON_RULE,
+                    "schedule must be a five-field cron expression or @hourly-style macro",
+                )
             ]
         },
     )
@@ -99,7 +106,9 @@ class DriftMonitorSpec(ApiModel):
     p_value: str = Field(default="0.05", pattern=DECIMAL)
     distance_threshold: str = Field(default="0.1", pattern=DECIMAL)
     drift_share: str = Field(
-        default="0.5", pattern=DECIMAL, description="Share of drifted columns that is dataset drift."
+        default="0.5",
+        pattern=DECIMAL,
+        description="Share of drifted columns that is dataset drift.",
     )
     min_rows: int = Field(default=100, ge=1)
     columns: list[ColumnOverride] = Field(default_factory=list, max_length=1024)

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue, field_validator
 
-from mlkube.api.common import DECIMAL, DNS_LABEL, ApiModel, Resources, StatusBase, cel, immutable
+from mlkube.api.common import (
+    DECIMAL,
+    DNS_LABEL,
+    ApiModel,
+    Resources,
+    StatusBase,
+    api_config,
+    cel,
+    immutable,
+)
 from mlkube.estimators import ESTIMATORS
 
 DATASET_URI = r"^(builtin:[a-z_]+|file://.+|https://.+|s3://.+)$"
@@ -20,15 +29,27 @@ class Dataset(ApiModel):
     format: Literal["Auto", "Csv", "Parquet"] = "Auto"
 
 
+ESTIMATOR_NAMES: list[JsonValue] = [name for name in sorted(ESTIMATORS)]
+
+
 class Estimator(ApiModel):
     class_name: str = Field(
-        json_schema_extra={"enum": sorted(ESTIMATORS)},
+        json_schema_extra={"enum": ESTIMATOR_NAMES},
         description="An allowlisted scikit-learn estimator class path.",
     )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments for the estimator's constructor.",
     )
+
+    @field_validator("class_name")
+    @classmethod
+    def _allowlisted(cls, value: str) -> str:
+        if value not in ESTIMATORS:
+            raise ValueError(
+                f"must be one of the allowlisted estimators: {', '.join(sorted(ESTIMATORS))}"
+            )
+        return value
 
 
 class Split(ApiModel):
@@ -68,20 +89,18 @@ class QualityGates(ApiModel):
 
 
 class TrainingJobSpec(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.features) || !(self.target in self.features)",
-                    "features must not contain the target column",
-                    field_path=".features",
-                ),
-            ]
-        }
-    }
+    model_config = api_config(
+        cel(
+            "!has(self.features) || !(self.target in self.features)",
+            "features must not contain the target column",
+            field_path=".features",
+        ),
+    )
 
     model: str = Field(
-        pattern=DNS_LABEL, max_length=50, json_schema_extra=immutable("model"),
+        pattern=DNS_LABEL,
+        max_length=50,
+        json_schema_extra=immutable("model"),
         description="Name of the model in the registry; versions are numbered per model.",
     )
     dataset: Dataset = Field(json_schema_extra=immutable("dataset"))

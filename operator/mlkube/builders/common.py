@@ -144,6 +144,10 @@ def artifact_pvc(namespace: str, config: OperatorConfig) -> Manifest | None:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": config.artifact_pvc, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "metadata": {
+            "name": config.artifact_pvc,
+            "namespace": namespace,
+            "labels": dict(MANAGED_BY),
+        },
         "spec": spec,
     }

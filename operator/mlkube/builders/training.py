@@ -80,7 +80,11 @@ def build_job(
             "rules": [
                 {
                     "action": "FailJob",
-                    "onExitCodes": {"containerName": TRAINER, "operator": "In", "values": [EXIT_PERMANENT]},
+                    "onExitCodes": {
+                        "containerName": TRAINER,
+                        "operator": "In",
+                        "values": [EXIT_PERMANENT],
+                    },
                 }
             ]
         },

@@ -29,7 +29,9 @@ def load_spec(source: str, model: type[SpecT]) -> SpecT:
     if source.startswith("env:"):
         text = os.environ.get(source.removeprefix("env:"))
         if text is None:
-            raise FileNotFoundError(f"environment variable {source.removeprefix('env:')} is not set")
+            raise FileNotFoundError(
+                f"environment variable {source.removeprefix('env:')} is not set"
+            )
     else:
         text = Path(source).read_text()
     document: Any = yaml.safe_load(text)
@@ -40,7 +42,9 @@ def load_spec(source: str, model: type[SpecT]) -> SpecT:
 
 def _write_result(text: str, result_file: str | None) -> None:
     print(text)
-    target = result_file or (DEFAULT_TERMINATION_LOG if Path(DEFAULT_TERMINATION_LOG).exists() else None)
+    target = result_file or (
+        DEFAULT_TERMINATION_LOG if Path(DEFAULT_TERMINATION_LOG).exists() else None
+    )
     if target:
         Path(target).write_text(text)
 
@@ -49,8 +53,12 @@ def _train(args: argparse.Namespace) -> int:
     from mlkube.runtime import train  # the heavy imports only for the command that needs them
 
     spec = load_spec(args.spec, TrainingJobSpec)
-    version = args.version or train.next_free_version(args.artifact_root, args.namespace, spec.model)
-    champion = train.Champion(args.champion_uri, args.champion_sha256) if args.champion_uri else None
+    version = args.version or train.next_free_version(
+        args.artifact_root, args.namespace, spec.model
+    )
+    champion = (
+        train.Champion(args.champion_uri, args.champion_sha256) if args.champion_uri else None
+    )
     request = train.TrainRequest(
         spec=spec,
         artifact_root=args.artifact_root,
@@ -89,7 +97,9 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="fit, evaluate, gate and store a model version")
-    train.add_argument("--spec", required=True, help="TrainingJob manifest or spec: a YAML file, or env:NAME")
+    train.add_argument(
+        "--spec", required=True, help="TrainingJob manifest or spec: a YAML file, or env:NAME"
+    )
     train.add_argument(
         "--artifact-root",
         default=os.environ.get("MLKUBE_ARTIFACT_ROOT", "./mlkube-artifacts"),
@@ -102,7 +112,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--result-file", help="also write the result here")
 
     drift = commands.add_parser("drift", help="compare logged inputs with the reference sample")
-    drift.add_argument("--spec", required=True, help="DriftMonitor manifest or spec: a YAML file, or env:NAME")
+    drift.add_argument(
+        "--spec", required=True, help="DriftMonitor manifest or spec: a YAML file, or env:NAME"
+    )
     drift.add_argument("--reference", required=True, help="reference Parquet URI")
     drift.add_argument("--log", required=True, help="inference log directory URI")
     drift.add_argument("--result-file")

@@ -59,9 +59,13 @@ def load_dataset(dataset: Dataset) -> LoadedDataset:
         raise RunFailure("DatasetNotFound", f"dataset.uri: cannot read {uri}: {e}") from e
     fmt = _read_format(uri, dataset.format)
     try:
-        frame = pd.read_parquet(io.BytesIO(data)) if fmt == "Parquet" else pd.read_csv(io.BytesIO(data))
+        frame = (
+            pd.read_parquet(io.BytesIO(data)) if fmt == "Parquet" else pd.read_csv(io.BytesIO(data))
+        )
     except Exception as e:  # a parser names what it could not read; keep its words
-        raise RunFailure("DataValidationFailed", f"dataset.uri: {uri} is not valid {fmt}: {e}") from e
+        raise RunFailure(
+            "DataValidationFailed", f"dataset.uri: {uri} is not valid {fmt}: {e}"
+        ) from e
     return LoadedDataset(frame=frame, digest=hashlib.sha256(data).hexdigest())
 
 
@@ -75,7 +79,9 @@ def column_type(series: pd.Series) -> ColumnType:
     return "string"
 
 
-def check_data(frame: pd.DataFrame, target: str, features: list[str], tests: DataTests) -> list[Column]:
+def check_data(
+    frame: pd.DataFrame, target: str, features: list[str], tests: DataTests
+) -> list[Column]:
     """Data tests before fitting; returns the input schema. Each failure names the column."""
     missing = [c for c in [target, *features] if c not in frame.columns]
     if missing:
@@ -89,7 +95,7 @@ def check_data(frame: pd.DataFrame, target: str, features: list[str], tests: Dat
             f"dataTests.minRows: the dataset has {len(frame)} rows, fewer than {tests.min_rows}",
         )
     missing_percent = frame[[target, *features]].isna().mean() * 100
-    worst = missing_percent.idxmax()
+    worst = str(missing_percent.idxmax())
     if missing_percent[worst] > tests.max_missing_percent:
         raise RunFailure(
             "DataValidationFailed",
@@ -98,13 +104,24 @@ def check_data(frame: pd.DataFrame, target: str, features: list[str], tests: Dat
         )
     for rule in tests.ranges:
         if rule.column not in frame.columns:
-            raise RunFailure("DataValidationFailed", f"dataTests.ranges: column {rule.column!r} is not in the dataset")
+            raise RunFailure(
+                "DataValidationFailed",
+                f"dataTests.ranges: column {rule.column!r} is not in the dataset",
+            )
         values = frame[rule.column]
         if not pd.api.types.is_numeric_dtype(values):
-            raise RunFailure("DataValidationFailed", f"column {rule.column!r} is not numeric, so it has no range")
+            raise RunFailure(
+                "DataValidationFailed", f"column {rule.column!r} is not numeric, so it has no range"
+            )
         low, high = values.min(), values.max()
         if rule.min is not None and Decimal(str(low)) < Decimal(rule.min):
-            raise RunFailure("DataValidationFailed", f"column {rule.column!r} has value {low} below min {rule.min}")
+            raise RunFailure(
+                "DataValidationFailed",
+                f"column {rule.column!r} has value {low} below min {rule.min}",
+            )
         if rule.max is not None and Decimal(str(high)) > Decimal(rule.max):
-            raise RunFailure("DataValidationFailed", f"column {rule.column!r} has value {high} above max {rule.max}")
+            raise RunFailure(
+                "DataValidationFailed",
+                f"column {rule.column!r} has value {high} above max {rule.max}",
+            )
     return [Column(name=str(c), type=column_type(frame[c])) for c in features]

@@ -115,7 +115,9 @@ def gate_failures(gates: QualityGates, metrics: dict[str, float]) -> list[str]:
             continue
         value = Decimal(repr(metrics[metric]))
         if (value - Decimal(threshold)) * direction < 0:
-            failures.append(f"qualityGates.{gate}: {metric} {metrics[metric]:.4f} misses {threshold}")
+            failures.append(
+                f"qualityGates.{gate}: {metric} {metrics[metric]:.4f} misses {threshold}"
+            )
     return failures
 
 
@@ -173,7 +175,11 @@ def train(request: TrainRequest) -> dict[str, Any]:
     x, y = frame[features], frame[spec.target]
     stratify = y if task == "classification" and spec.split.stratify else None
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=spec.split.test_percent / 100, random_state=spec.split.seed, stratify=stratify
+        x,
+        y,
+        test_size=spec.split.test_percent / 100,
+        random_state=spec.split.seed,
+        stratify=stratify,
     )
     model = _pipeline(_estimator(spec), columns)
     try:
@@ -188,16 +194,23 @@ def train(request: TrainRequest) -> dict[str, Any]:
     if failures:
         raise RunFailure("QualityGateFailed", "; ".join(failures))
 
-    directory = artifacts.version_uri(request.artifact_root, request.namespace, spec.model, request.version)
+    directory = artifacts.version_uri(
+        request.artifact_root, request.namespace, spec.model, request.version
+    )
     digest = artifacts.save_model(directory, model)
     classes = [str(c) for c in model.classes_] if task == "classification" else None
     schema = artifacts.ModelSchema(task=task, target=spec.target, columns=columns, classes=classes)
     artifacts.write_json(artifacts.join(directory, artifacts.SCHEMA_FILE), schema.to_json())
     artifacts.write_json(artifacts.join(directory, artifacts.METRICS_FILE), metrics)
-    artifacts.write_json(artifacts.join(directory, artifacts.LINEAGE_FILE), _lineage(request, loaded.digest))
-    sample = x_train.sample(n=min(REFERENCE_SAMPLE_ROWS, len(x_train)), random_state=spec.split.seed)
+    artifacts.write_json(
+        artifacts.join(directory, artifacts.LINEAGE_FILE), _lineage(request, loaded.digest)
+    )
+    sample = x_train.sample(
+        n=min(REFERENCE_SAMPLE_ROWS, len(x_train)), random_state=spec.split.seed
+    )
     artifacts.write_bytes(
-        artifacts.join(directory, artifacts.REFERENCE_FILE), sample.reset_index(drop=True).to_parquet()
+        artifacts.join(directory, artifacts.REFERENCE_FILE),
+        sample.reset_index(drop=True).to_parquet(),
     )
     return {
         "status": "Succeeded",
@@ -234,5 +247,9 @@ def next_free_version(artifact_root: str, namespace: str, model: str) -> int:
     fs, path = fsspec.core.url_to_fs(artifacts.join(artifact_root, namespace, model))
     if not fs.exists(path):
         return 1
-    versions = [int(p.rsplit("/", 1)[-1]) for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].isdigit()]
+    versions = [
+        int(p.rsplit("/", 1)[-1])
+        for p in fs.ls(path, detail=False)
+        if p.rsplit("/", 1)[-1].isdigit()
+    ]
     return max(versions, default=0) + 1

@@ -1,0 +1,83 @@
+"""DriftMonitor -> batch/v1 CronJob running `mlkube-runtime drift` on the schedule."""
+
+from __future__ import annotations
+
+from mlkube.api.driftmonitor import DriftMonitorSpec
+from mlkube.builders.common import (
+    SPEC_ENV,
+    Manifest,
+    Owner,
+    child_name,
+    metadata,
+    pod_spec,
+    resources,
+    restricted_security_context,
+    spec_env,
+    storage_env,
+    storage_env_from,
+)
+from mlkube.config import OperatorConfig
+from mlkube.layout import inference_log_uri
+
+CHECKER = "drift"
+
+
+def cronjob_name(monitor: str) -> str:
+    return child_name(monitor, "drift")
+
+
+def build_cronjob(
+    owner: Owner, spec: DriftMonitorSpec, reference_uri: str, config: OperatorConfig
+) -> Manifest:
+    """A CronJob that never overlaps itself; each run's verdict is its termination message."""
+    labels = {
+        "app.kubernetes.io/name": "mlkube-drift",
+        "mlkube.io/driftmonitor": owner.name,
+        "mlkube.io/deployment": spec.deployment,
+    }
+    image = spec.image or config.runtime_image
+    container: Manifest = {
+        "name": CHECKER,
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["mlkube-runtime"],
+        "args": [
+            "drift",
+            "--spec",
+            f"env:{SPEC_ENV}",
+            "--reference",
+            reference_uri,
+            "--log",
+            inference_log_uri(config.artifact_root, owner.namespace, spec.deployment),
+        ],
+        "env": [spec_env(spec), *storage_env(config), {"name": "HOME", "value": "/tmp"}],
+        "envFrom": storage_env_from(config),
+        "resources": resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
+        "securityContext": restricted_security_context(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": metadata(cronjob_name(owner.name), owner, labels),
+        "spec": {
+            "schedule": spec.schedule,
+            "suspend": spec.suspend,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 300,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "backoffLimit": 0,
+                    "activeDeadlineSeconds": 1800,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": pod_spec(container, config, restart_policy="Never"),
+                    },
+                },
+            },
+        },
+    }

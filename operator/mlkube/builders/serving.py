@@ -1,0 +1,189 @@
+"""Deployment (mlkube.io) -> one apps/v1 Deployment per served ModelVersion, a Service, and an
+HTTPRoute when traffic is split by the Gateway API.
+
+Each version's pods carry `mlkube.io/traffic: "on"` from their template; the Service selects on it,
+so a promoted version's predecessor can stay warm (pods running, label patched off) without
+taking requests.
+"""
+
+from __future__ import annotations
+
+from mlkube.api.deployment import DeploymentSpec
+from mlkube.api.modelversion import ModelVersionSpec
+from mlkube.builders.common import (
+    Manifest,
+    Owner,
+    child_name,
+    metadata,
+    pod_spec,
+    resources,
+    restricted_security_context,
+)
+from mlkube.config import OperatorConfig
+from mlkube.layout import inference_log_uri
+
+SERVER = "server"
+TRAFFIC_LABEL = "mlkube.io/traffic"
+DEPLOYMENT_LABEL = "mlkube.io/deployment"
+VERSION_LABEL = "mlkube.io/model-version"
+
+
+def server_name(deployment: str, model_version: str) -> str:
+    return child_name(deployment, model_version)
+
+
+def server_labels(owner: Owner, model_version: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "mlkube-server",
+        DEPLOYMENT_LABEL: owner.name,
+        VERSION_LABEL: model_version,
+    }
+
+
+def _probe(path: str, port: int, period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def build_server_deployment(
+    owner: Owner,
+    spec: DeploymentSpec,
+    model_version: str,
+    version: ModelVersionSpec,
+    replicas: int,
+    config: OperatorConfig,
+) -> Manifest:
+    """The pods serving one ModelVersion; the digest travels along so the server can verify it."""
+    labels = server_labels(owner, model_version)
+    env: list[Manifest] = [
+        {"name": "MLKUBE_MODEL_URI", "value": version.artifact.uri},
+        {"name": "MLKUBE_MODEL_SHA256", "value": version.artifact.sha256},
+        {"name": "MLKUBE_MODEL_VERSION", "value": model_version},
+        {
+            "name": "MLKUBE_INFERENCE_LOG_URI",
+            "value": inference_log_uri(config.artifact_root, owner.namespace, owner.name),
+        },
+        {"name": "MLKUBE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "BENTOML_HOME", "value": "/tmp/bentoml"},
+        {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    container: Manifest = {
+        "name": SERVER,
+        "image": spec.image or config.runtime_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["mlkube-runtime"],
+        "args": ["serve", "--host", "0.0.0.0", "--port", str(spec.port)],
+        "ports": [{"name": "http", "containerPort": spec.port}],
+        "env": env,
+        "envFrom": [{"secretRef": {"name": config.s3_secret}}] if config.s3_secret else [],
+        "resources": resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
+        "securityContext": restricted_security_context(),
+        # /livez and /readyz refuse connections until the model is loaded: a startup probe
+        # gives loading its time without a liveness restart loop.
+        "startupProbe": _probe("/readyz", spec.port, period=2, failures=90),
+        "readinessProbe": _probe("/readyz", spec.port, period=5, failures=3),
+        "livenessProbe": _probe("/livez", spec.port, period=10, failures=3),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(server_name(owner.name, model_version), owner, labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": {**labels, TRAFFIC_LABEL: "on"},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(spec.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec(container, config, restart_policy="Always"),
+            },
+        },
+    }
+
+
+def build_service(owner: Owner, spec: DeploymentSpec, model_version: str | None = None) -> Manifest:
+    """The Deployment's Service; with `model_version`, the per-version one a route points at."""
+    selector = {DEPLOYMENT_LABEL: owner.name, TRAFFIC_LABEL: "on"}
+    name = owner.name
+    if model_version is not None:
+        selector[VERSION_LABEL] = model_version
+        name = server_name(owner.name, model_version)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(name, owner, {DEPLOYMENT_LABEL: owner.name}),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_httproute(owner: Owner, spec: DeploymentSpec, weights: dict[str, int]) -> Manifest:
+    """Gateway API route splitting requests between versions by weight."""
+    assert spec.gateway is not None, "the schema requires gateway when traffic is GatewayAPI"
+    parent: Manifest = {"name": spec.gateway.name}
+    if spec.gateway.namespace:
+        parent["namespace"] = spec.gateway.namespace
+    if spec.gateway.section_name:
+        parent["sectionName"] = spec.gateway.section_name
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": metadata(owner.name, owner, {DEPLOYMENT_LABEL: owner.name}),
+        "spec": {
+            "parentRefs": [parent],
+            "rules": [
+                {
+                    "backendRefs": [
+                        {
+                            "name": server_name(owner.name, version),
+                            "port": spec.port,
+                            "weight": weight,
+                        }
+                        for version, weight in sorted(weights.items())
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def build_autoscaler(owner: Owner, spec: DeploymentSpec, model_version: str) -> Manifest | None:
+    """An autoscaling/v2 HPA for the stable version's pods, when the spec asks for one."""
+    if spec.autoscaling is None:
+        return None
+    target = server_name(owner.name, model_version)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(owner.name, owner, {DEPLOYMENT_LABEL: owner.name}),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": spec.autoscaling.min_replicas,
+            "maxReplicas": spec.autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": spec.autoscaling.target_cpu_utilization_percent,
+                        },
+                    },
+                }
+            ],
+        },
+    }

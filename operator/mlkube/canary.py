@@ -1,0 +1,498 @@
+"""The canary state machine: `decide(spec, status, observation, now) -> Decision`.
+
+Pure: every fact about the world comes in through `Observation`, and what should exist comes out
+in the `Decision`. All progress lives in the status it returns, so an operator restarted at any
+point resumes exactly where it was.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from mlkube.api.common import ConditionStatus
+from mlkube.api.deployment import (
+    Analysis,
+    AnalysisResult,
+    CanaryStep,
+    DeploymentPhase,
+    DeploymentSpec,
+    DeploymentStatus,
+)
+from mlkube.conditions import parse_timestamp, set_condition, timestamp
+
+WAIT_FOR_PODS_SECONDS = 5.0
+Action = Literal["promote", "promote-full", "abort", "retry", "rollback"]
+ACTIONS: tuple[Action, ...] = ("promote", "promote-full", "abort", "retry", "rollback")
+
+
+@dataclass(frozen=True)
+class CanaryMetrics:
+    """What the canary's pods served since it started, read from their /metrics."""
+
+    requests: int
+    errors: int
+    p95_latency_ms: float | None = None
+    prediction_shift: float | None = None
+    """Jensen-Shannon distance between canary and stable prediction distributions."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    target: str | None
+    """The ModelVersion the spec asks for, once it exists, is ready and (if required) approved."""
+    target_problem: tuple[str, str] | None = None
+    """(reason, message) when there is no servable target."""
+    ready_replicas: dict[str, int] = field(default_factory=dict)
+    metrics: CanaryMetrics | None = None
+    action: Action | None = None
+    """A CLI action not yet carried out."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    replicas: int
+    traffic: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    type: Literal["Normal", "Warning"] = "Normal"
+
+
+@dataclass
+class Decision:
+    status: DeploymentStatus
+    workloads: dict[str, Workload]
+    """Versions that should have pods; any other version's workload is removed."""
+    weights: dict[str, int]
+    """Traffic weights per version (used for Gateway API routes)."""
+    events: list[Event]
+    requeue_after: float | None
+
+
+def evaluate_analysis(
+    analysis: Analysis,
+    metrics: CanaryMetrics | None,
+    now: datetime,
+    min_requests: int | None = None,
+) -> AnalysisResult:
+    """Pass, fail or inconclusive; a failure's message carries the failing figure."""
+    needed = analysis.min_request_count if min_requests is None else min_requests
+    at = timestamp(now)
+    if metrics is None or metrics.requests < needed:
+        seen = 0 if metrics is None else metrics.requests
+        return AnalysisResult(
+            result="Inconclusive",
+            at=at,
+            requests=seen,
+            message=f"{seen} requests reached the canary, fewer than minRequestCount {needed}",
+        )
+    error_rate = Decimal(100 * metrics.errors) / Decimal(max(metrics.requests, 1))
+    figures = AnalysisResult(
+        result="Passed",
+        at=at,
+        requests=metrics.requests,
+        error_rate_percent=f"{error_rate:.2f}",
+        p95_latency_ms=None if metrics.p95_latency_ms is None else f"{metrics.p95_latency_ms:.1f}",
+        prediction_shift=None
+        if metrics.prediction_shift is None
+        else f"{metrics.prediction_shift:.4f}",
+    )
+    failures = []
+    if error_rate > Decimal(analysis.max_error_rate_percent):
+        failures.append(
+            f"error rate {error_rate:.2f}% exceeds maxErrorRatePercent {analysis.max_error_rate_percent}"
+        )
+    if metrics.p95_latency_ms is not None and metrics.p95_latency_ms > analysis.max_p95_latency_ms:
+        failures.append(
+            f"p95 latency {metrics.p95_latency_ms:.1f} ms exceeds maxP95LatencyMs {analysis.max_p95_latency_ms}"
+        )
+    if metrics.prediction_shift is not None and Decimal(repr(metrics.prediction_shift)) > Decimal(
+        analysis.max_prediction_shift
+    ):
+        failures.append(
+            f"prediction shift {metrics.prediction_shift:.4f} exceeds maxPredictionShift "
+            f"{analysis.max_prediction_shift}"
+        )
+    if failures:
+        return figures.model_copy(update={"result": "Failed", "message": "; ".join(failures)})
+    return figures.model_copy(update={"message": f"{metrics.requests} requests within thresholds"})
+
+
+def split_replicas(spec: DeploymentSpec, weight: int) -> tuple[int, int]:
+    """(stable, canary) pod counts for a canary weight; stable keeps at least one pod."""
+    total = spec.replicas
+    canary = 0 if weight == 0 or total == 0 else max(1, math.ceil(total * weight / 100))
+    if spec.traffic == "GatewayAPI":
+        return total, canary
+    stable = total if total == 0 else max(1, total - canary)
+    return stable, canary
+
+
+class _Machine:
+    """One decision's working state; `decide` is the public entry."""
+
+    def __init__(
+        self,
+        spec: DeploymentSpec,
+        status: DeploymentStatus,
+        obs: Observation,
+        generation: int | None,
+        now: datetime,
+    ) -> None:
+        self.spec = spec
+        self.status = status.model_copy(deep=True)
+        self.obs = obs
+        self.generation = generation
+        self.now = now
+        self.events: list[Event] = []
+        self.requeue: list[float] = []
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _wait(self, seconds: float) -> None:
+        self.requeue.append(max(seconds, 1.0))
+
+    def _available(self, version: str, desired: int) -> bool:
+        return self.obs.ready_replicas.get(version, 0) >= desired
+
+    def _since(self, at: str | None) -> float:
+        return 0.0 if at is None else (self.now - parse_timestamp(at)).total_seconds()
+
+    def _step(self) -> CanaryStep | None:
+        steps = self.spec.strategy.canary.steps
+        index = self.status.current_step or 0
+        return steps[index] if index < len(steps) else None
+
+    def _advance(self) -> None:
+        self.status.current_step = (self.status.current_step or 0) + 1
+        self.status.step_started_at = timestamp(self.now)
+        self.status.analysis_inconclusive = 0
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def start_canary(self, target: str) -> None:
+        replaced = self.status.canary_version
+        s = self.status
+        s.canary_version = target
+        s.current_step = 0
+        s.canary_weight = 0
+        s.step_started_at = timestamp(self.now)
+        s.analysis_failures = 0
+        s.analysis_inconclusive = 0
+        s.last_analysis = None
+        if replaced:
+            self.events.append(Event("CanaryReplaced", f"canary {replaced} replaced by {target}"))
+        self.events.append(
+            Event("CanaryStarted", f"rolling out {target} over stable {s.stable_version}")
+        )
+
+    def drop_canary(self) -> None:
+        s = self.status
+        s.canary_version = None
+        s.canary_weight = None
+        s.current_step = None
+        s.step_started_at = None
+        s.analysis_inconclusive = 0
+
+    def promote(self) -> None:
+        s = self.status
+        promoted = s.canary_version
+        delay = self.spec.strategy.canary.scale_down_delay_seconds
+        if delay > 0 and s.stable_version:
+            s.previous_stable_version = s.stable_version
+            s.scale_down_at = timestamp(self.now + timedelta(seconds=delay))
+        s.stable_version = promoted
+        s.analysis_failures = 0
+        self.drop_canary()
+        self.events.append(Event("Promoted", f"{promoted} is now stable"))
+
+    def roll_back(self, reason: str, message: str) -> None:
+        s = self.status
+        s.aborted_version = s.canary_version
+        self.drop_canary()
+        self.events.append(Event("RolledBack", f"{s.aborted_version}: {message}", "Warning"))
+        self._degrade(
+            reason, f"rolled back {s.aborted_version}: {message}; {s.stable_version} serves"
+        )
+
+    def _degrade(self, reason: str, message: str) -> None:
+        s = self.status
+        s.phase = "Degraded"
+        s.conditions = set_condition(
+            s.conditions, "Degraded", "True", reason, message, self.generation, self.now
+        )
+
+    def instant_rollback(self) -> None:
+        """Back to the warm previous stable; the spec's version is then held as aborted."""
+        s = self.status
+        if not s.previous_stable_version:
+            self.events.append(
+                Event("RollbackRefused", "no previous stable version is warm", "Warning")
+            )
+            return
+        current = s.stable_version
+        s.stable_version, s.previous_stable_version, s.scale_down_at = (
+            s.previous_stable_version,
+            None,
+            None,
+        )
+        s.aborted_version = current
+        self.drop_canary()
+        self.events.append(
+            Event("RolledBack", f"{current} rolled back to {s.stable_version}", "Warning")
+        )
+        self._degrade("RolledBack", f"{current} rolled back by request; {s.stable_version} serves")
+
+    # -- the step machine ------------------------------------------------------------------
+
+    def analyse(self, min_requests: int | None) -> AnalysisResult:
+        analysis = self.spec.strategy.canary.analysis
+        result = evaluate_analysis(analysis, self.obs.metrics, self.now, min_requests)
+        self.status.last_analysis = result
+        if result.result == "Failed":
+            self.status.analysis_failures += 1
+            if self.status.analysis_failures >= analysis.failure_limit:
+                self.roll_back("AnalysisFailed", result.message)
+        return result
+
+    def _analysis_wait(self) -> float:
+        """Seconds until an analysis step may measure again; a result from an earlier step
+        never counts for this one."""
+        last = self.status.last_analysis
+        started = self.status.step_started_at
+        if last is None or (started and parse_timestamp(last.at) < parse_timestamp(started)):
+            return 0.0
+        return self.spec.strategy.canary.analysis.interval_seconds - self._since(last.at)
+
+    def background_analysis(self) -> None:
+        """Between explicit analysis steps, a failing canary is still caught once enough traffic came."""
+        analysis = self.spec.strategy.canary.analysis
+        last = self.status.last_analysis
+        due = last is None or self._since(last.at) >= analysis.interval_seconds
+        metrics = self.obs.metrics
+        if due and metrics is not None and metrics.requests >= analysis.min_request_count:
+            self.analyse(None)
+
+    def run_steps(self) -> None:
+        analysis = self.spec.strategy.canary.analysis
+        while self.status.canary_version is not None:
+            step = self._step()
+            if step is None:
+                canary = self.status.canary_version
+                _, desired = split_replicas(self.spec, 100)
+                if not self._available(canary, desired):
+                    self.status.canary_weight = 100
+                    self._wait(WAIT_FOR_PODS_SECONDS)
+                    return
+                self.promote()
+                return
+            if step.set_weight is not None:
+                self.status.canary_weight = step.set_weight
+                _, desired = split_replicas(self.spec, step.set_weight)
+                if not self._available(self.status.canary_version, desired):
+                    self._wait(WAIT_FOR_PODS_SECONDS)
+                    return
+                self._advance()
+            elif step.pause is not None:
+                if step.pause.seconds is None:
+                    self.status.phase = "Paused"
+                    return
+                left = step.pause.seconds - self._since(self.status.step_started_at)
+                if left > 0:
+                    self._wait(left)
+                    return
+                self._advance()
+            else:
+                wait = self._analysis_wait()
+                if wait > 0:
+                    self._wait(wait)
+                    return
+                result = self.analyse(step.analysis.min_request_count if step.analysis else None)
+                if result.result == "Passed":
+                    self._advance()
+                    continue
+                if result.result == "Inconclusive":
+                    self.status.analysis_inconclusive += 1
+                    if self.status.analysis_inconclusive >= analysis.inconclusive_limit:
+                        self.status.phase = "Paused"
+                        self.events.append(Event("AnalysisInconclusive", result.message, "Warning"))
+                        return
+                if self.status.canary_version is not None:
+                    self._wait(analysis.interval_seconds)
+                return
+
+    # -- the whole decision ----------------------------------------------------------------
+
+    def run(self) -> Decision:
+        s = self.status
+        obs = self.obs
+        s.phase = None
+        if s.previous_stable_version and s.scale_down_at:
+            left = -self._since(s.scale_down_at)
+            if left <= 0:
+                self.events.append(
+                    Event("ScaledDown", f"previous stable {s.previous_stable_version} scaled down")
+                )
+                s.previous_stable_version, s.scale_down_at = None, None
+            else:
+                self._wait(left)
+        action = obs.action
+        if action == "retry" and s.aborted_version:
+            self.events.append(Event("Retry", f"{s.aborted_version} may be rolled out again"))
+            s.aborted_version = None
+            s.analysis_failures = 0
+        if action == "rollback":
+            self.instant_rollback()
+
+        target = obs.target
+        if target is None:
+            reason, message = obs.target_problem or (
+                "ModelVersionNotFound",
+                "no ModelVersion to serve",
+            )
+            if s.canary_version:
+                self.drop_canary()
+            if s.stable_version:
+                self._degrade(reason, f"{message}; {s.stable_version} keeps serving")
+            else:
+                s.phase = "Pending"
+        elif s.stable_version is None:
+            s.stable_version = target
+            self.events.append(Event("RollingOut", f"serving {target}"))
+        elif target == s.stable_version:
+            if s.canary_version:
+                self.events.append(
+                    Event("CanaryAbandoned", f"spec returned to {target}; canary removed")
+                )
+                self.drop_canary()
+            s.aborted_version = None if s.aborted_version == target else s.aborted_version
+        elif target == s.previous_stable_version:
+            self.drop_canary()
+            s.stable_version, s.previous_stable_version, s.scale_down_at = target, None, None
+            self.events.append(Event("FastRollback", f"{target} was still warm and serves again"))
+        elif target == s.aborted_version:
+            self._degrade(
+                "RolledBack", f"{target} was rolled back; run `mlkube retry` to try it again"
+            )
+        else:
+            if s.canary_version != target:
+                self.start_canary(target)
+            if action == "abort":
+                self.roll_back("Aborted", "aborted by request")
+            elif action == "promote-full":
+                self.promote()
+            elif action == "promote" and self._step() is not None:
+                self._advance()
+            if s.canary_version:
+                self.background_analysis()
+            if s.canary_version:
+                self.run_steps()
+        if action is not None:
+            s.handled_action = action
+        self._finish_status()
+        return Decision(
+            status=s,
+            workloads=self._workloads(),
+            weights=self._weights(),
+            events=self.events,
+            requeue_after=min(self.requeue) if self.requeue else None,
+        )
+
+    def _workloads(self) -> dict[str, Workload]:
+        s = self.status
+        workloads: dict[str, Workload] = {}
+        if s.previous_stable_version:
+            workloads[s.previous_stable_version] = Workload(self.spec.replicas, traffic=False)
+        weight = (s.canary_weight or 0) if s.canary_version else 0
+        stable_replicas, canary_replicas = split_replicas(self.spec, weight)
+        if s.stable_version:
+            workloads[s.stable_version] = Workload(stable_replicas, traffic=True)
+        if s.canary_version:
+            workloads[s.canary_version] = Workload(canary_replicas, traffic=True)
+        return workloads
+
+    def _weights(self) -> dict[str, int]:
+        s = self.status
+        if not s.stable_version:
+            return {}
+        if not s.canary_version:
+            return {s.stable_version: 100}
+        weight = s.canary_weight or 0
+        return {s.stable_version: 100 - weight, s.canary_version: weight}
+
+    def _finish_status(self) -> None:
+        s = self.status
+        gen, now = self.generation, self.now
+        stable_ready = (
+            bool(s.stable_version) and self.obs.ready_replicas.get(s.stable_version or "", 0) > 0
+        )
+        desired_stable, _ = split_replicas(
+            self.spec, (s.canary_weight or 0) if s.canary_version else 0
+        )
+        stable_available = s.stable_version is not None and self._available(
+            s.stable_version, desired_stable
+        )
+        if s.phase is None:
+            if s.canary_version:
+                s.phase = "Progressing"
+            else:
+                s.phase = "Healthy" if stable_available else "Progressing"
+                if not stable_available:
+                    self._wait(WAIT_FOR_PODS_SECONDS)
+        phase: DeploymentPhase = s.phase
+        if phase != "Degraded":
+            s.conditions = set_condition(
+                s.conditions, "Degraded", "False", "AsExpected", "", gen, now
+            )
+        if s.stable_version is None:
+            reason, message = self.obs.target_problem or ("Pending", "no version is serving yet")
+            s.conditions = set_condition(s.conditions, "Ready", "False", reason, message, gen, now)
+        elif stable_ready:
+            s.conditions = set_condition(
+                s.conditions, "Ready", "True", "Serving", f"{s.stable_version} is serving", gen, now
+            )
+        else:
+            s.conditions = set_condition(
+                s.conditions, "Ready", "False", "NoReadyReplicas",
+                f"{s.stable_version} has no ready pod yet", gen, now,
+            )  # fmt: skip
+        progressing_by_phase: dict[DeploymentPhase, tuple[ConditionStatus, str]] = {
+            "Progressing": ("True", "CanaryStep" if s.canary_version else "RollingOut"),
+            "Paused": ("True", "Paused"),
+            "Healthy": ("False", "RolloutComplete"),
+            "Degraded": ("False", "RolledBack"),
+            "Pending": ("False", "WaitingForModelVersion"),
+        }
+        progressing, reason = progressing_by_phase[phase]
+        message = (
+            f"{s.canary_version} at weight {s.canary_weight}, step {s.current_step}"
+            if s.canary_version
+            else f"stable {s.stable_version}"
+        )
+        s.conditions = set_condition(
+            s.conditions,
+            "Progressing",
+            progressing,
+            reason,
+            message,
+            gen,
+            now,
+        )
+        s.observed_generation = gen
+
+
+def decide(
+    spec: DeploymentSpec,
+    status: DeploymentStatus,
+    observation: Observation,
+    now: datetime,
+    generation: int | None = None,
+) -> Decision:
+    return _Machine(spec, status, observation, generation, now).run()

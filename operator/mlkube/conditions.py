@@ -1,0 +1,48 @@
+"""metav1.Condition bookkeeping: upsert by type, keep lastTransitionTime while status holds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from mlkube.api.common import Condition, ConditionStatus
+
+
+def timestamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """A new list with the condition of `type_` replaced or added."""
+    previous = next((c for c in conditions if c.type == type_), None)
+    changed = previous is None or previous.status != status
+    updated = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=timestamp(now)
+        if changed or previous is None
+        else previous.last_transition_time,
+        observed_generation=generation,
+    )
+    return (
+        [updated if c.type == type_ else c for c in conditions]
+        if previous
+        else [*conditions, updated]
+    )
+
+
+def condition_status(conditions: list[Condition], type_: str) -> ConditionStatus | None:
+    return next((c.status for c in conditions if c.type == type_), None)

@@ -1,0 +1,67 @@
+"""When a drift verdict should create a new TrainingJob: hysteresis, cooldown, fresh data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus, DriftRun
+from mlkube.conditions import parse_timestamp
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    retrain: bool
+    consecutive_detections: int
+    """The count to store in status after this run."""
+    reason: str
+    message: str
+
+
+def decide_retrain(
+    spec: DriftMonitorSpec,
+    status: DriftMonitorStatus,
+    run: DriftRun,
+    logged_rows: int,
+    now: datetime,
+) -> RetrainDecision:
+    """Decide on one new run. `logged_rows` counts every row ever logged for the Deployment.
+
+    InsufficientData and Error neither count as detections nor break a streak: they say nothing
+    about drift.
+    """
+    consecutive = status.consecutive_detections
+    if run.verdict == "Drift":
+        consecutive += 1
+    elif run.verdict == "NoDrift":
+        consecutive = 0
+
+    def hold(reason: str, message: str) -> RetrainDecision:
+        return RetrainDecision(False, consecutive, reason, message)
+
+    retrain = spec.action.retrain
+    if spec.action.type != "Retrain" or retrain is None:
+        return hold("NoAction", "action.type is None")
+    if run.verdict != "Drift":
+        return hold(run.verdict, f"verdict {run.verdict}")
+    if consecutive < retrain.consecutive_detections:
+        return hold(
+            "AwaitingConsecutiveDetections",
+            f"{consecutive} of {retrain.consecutive_detections} consecutive detections",
+        )
+    if status.last_retrain_time is not None:
+        elapsed = (now - parse_timestamp(status.last_retrain_time)).total_seconds()
+        if elapsed < retrain.cooldown_seconds:
+            return hold(
+                "CoolingDown",
+                f"last retrain {elapsed:.0f}s ago, cooldownSeconds {retrain.cooldown_seconds}",
+            )
+    new_rows = logged_rows - (status.rows_at_last_retrain or 0)
+    if new_rows < retrain.min_new_samples:
+        return hold(
+            "AwaitingNewSamples",
+            f"{new_rows} rows logged since the last retrain, minNewSamples {retrain.min_new_samples}",
+        )
+    return RetrainDecision(
+        True, 0, "Retraining", f"drift in {', '.join(run.drifted_columns) or 'the dataset'}"
+    )

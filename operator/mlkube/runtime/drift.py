@@ -1,0 +1,519 @@
+"""Column-wise drift between a reference sample and a window of logged inputs.
+
+Statistics (each equal to scipy's to 1e-9, computed without a Python loop over rows):
+
+- numeric: two-sample Kolmogorov-Smirnov (``scipy.stats.ks_2samp``, method ``auto``: the exact
+  p-value while both samples have at most 10,000 rows, Smirnov's asymptotic one above) and the
+  Wasserstein distance (``scipy.stats.wasserstein_distance``) divided by the reference's standard
+  deviation (floored at 0.001, as Evidently does). Both come from one sort of each sample and one
+  merge, which is what keeps 1M rows x 15 columns under a second.
+- categorical: the chi-squared test of homogeneity on the 2 x k table of reference and current
+  category counts (``scipy.stats.chi2_contingency(correction=False)``): the reference is a sample
+  too, and a category new in the current window is just another column of the table rather than
+  an infinite statistic; and the Jensen-Shannon distance (base 2, so in [0, 1]).
+- PSI on request: 10 bins at the reference's deciles (categories for categorical columns), empty
+  bins counted as 1e-4.
+
+Decision (method ``SignificantAndLarge``): a column drifts when its KS or chi-squared p-value is
+under ``pValue / tested columns`` (Bonferroni) AND its distance (normalised Wasserstein for numeric
+columns, Jensen-Shannon for categorical ones, PSI when the test is PSI) reaches the threshold.
+Significance alone flags negligible shifts once windows are large; distance alone flags noise
+when they are small; both together give a verdict that does not flip with the window size. The
+column's test only chooses the reported statistic and, for PSI, the distance.
+
+Method ``Evidently`` mirrors Evidently's DataDriftPreset defaults: a reference of at most 1,000
+rows uses KS (numeric), chi-squared goodness of fit against the reference proportions, or a
+two-proportion Z-test for two values (categorical, and numeric with at most 5 distinct values),
+drifting at p < pValue; a larger reference uses normalised Wasserstein (numeric) or Jensen-Shannon
+(natural log; categorical and numeric with at most 5 distinct values), drifting at distance >=
+distanceThreshold. There is no correction for the number of columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from scipy import stats
+from scipy.spatial import distance
+
+from mlkube.api.driftmonitor import ColumnOverride, DriftMonitorSpec
+from mlkube.runtime.artifacts import join
+from mlkube.runtime.inference_log import PREDICTION_COLUMN, TS_COLUMN, read_window
+
+ColumnKind = Literal["Numeric", "Categorical"]
+TestName = Literal["KS", "Wasserstein", "PSI", "ChiSquared", "JensenShannon", "Z"]
+Verdict = Literal["NoDrift", "Drift", "InsufficientData"]
+Floats = npt.NDArray[np.float64]
+Counts = npt.NDArray[np.int64]
+
+NUMERIC_TESTS: frozenset[str] = frozenset({"KS", "Wasserstein", "PSI"})
+CATEGORICAL_TESTS: frozenset[str] = frozenset({"ChiSquared", "JensenShannon", "PSI"})
+PSI_THRESHOLD = 0.2
+"""PSI under 0.1 is stable, 0.1-0.2 a moderate change, 0.2 and over a shift worth acting on."""
+PSI_BINS = 10
+PSI_EMPTY_BIN = 1e-4
+WASSERSTEIN_NORM_FLOOR = 0.001
+EXACT_KS_MAX_ROWS = 10_000
+"""scipy's ks_2samp(method='auto') computes the exact p-value up to this many rows per sample."""
+EVIDENTLY_SMALL_REFERENCE = 1000
+EVIDENTLY_FEW_VALUES = 5
+TERMINATION_MESSAGE_BYTES = 4096
+"""Kubernetes truncates a pod's termination message beyond this."""
+
+_SCHEMA_KINDS: dict[str, ColumnKind] = {
+    "float": "Numeric",
+    "int": "Numeric",
+    "string": "Categorical",
+    "bool": "Categorical",
+}
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    name: str
+    kind: ColumnKind
+    test: TestName
+    statistic: float
+    p_value: float | None
+    distance: float | None
+    drifted: bool
+
+    def to_api(self) -> dict[str, Any]:
+        """Field names and string figures of the API's ColumnResult."""
+        result: dict[str, Any] = {"name": self.name, "test": self.test}
+        result["statistic"] = _figure(self.statistic)
+        if self.p_value is not None:
+            result["pValue"] = _figure(self.p_value)
+        if self.distance is not None:
+            result["distance"] = _figure(self.distance)
+        result["drifted"] = self.drifted
+        return result
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    verdict: Verdict
+    rows: int
+    drift_share: float
+    columns: list[ColumnDrift] = field(default_factory=list)
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [c.name for c in self.columns if c.drifted]
+
+    def to_json(self, max_bytes: int = TERMINATION_MESSAGE_BYTES) -> str:
+        """Compact JSON for a termination message: drifted columns' details first, then the rest
+        while they fit; ``columnsOmitted`` counts what did not."""
+        drifted = self.drifted_columns
+        message: dict[str, Any] = {
+            "verdict": self.verdict,
+            "rows": self.rows,
+            "driftShare": _figure(self.drift_share),
+            "driftedColumns": drifted,
+            "columns": [],
+        }
+        while len(_compact(message)) > max_bytes and message["driftedColumns"]:
+            message["driftedColumns"] = message["driftedColumns"][:-1]
+            message["driftedColumnsOmitted"] = len(drifted) - len(message["driftedColumns"])
+        ordered = sorted(self.columns, key=lambda c: not c.drifted)
+        size = len(_compact(message))
+        for position, column in enumerate(ordered):
+            detail = column.to_api()
+            added = len(_compact(detail)) + 1
+            if size + added + len(',"columnsOmitted":0000') > max_bytes:
+                message["columnsOmitted"] = len(ordered) - position
+                break
+            message["columns"].append(detail)
+            size += added
+        return _compact(message)
+
+
+def _figure(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NumericStatistics:
+    ks_statistic: float
+    ks_p_value: float
+    wasserstein: float
+    """Unnormalised, as scipy.stats.wasserstein_distance(reference, current)."""
+
+
+def numeric_statistics(reference: Floats, current: Floats) -> NumericStatistics:
+    """KS and Wasserstein of two samples from one sort of each and one merge."""
+    ref = np.sort(reference)
+    cur = np.sort(current)
+    m, n = ref.size, cur.size
+    merged, from_ref = _merge_sorted(ref, cur)
+    ref_below = np.cumsum(from_ref)
+    cur_below = np.arange(1, m + n + 1) - ref_below
+    cdf_gap = ref_below / m - cur_below / n
+    wasserstein = float(np.sum(np.abs(cdf_gap[:-1]) * np.diff(merged)))
+    if max(m, n) <= EXACT_KS_MAX_ROWS:
+        exact = stats.ks_2samp(ref, cur)
+        return NumericStatistics(float(exact.statistic), float(exact.pvalue), wasserstein)
+    # The ECDFs only step at the last of equal values; scipy evaluates them there too.
+    step_ends = np.flatnonzero(merged[1:] != merged[:-1])
+    gaps_at_steps = np.append(cdf_gap[step_ends], cdf_gap[-1])
+    d = max(float(gaps_at_steps.max()), float(np.clip(-gaps_at_steps.min(), 0, 1)))
+    larger, smaller = sorted([float(m), float(n)], reverse=True)
+    effective_n = np.round(larger * smaller / (larger + smaller))
+    p_value = float(np.clip(stats.kstwo.sf(d, effective_n), 0, 1))
+    return NumericStatistics(d, p_value, wasserstein)
+
+
+def _merge_sorted(first: Floats, second: Floats) -> tuple[Floats, npt.NDArray[np.bool_]]:
+    """The sorted union of two sorted arrays, and which positions came from `first`."""
+    positions = np.arange(first.size) + np.searchsorted(second, first, side="left")
+    from_first = np.zeros(first.size + second.size, dtype=bool)
+    from_first[positions] = True
+    merged = np.empty(first.size + second.size, dtype=np.float64)
+    merged[from_first] = first
+    merged[~from_first] = second
+    return merged, from_first
+
+
+def normalised_wasserstein(wasserstein: float, reference: Floats) -> float:
+    return wasserstein / max(float(np.std(reference)), WASSERSTEIN_NORM_FLOOR)
+
+
+def numeric_psi(reference: Floats, current: Floats, bins: int = PSI_BINS) -> float:
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref_counts = np.diff(
+        np.searchsorted(np.sort(reference), edges, side="right"), prepend=0, append=reference.size
+    )
+    cur_counts = np.diff(
+        np.searchsorted(np.sort(current), edges, side="right"), prepend=0, append=current.size
+    )
+    return psi(ref_counts, cur_counts)
+
+
+def psi(reference_counts: npt.NDArray[Any], current_counts: npt.NDArray[Any]) -> float:
+    ref = reference_counts / reference_counts.sum()
+    cur = current_counts / current_counts.sum()
+    ref = np.where(ref == 0, PSI_EMPTY_BIN, ref)
+    cur = np.where(cur == 0, PSI_EMPTY_BIN, cur)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+@dataclass(frozen=True)
+class CategoryCounts:
+    """Counts over the union of both samples' categories, in one order."""
+
+    categories: list[Any]
+    reference: Counts
+    current: Counts
+
+
+def category_counts(
+    reference: pa.ChunkedArray | pa.Array, current: pa.ChunkedArray | pa.Array
+) -> CategoryCounts:
+    ref = _value_counts(reference)
+    cur = _value_counts(current)
+    categories = list(dict.fromkeys([*ref, *cur]))
+    return CategoryCounts(
+        categories,
+        np.array([ref.get(c, 0) for c in categories], dtype=np.int64),
+        np.array([cur.get(c, 0) for c in categories], dtype=np.int64),
+    )
+
+
+def _value_counts(values: pa.ChunkedArray | pa.Array) -> dict[Any, int]:
+    counted = pc.value_counts(values)
+    return {
+        value: count
+        for value, count in zip(
+            counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True
+        )
+        if value is not None
+    }
+
+
+def chi_squared(counts: CategoryCounts) -> tuple[float, float]:
+    """Homogeneity of the reference and current category distributions: (statistic, p-value)."""
+    if len(counts.categories) < 2:
+        return 0.0, 1.0
+    result = stats.chi2_contingency(np.vstack([counts.reference, counts.current]), correction=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+def jensen_shannon(counts: CategoryCounts, base: float | None = 2) -> float:
+    ref = counts.reference / counts.reference.sum()
+    cur = counts.current / counts.current.sum()
+    return float(distance.jensenshannon(ref, cur, base=base))
+
+
+def categorical_psi(counts: CategoryCounts) -> float:
+    return psi(counts.reference, counts.current)
+
+
+# --- columns -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to compute for one column."""
+
+    name: str
+    kind: ColumnKind
+    test: TestName | None
+    threshold: float | None
+
+
+def detect_drift(
+    reference: pa.Table | pd.DataFrame,
+    current: pa.Table | pd.DataFrame,
+    spec: DriftMonitorSpec,
+    column_types: dict[str, str] | None = None,
+) -> DriftReport:
+    """Test every column of `column_types` (default: the reference's columns also in `current`).
+
+    `column_types` holds ModelVersion input-schema types (float, int, string, bool); per-column
+    overrides in `spec.columns` change a column's kind, test or threshold, or leave it out.
+    """
+    ref_table = _as_table(reference)
+    cur_table = _as_table(current)
+    if cur_table.num_rows < spec.min_rows:
+        return DriftReport("InsufficientData", cur_table.num_rows, 0.0)
+    if ref_table.num_rows == 0:
+        raise ValueError("the reference sample has no rows")
+    plans = _plans(ref_table, cur_table, spec, column_types)
+    corrected_p = float(spec.p_value) / max(len(plans), 1)
+
+    def evaluate(plan: _Plan) -> ColumnDrift:
+        ref_values = ref_table.column(plan.name)
+        cur_values = cur_table.column(plan.name)
+        if spec.method == "Evidently":
+            return _evidently_column(plan, ref_values, cur_values, spec)
+        return _significant_and_large_column(plan, ref_values, cur_values, corrected_p, spec)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(plans), os.cpu_count() or 1))) as pool:
+        columns = list(pool.map(evaluate, plans))
+    drifted = sum(c.drifted for c in columns)
+    share = drifted / len(columns) if columns else 0.0
+    verdict: Verdict = "Drift" if columns and share >= float(spec.drift_share) else "NoDrift"
+    return DriftReport(verdict, cur_table.num_rows, share, columns)
+
+
+def _as_table(data: pa.Table | pd.DataFrame) -> pa.Table:
+    if isinstance(data, pd.DataFrame):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    return data
+
+
+def _plans(
+    reference: pa.Table,
+    current: pa.Table,
+    spec: DriftMonitorSpec,
+    column_types: dict[str, str] | None,
+) -> list[_Plan]:
+    if column_types is None:
+        names = [
+            n
+            for n in reference.column_names
+            if n in current.column_names and n not in {TS_COLUMN, PREDICTION_COLUMN}
+        ]
+    else:
+        names = list(column_types)
+    for name in names:
+        for table, what in ((reference, "reference sample"), (current, "inference log")):
+            if name not in table.column_names:
+                raise ValueError(f"column {name!r} is missing from the {what}")
+    overrides: dict[str, ColumnOverride] = {o.name: o for o in spec.columns}
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"spec.columns names columns that are not tested: {', '.join(unknown)}")
+    plans = []
+    for name in names:
+        override = overrides.get(name)
+        if override is not None and override.ignore:
+            continue
+        kind = _kind(name, reference.schema.field(name).type, column_types, override)
+        test: TestName | None
+        if override is not None and override.test is not None:
+            test = override.test
+            allowed = NUMERIC_TESTS if kind == "Numeric" else CATEGORICAL_TESTS
+            if test not in allowed:
+                raise ValueError(f"test {test} does not apply to {kind.lower()} column {name!r}")
+        elif spec.method == "Evidently":
+            test = None  # chosen from the data, as Evidently does
+        else:
+            test = spec.numeric_test if kind == "Numeric" else spec.categorical_test
+        threshold = (
+            None if override is None or override.threshold is None else float(override.threshold)
+        )
+        plans.append(_Plan(name, kind, test, threshold))
+    return plans
+
+
+def _kind(
+    name: str,
+    arrow_type: pa.DataType,
+    column_types: dict[str, str] | None,
+    override: ColumnOverride | None,
+) -> ColumnKind:
+    if override is not None and override.kind is not None:
+        return override.kind
+    if column_types is not None and column_types[name] in _SCHEMA_KINDS:
+        return _SCHEMA_KINDS[column_types[name]]
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return "Numeric"
+    return "Categorical"
+
+
+def _numbers(values: pa.ChunkedArray) -> Floats:
+    array: Floats = pc.cast(values, pa.float64()).to_numpy()
+    missing = np.isnan(array)
+    return array[~missing] if missing.any() else array
+
+
+def _significant_and_large_column(
+    plan: _Plan,
+    reference: pa.ChunkedArray,
+    current: pa.ChunkedArray,
+    corrected_p: float,
+    spec: DriftMonitorSpec,
+) -> ColumnDrift:
+    assert plan.test is not None
+    default_threshold = PSI_THRESHOLD if plan.test == "PSI" else float(spec.distance_threshold)
+    threshold = default_threshold if plan.threshold is None else plan.threshold
+    statistic: float
+    if plan.kind == "Numeric":
+        ref, cur = _numbers(reference), _numbers(current)
+        numeric = numeric_statistics(ref, cur)
+        p_value = numeric.ks_p_value
+        size = normalised_wasserstein(numeric.wasserstein, ref)
+        if plan.test == "PSI":
+            size = statistic = numeric_psi(ref, cur)
+        else:
+            statistic = numeric.ks_statistic if plan.test == "KS" else size
+    else:
+        counts = category_counts(reference, current)
+        chi2, p_value = chi_squared(counts)
+        size = jensen_shannon(counts)
+        if plan.test == "PSI":
+            size = statistic = categorical_psi(counts)
+        else:
+            statistic = chi2 if plan.test == "ChiSquared" else size
+    drifted = p_value < corrected_p and size >= threshold
+    return ColumnDrift(plan.name, plan.kind, plan.test, statistic, p_value, size, drifted)
+
+
+def _evidently_column(
+    plan: _Plan, reference: pa.ChunkedArray, current: pa.ChunkedArray, spec: DriftMonitorSpec
+) -> ColumnDrift:
+    small_reference = reference.length() - reference.null_count <= EVIDENTLY_SMALL_REFERENCE
+    counts: CategoryCounts | None = None
+    ref = cur = np.empty(0)
+    if plan.kind == "Numeric":
+        ref, cur = _numbers(reference), _numbers(current)
+        if np.unique(ref).size <= EVIDENTLY_FEW_VALUES:
+            counts = _numeric_value_counts(ref, cur)
+            if len(counts.categories) > EVIDENTLY_FEW_VALUES:
+                counts = None
+    else:
+        counts = category_counts(reference, current)
+    test = plan.test
+    if test is None:
+        if counts is None:
+            test = "KS" if small_reference else "Wasserstein"
+        elif small_reference:
+            test = "ChiSquared" if len(counts.categories) > 2 else "Z"
+        else:
+            test = "JensenShannon"
+    if counts is None and test in {"ChiSquared", "JensenShannon", "Z"}:
+        counts = _numeric_value_counts(ref, cur)
+
+    p_value: float | None = None
+    size: float | None = None
+    if test == "KS":
+        numeric = numeric_statistics(ref, cur)
+        statistic, p_value = numeric.ks_statistic, numeric.ks_p_value
+    elif test == "Wasserstein":
+        size = statistic = normalised_wasserstein(numeric_statistics(ref, cur).wasserstein, ref)
+    elif test == "PSI":
+        size = statistic = numeric_psi(ref, cur) if counts is None else categorical_psi(counts)
+    else:
+        assert counts is not None
+        if test == "JensenShannon":
+            size = statistic = jensen_shannon(counts, base=None)
+        elif test == "Z":
+            statistic, p_value = two_proportion_z(counts)
+        else:
+            statistic, p_value = chi_squared_goodness_of_fit(counts)
+    if p_value is not None:
+        drifted = p_value < (float(spec.p_value) if plan.threshold is None else plan.threshold)
+    else:
+        assert size is not None
+        drifted = size >= (
+            float(spec.distance_threshold) if plan.threshold is None else plan.threshold
+        )
+    return ColumnDrift(plan.name, plan.kind, test, statistic, p_value, size, drifted)
+
+
+def _numeric_value_counts(reference: Floats, current: Floats) -> CategoryCounts:
+    return category_counts(pa.array(reference), pa.array(current))
+
+
+def chi_squared_goodness_of_fit(counts: CategoryCounts) -> tuple[float, float]:
+    """Evidently's chi-squared: current counts against the reference proportions."""
+    expected = counts.reference * (counts.current.sum() / counts.reference.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = stats.chisquare(counts.current, expected)
+    return float(result.statistic), float(result.pvalue)
+
+
+def two_proportion_z(counts: CategoryCounts) -> tuple[float, float]:
+    """Evidently's Z-test for a two-valued column: (z, two-sided p-value)."""
+    if len(counts.categories) < 2:
+        return 0.0, 1.0
+    first = sorted(range(len(counts.categories)), key=lambda i: counts.categories[i])[0]
+    n1, n2 = float(counts.reference.sum()), float(counts.current.sum())
+    p1 = 1 - counts.reference[first] / n1
+    p2 = 1 - counts.current[first] / n2
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    z = (p1 - p2) / np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return float(z), float(2 * (1 - stats.norm.cdf(abs(z))))
+
+
+# --- from the store ----------------------------------------------------------------------------
+
+
+def read_reference(uri: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = fsspec.core.url_to_fs(join(uri))
+    table: pa.Table = pq.read_table(path, filesystem=fs, columns=columns)
+    return table
+
+
+def run_drift(
+    spec: DriftMonitorSpec,
+    reference_uri: str,
+    log_uri: str,
+    column_types: dict[str, str] | None = None,
+) -> DriftReport:
+    """One scheduled check: the reference Parquet against the spec's window of the log."""
+    reference = read_reference(reference_uri, None if column_types is None else list(column_types))
+    names = [n for n in reference.column_names if n not in {TS_COLUMN, PREDICTION_COLUMN}]
+    current = read_window(
+        log_uri, rows=spec.window.rows, seconds=spec.window.seconds, columns=names
+    )
+    return detect_drift(reference, current, spec, column_types)

@@ -1,0 +1,490 @@
+"""The model server: a BentoML service that serves one verified model version.
+
+Run it with ``mlkube-runtime serve`` (see ``serving_cli``), which runs
+``bentoml serve mlkube.runtime.serve:MLKubeModelServer`` with one worker.
+
+Environment (the primary interface; the operator sets these on the pod):
+
+- ``MLKUBE_MODEL_URI``: the model version directory (a path, ``file://`` or ``s3://``).
+- ``MLKUBE_MODEL_SHA256``: expected sha256 of ``model.joblib``; checked before unpickling, and a
+  mismatch stops the server with an error naming the file and both digests. When unset, the
+  digest recorded next to the model (``model.sha256``) is used.
+- ``MLKUBE_INFERENCE_LOG_URI``: optional directory for inference log segments (inputs and
+  predictions, read back by drift checks).
+- ``MLKUBE_POD_NAME``: writer id of the inference log segments (default: the host name).
+- ``MLKUBE_MODEL_VERSION``: the ``model_version`` label of the metrics (default: ``unknown``).
+- ``MLKUBE_PREDICTION_BUCKETS``: optional comma-separated bucket bounds of the regressor
+  prediction histogram (default: symmetric 1-2-5 steps, see ``metrics``).
+- Test and chaos knobs, for exercising canary analysis; leave unset in production:
+  ``MLKUBE_FAULT_ERROR_PERCENT`` (0-100: that share of prediction requests answers 500) and
+  ``MLKUBE_FAULT_DELAY_MS`` (added to every prediction request).
+
+HTTP:
+
+- ``POST /predict`` with ``{"instances": [{"col": value, ...}, ...]}`` (rows) or
+  ``{"inputs": {"col": [value, ...], ...}}`` (columns). Every schema column must be present,
+  with its type (float accepts integers; int accepts integral numbers). Answer:
+  ``{"predictions": [...], "probabilities": [[...], ...], "modelVersion": "..."}``, with
+  ``probabilities`` (in the order of the model's ``classes_``) for classifiers only.
+  A malformed body is a 400 and a schema violation a 422, both
+  ``{"error": "...", "column": "..."}`` naming the column where there is one.
+- ``GET /livez``, ``GET /readyz``, ``GET /metrics``: BentoML's own; the metrics are listed in
+  ``mlkube.runtime.metrics``.
+
+Speed: ``POST /predict`` is answered by a plain ASGI handler that the service class puts in front
+of BentoML's application (``MLKubeService.to_asgi``), so the hot path skips BentoML's per-request
+middleware, pydantic IO models and thread hop; everything else (lifecycle, probes, metrics,
+configuration) is BentoML's. After the model loads, the heap is frozen (``gc.freeze``) and the
+young-generation threshold raised, which removes the full-collection latency spikes.
+docs/serving.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import math
+import os
+import random
+import socket
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import bentoml
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from mlkube.api.modelversion import ColumnType
+from mlkube.runtime import artifacts
+from mlkube.runtime.metrics import PREDICTION_VALUE_BUCKETS, ServingMetrics
+
+logger = logging.getLogger("mlkube.serve")
+
+ENV_MODEL_URI = "MLKUBE_MODEL_URI"
+ENV_MODEL_SHA256 = "MLKUBE_MODEL_SHA256"
+ENV_INFERENCE_LOG_URI = "MLKUBE_INFERENCE_LOG_URI"
+ENV_POD_NAME = "MLKUBE_POD_NAME"
+ENV_MODEL_VERSION = "MLKUBE_MODEL_VERSION"
+ENV_PREDICTION_BUCKETS = "MLKUBE_PREDICTION_BUCKETS"
+ENV_FAULT_ERROR_PERCENT = "MLKUBE_FAULT_ERROR_PERCENT"
+ENV_FAULT_DELAY_MS = "MLKUBE_FAULT_DELAY_MS"
+
+PREDICT_PATH = "/predict"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+# Young collections every 50k net allocations instead of 700: a request allocates a few hundred
+# objects, and with the model's objects frozen the rare full collections stay short.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+ASGIScope = MutableMapping[str, Any]
+ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[ASGIScope, ASGIReceive, ASGISend], Awaitable[None]]
+
+# Which JSON value types each schema type accepts (bool is not an int here).
+_ACCEPTED: dict[ColumnType, frozenset[type]] = {
+    "float": frozenset({float, int}),
+    "int": frozenset({int, float}),
+    "string": frozenset({str}),
+    "bool": frozenset({bool}),
+}
+_FRAME_DTYPES: dict[ColumnType, str] = {
+    "float": "float64",
+    "int": "int64",
+    "string": "object",
+    "bool": "bool",
+}
+_PROBE_VALUES: dict[ColumnType, float | int | str | bool] = {
+    "float": 0.0,
+    "int": 0,
+    "string": "",
+    "bool": False,
+}
+
+
+class ServeConfigError(Exception):
+    """The environment does not describe a servable model."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the server reads from its environment."""
+
+    model_uri: str
+    model_sha256: str | None
+    inference_log_uri: str | None
+    pod_name: str
+    model_version: str
+    prediction_buckets: tuple[float, ...]
+    fault_error_percent: float
+    fault_delay_ms: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ServeSettings:
+        model_uri = environ.get(ENV_MODEL_URI, "").strip()
+        if not model_uri:
+            raise ServeConfigError(f"{ENV_MODEL_URI} must name the model version directory")
+        buckets = environ.get(ENV_PREDICTION_BUCKETS, "").strip()
+        return cls(
+            model_uri=model_uri,
+            model_sha256=environ.get(ENV_MODEL_SHA256, "").strip().lower() or None,
+            inference_log_uri=environ.get(ENV_INFERENCE_LOG_URI, "").strip() or None,
+            pod_name=environ.get(ENV_POD_NAME, "").strip() or socket.gethostname(),
+            model_version=environ.get(ENV_MODEL_VERSION, "").strip() or "unknown",
+            prediction_buckets=(
+                tuple(sorted(_number(ENV_PREDICTION_BUCKETS, b) for b in buckets.split(",")))
+                if buckets
+                else PREDICTION_VALUE_BUCKETS
+            ),
+            fault_error_percent=_number_between(environ, ENV_FAULT_ERROR_PERCENT, 0, 100),
+            fault_delay_ms=_number_between(environ, ENV_FAULT_DELAY_MS, 0, 600_000),
+        )
+
+
+def _number(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ServeConfigError(f"{name}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ServeConfigError(f"{name}: {text!r} is not finite")
+    return value
+
+
+def _number_between(environ: Mapping[str, str], name: str, low: float, high: float) -> float:
+    value = _number(name, environ.get(name, "").strip() or "0")
+    if not low <= value <= high:
+        raise ServeConfigError(f"{name}={value:g} must be between {low:g} and {high:g}")
+    return value
+
+
+class RequestError(Exception):
+    """A request the server cannot answer: a 4xx, never a 5xx."""
+
+    def __init__(self, status: int, message: str, column: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.column = column
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message} | ({"column": self.column} if self.column else {})
+
+
+def parse_request(body: bytes, column_types: Mapping[str, ColumnType]) -> dict[str, list[Any]]:
+    """Decode and validate a request body into one list of values per schema column."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(document, dict) or len(document.keys() & {"instances", "inputs"}) != 1:
+        raise RequestError(
+            400, 'request body must be {"instances": [{...}, ...]} or {"inputs": {"col": [...]}}'
+        )
+    if "instances" in document:
+        columns = _rows_to_columns(document["instances"], column_types)
+    else:
+        columns = _check_columnar(document["inputs"], column_types)
+    for name, values in columns.items():
+        _check_types(name, column_types[name], values)
+    return columns
+
+
+def _rows_to_columns(rows: Any, column_types: Mapping[str, ColumnType]) -> dict[str, list[Any]]:
+    if not isinstance(rows, list) or not rows:
+        raise RequestError(400, '"instances" must be a non-empty list of objects')
+    names = column_types.keys()
+    for index, row in enumerate(rows):
+        if type(row) is not dict:
+            raise RequestError(400, f"instances[{index}] must be an object")
+        if row.keys() != names:
+            missing = [name for name in names if name not in row]
+            if missing:
+                raise RequestError(
+                    422, f"instances[{index}] is missing column {missing[0]!r}", missing[0]
+                )
+            unknown = next(name for name in row if name not in column_types)
+            raise RequestError(
+                422,
+                f"instances[{index}] has unknown column {unknown!r}; "
+                f"the model takes {', '.join(names)}",
+                unknown,
+            )
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def _check_columnar(inputs: Any, column_types: Mapping[str, ColumnType]) -> dict[str, list[Any]]:
+    if not isinstance(inputs, dict):
+        raise RequestError(400, '"inputs" must be an object of column name to list of values')
+    for name in column_types:
+        if name not in inputs:
+            raise RequestError(422, f"inputs is missing column {name!r}", name)
+    for name, values in inputs.items():
+        if name not in column_types:
+            raise RequestError(
+                422,
+                f"inputs has unknown column {name!r}; the model takes {', '.join(column_types)}",
+                name,
+            )
+        if not isinstance(values, list) or not values:
+            raise RequestError(400, f"inputs[{name!r}] must be a non-empty list", name)
+    lengths = {name: len(values) for name, values in inputs.items()}
+    if len(set(lengths.values())) > 1:
+        raise RequestError(400, f"inputs columns differ in length: {lengths}")
+    return {name: inputs[name] for name in column_types}
+
+
+def _check_types(name: str, expected: ColumnType, values: list[Any]) -> None:
+    accepted = _ACCEPTED[expected]
+    for index, value in enumerate(values):
+        kind = type(value)
+        if (
+            kind not in accepted
+            or (kind is float and not math.isfinite(value))
+            or (expected == "int" and kind is float and not value.is_integer())
+        ):
+            raise RequestError(
+                422,
+                f"column {name!r} must be {expected}, got {_json_type(value)} {value!r} "
+                f"in row {index}",
+                name,
+            )
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "bool", int: "integer", float: "number", str: "string", list: "array"}
+    return "null" if value is None else names.get(type(value), "object")
+
+
+class Model(Protocol):
+    def predict(self, features: Any) -> npt.NDArray[Any]: ...
+
+
+@dataclass(frozen=True)
+class Prediction:
+    values: npt.NDArray[Any]
+    probabilities: npt.NDArray[np.float64] | None
+
+
+class Predictor:
+    """A loaded model plus the input layout it was found to accept."""
+
+    def __init__(self, model: Model, schema: artifacts.ModelSchema) -> None:
+        self.model = model
+        self.schema = schema
+        self.column_types = schema.column_types()
+        fitted_names = getattr(model, "feature_names_in_", None)
+        self.feature_order: list[str] = (
+            [str(n) for n in fitted_names] if fitted_names is not None else list(self.column_types)
+        )
+        if set(self.feature_order) != set(self.column_types):
+            raise ServeConfigError(
+                f"the model was fitted on columns {self.feature_order}, "
+                f"but its schema lists {list(self.column_types)}"
+            )
+        self.is_classifier = schema.task == "classification" and hasattr(model, "predict_proba")
+        self.uses_frame = not self._numeric_matrix_works()
+
+    def _numeric_matrix_works(self) -> bool:
+        """Numeric inputs go in as a float matrix (fast) when the model accepts one.
+
+        A model fitted on a DataFrame warns about the missing column names; the server has
+        already checked the names and put the values in the fitted order, so that warning
+        is silenced. A pipeline that selects columns by name needs a DataFrame and fails here.
+        """
+        if any(t == "string" for t in self.column_types.values()):
+            return False
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        probe = {name: [_PROBE_VALUES[t]] for name, t in self.column_types.items()}
+        try:
+            self.model.predict(self._matrix(probe))
+        except Exception:
+            return False
+        return True
+
+    def _matrix(self, columns: Mapping[str, list[Any]]) -> npt.NDArray[np.float64]:
+        return np.array([columns[name] for name in self.feature_order], dtype=np.float64).T
+
+    def _frame(self, columns: Mapping[str, list[Any]]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                name: pd.Series(columns[name], dtype=_FRAME_DTYPES[self.column_types[name]])
+                for name in self.feature_order
+            }
+        )
+
+    def predict(self, columns: Mapping[str, list[Any]]) -> Prediction:
+        features = self._frame(columns) if self.uses_frame else self._matrix(columns)
+        values = np.asarray(self.model.predict(features))
+        probabilities = (
+            np.asarray(self.model.predict_proba(features))  # type: ignore[attr-defined]
+            if self.is_classifier
+            else None
+        )
+        return Prediction(values, probabilities)
+
+    def warm_up(self) -> None:
+        """One prediction before traffic, so the first request pays no lazy initialisation."""
+        probe = {name: [_PROBE_VALUES[t]] for name, t in self.column_types.items()}
+        try:
+            self.predict(probe)
+        except Exception as e:  # a probe of zeros may be outside what a pipeline accepts
+            logger.info("warm-up prediction skipped: %s", e)
+
+
+class InferenceLog(Protocol):
+    def append(self, batch: dict[str, Any], predictions: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_inference_log(uri: str, writer_id: str) -> InferenceLog:
+    from mlkube.runtime.inference_log import SegmentWriter
+
+    writer: InferenceLog = SegmentWriter(uri, writer_id)
+    return writer
+
+
+async def _read_body(receive: ASGIReceive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError(400, "client disconnected before sending the body")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_json(send: ASGISend, status: int, document: Any) -> None:
+    body = json.dumps(document, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class MLKubeService(bentoml.Service[Any]):  # type: ignore[misc]
+    """BentoML's Service with ``POST /predict`` answered in front of BentoML's middleware stack.
+
+    Mounting the handler with ``bentoml.asgi_app`` instead still runs every request through
+    BentoML's tracing, access-log, metrics, timeout and context middleware, which cost more than
+    the prediction itself for a small model (docs/serving.md).
+    """
+
+    def to_asgi(self, is_main: bool = True) -> ASGIApp:
+        bentoml_app: ASGIApp = super().to_asgi(is_main=is_main)
+
+        async def app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
+            if scope["type"] == "http" and scope["path"] == PREDICT_PATH:
+                server: MLKubeModelServer = bentoml.get_current_service()
+                await server.handle_predict(scope, receive, send)
+            else:
+                await bentoml_app(scope, receive, send)
+
+        return app
+
+
+@bentoml.service(service_class=MLKubeService, workers=1, traffic={"timeout": 60})
+class MLKubeModelServer:
+    """Loads the model named by the environment, verified, and answers predictions."""
+
+    def __init__(self) -> None:
+        settings = ServeSettings.from_env(os.environ)
+        model: Model = artifacts.load_verified_model(  # type: ignore[assignment]
+            settings.model_uri, settings.model_sha256
+        )
+        self.settings = settings
+        self.predictor = Predictor(model, artifacts.load_schema(settings.model_uri))
+        self.predictor.warm_up()
+        self.metrics = ServingMetrics(
+            settings.model_version, prediction_buckets=settings.prediction_buckets
+        )
+        self.inference_log = (
+            open_inference_log(settings.inference_log_uri, settings.pod_name)
+            if settings.inference_log_uri
+            else None
+        )
+        logger.info(
+            "serving %s (model version %s, sha256 verified, %s input)",
+            settings.model_uri,
+            settings.model_version,
+            "DataFrame" if self.predictor.uses_frame else "matrix",
+        )
+        # Everything allocated so far lives as long as the process: keep it out of collections.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+
+    @bentoml.on_shutdown  # type: ignore[untyped-decorator]
+    def close_inference_log(self) -> None:
+        if self.inference_log is not None:
+            self.inference_log.close()
+
+    async def handle_predict(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
+        """``POST /predict``: validate, predict, answer; count and log after answering."""
+        started = time.perf_counter()
+        if scope["method"] != "POST":
+            await _send_json(send, 405, {"error": "use POST"})
+            return
+        settings = self.settings
+        if settings.fault_delay_ms:
+            await asyncio.sleep(settings.fault_delay_ms / 1000)
+        columns: dict[str, list[Any]] | None = None
+        prediction: Prediction | None = None
+        try:
+            body = await _read_body(receive)
+            if (
+                settings.fault_error_percent
+                and random.random() * 100 < settings.fault_error_percent
+            ):
+                status, document = 500, {"error": f"injected fault ({ENV_FAULT_ERROR_PERCENT})"}
+            else:
+                columns = parse_request(body, self.predictor.column_types)
+                prediction = self.predictor.predict(columns)
+                status, document = 200, self._answer(prediction)
+        except RequestError as e:
+            status, document = e.status, e.body()
+        except Exception:
+            logger.exception("prediction failed")
+            status, document = 500, {"error": "prediction failed; see the server log"}
+        await _send_json(send, status, document)
+        self.metrics.observe_request(status, time.perf_counter() - started)
+        if prediction is not None and columns is not None:
+            self._record(columns, prediction)
+
+    def _answer(self, prediction: Prediction) -> dict[str, Any]:
+        answer: dict[str, Any] = {"predictions": prediction.values.tolist()}
+        if prediction.probabilities is not None:
+            answer["probabilities"] = prediction.probabilities.tolist()
+        answer["modelVersion"] = self.settings.model_version
+        return answer
+
+    def _record(self, columns: dict[str, list[Any]], prediction: Prediction) -> None:
+        if self.predictor.is_classifier:
+            self.metrics.observe_class_labels(prediction.values)
+        else:
+            self.metrics.observe_values(prediction.values)
+        if self.inference_log is not None:
+            try:
+                self.inference_log.append(columns, prediction.values)
+            except Exception:
+                logger.exception("inference log append failed")
+                self.metrics.inference_log_failed()
