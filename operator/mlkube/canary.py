@@ -252,9 +252,10 @@ class _Machine:
 
     # -- the step machine ------------------------------------------------------------------
 
-    def analyse(self, min_requests: int | None) -> AnalysisResult:
+    def analyse(self, min_requests: int | None, step: int | None) -> AnalysisResult:
         analysis = self.spec.strategy.canary.analysis
         result = evaluate_analysis(analysis, self.obs.metrics, self.now, min_requests)
+        result.step = step
         self.status.last_analysis = result
         if result.result == "Failed":
             self.status.analysis_failures += 1
@@ -263,11 +264,9 @@ class _Machine:
         return result
 
     def _analysis_wait(self) -> float:
-        """Seconds until an analysis step may measure again; a result from an earlier step
-        never counts for this one."""
+        """Seconds until this analysis step may measure again (0: now)."""
         last = self.status.last_analysis
-        started = self.status.step_started_at
-        if last is None or (started and parse_timestamp(last.at) < parse_timestamp(started)):
+        if last is None or last.step != self.status.current_step:
             return 0.0
         return self.spec.strategy.canary.analysis.interval_seconds - self._since(last.at)
 
@@ -278,7 +277,7 @@ class _Machine:
         due = last is None or self._since(last.at) >= analysis.interval_seconds
         metrics = self.obs.metrics
         if due and metrics is not None and metrics.requests >= analysis.min_request_count:
-            self.analyse(None)
+            self.analyse(None, None)
 
     def run_steps(self) -> None:
         analysis = self.spec.strategy.canary.analysis
@@ -314,7 +313,10 @@ class _Machine:
                 if wait > 0:
                     self._wait(wait)
                     return
-                result = self.analyse(step.analysis.min_request_count if step.analysis else None)
+                result = self.analyse(
+                    step.analysis.min_request_count if step.analysis else None,
+                    self.status.current_step,
+                )
                 if result.result == "Passed":
                     self._advance()
                     continue
@@ -390,7 +392,8 @@ class _Machine:
                 self.promote()
             elif action == "promote" and self._step() is not None:
                 self._advance()
-            if s.canary_version:
+            current = self._step()
+            if s.canary_version and (current is None or current.analysis is None):
                 self.background_analysis()
             if s.canary_version:
                 self.run_steps()

@@ -6,9 +6,12 @@ structural schema may contain; this module inlines and rewrites them.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
@@ -231,3 +234,45 @@ def crd(kind: Kind) -> JsonSchema:
 def all_crds() -> dict[str, JsonSchema]:
     """File name -> CRD, for `crds/` and the Helm chart."""
     return {f"{kind.crd_name}.yaml": crd(kind) for kind in KINDS}
+
+
+CHART_CRD_GUARD = "{{- if .Values.crds.enabled }}\n"
+CHART_CRD_END = "{{- end }}\n"
+
+
+def crd_yaml(document: JsonSchema) -> str:
+    return str(yaml.safe_dump(document, sort_keys=False, width=100))
+
+
+def chart_crd_yaml(document: JsonSchema) -> str:
+    """The chart's copy: installed only with crds.enabled, and kept on `helm uninstall`."""
+    kept = {
+        **document,
+        "metadata": {
+            **document["metadata"],
+            "annotations": {"helm.sh/resource-policy": "keep"},
+        },
+    }
+    return CHART_CRD_GUARD + crd_yaml(kept) + CHART_CRD_END
+
+
+def rendered_files() -> dict[Path, str]:
+    """Every generated file, relative to the repository root."""
+    files: dict[Path, str] = {}
+    for name, document in all_crds().items():
+        files[Path("crds") / name] = crd_yaml(document)
+        files[Path("charts/mlkube/templates/crds") / name] = chart_crd_yaml(document)
+    return files
+
+
+def main() -> None:
+    """`make crds`: write crds/ and the chart's CRDs from the models."""
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path()
+    for path, text in rendered_files().items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -114,7 +114,7 @@ class DeploymentSpec(ApiModel):
     model_config = api_config(
         cel(
             "has(self.modelVersion) != (has(self.model) && self.latestApproved)",
-            "must set exactly one of modelVersion, or model with latestApproved: true",
+            "spec must set exactly one of modelVersion, or model with latestApproved: true",
         ),
         cel(
             "self.traffic != 'GatewayAPI' || has(self.gateway)",
@@ -147,6 +147,7 @@ class DeploymentSpec(ApiModel):
 
 class AnalysisResult(ApiModel):
     result: Literal["Passed", "Failed", "Inconclusive"]
+    step: int | None = Field(default=None, description="The analysis step measured; unset: background.")
     at: str = Field(json_schema_extra={"format": "date-time"})
     requests: int = 0
     error_rate_percent: str | None = None

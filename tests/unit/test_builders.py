@@ -1,0 +1,195 @@
+"""Manifest builders: pure functions from a custom resource to the children it owns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlkube.api.deployment import DeploymentSpec
+from mlkube.api.driftmonitor import DriftMonitorSpec
+from mlkube.api.modelversion import ModelVersionSpec
+from mlkube.api.trainingjob import TrainingJobSpec
+from mlkube.builders.common import Owner, artifact_pvc, child_name
+from mlkube.builders.monitoring import build_cronjob, cronjob_name
+from mlkube.builders.serving import (
+    TRAFFIC_LABEL,
+    build_autoscaler,
+    build_httproute,
+    build_server_deployment,
+    build_service,
+    server_name,
+)
+from mlkube.builders.training import build_job, job_name
+from mlkube.config import OperatorConfig
+
+CONFIG = OperatorConfig(runtime_image="localhost/mlkube-runtime:0.1.0")
+TJ_OWNER = Owner(kind="TrainingJob", name="iris-train", namespace="team-a", uid="uid-1")
+DEP_OWNER = Owner(kind="Deployment", name="iris", namespace="team-a", uid="uid-2")
+TRAINING = TrainingJobSpec.model_validate(
+    {
+        "model": "iris",
+        "dataset": {"uri": "builtin:iris"},
+        "estimator": {"className": "sklearn.linear_model.LogisticRegression"},
+        "backoffLimit": 2,
+        "ttlSecondsAfterFinished": 600,
+        "activeDeadlineSeconds": 900,
+    }
+)
+VERSION = ModelVersionSpec.model_validate(
+    {
+        "model": "iris",
+        "version": 2,
+        "task": "classification",
+        "artifact": {"uri": "file:///var/lib/mlkube/artifacts/team-a/iris/2", "sha256": "a" * 64},
+        "framework": {"version": "1.9.1"},
+        "inputSchema": [{"name": "x", "type": "float"}],
+    }
+)
+
+
+def container(manifest: dict, path: tuple[str, ...] = ("spec", "template", "spec")) -> dict:  # type: ignore[type-arg]
+    node = manifest
+    for key in path:
+        node = node[key]
+    return node["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_job_is_named_owned_and_deterministic() -> None:
+    job = build_job(TJ_OWNER, TRAINING, 3, CONFIG)
+    assert job == build_job(TJ_OWNER, TRAINING, 3, CONFIG)
+    assert job["metadata"]["name"] == job_name("iris-train") == "iris-train-train"
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("TrainingJob", "uid-1", True)
+    assert job["metadata"]["namespace"] == "team-a"
+    assert job["metadata"]["labels"]["mlkube.io/model"] == "iris"
+
+
+def test_job_carries_deadline_backoff_ttl_and_suspend() -> None:
+    job = build_job(TJ_OWNER, TRAINING, 1, CONFIG)["spec"]
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"], job["ttlSecondsAfterFinished"]) == (2, 900, 600)
+    assert job["suspend"] is False
+    suspended = TRAINING.model_copy(update={"suspend": True})
+    assert build_job(TJ_OWNER, suspended, 1, CONFIG)["spec"]["suspend"] is True
+    rule = job["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"]["values"] == [3], "permanent failures are not retried"
+
+
+def test_trainer_gets_the_spec_version_and_a_termination_message() -> None:
+    trainer = container(build_job(TJ_OWNER, TRAINING, 4, CONFIG))
+    assert trainer["command"] == ["mlkube-runtime"]
+    args = trainer["args"]
+    assert args[args.index("--version") + 1] == "4"
+    assert args[args.index("--namespace") + 1] == "team-a"
+    assert args[args.index("--spec") + 1] == "env:MLKUBE_SPEC"
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert TrainingJobSpec.model_validate(json.loads(env["MLKUBE_SPEC"])) == TRAINING
+    assert trainer["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert trainer["imagePullPolicy"] == "IfNotPresent"
+    assert trainer["image"] == "localhost/mlkube-runtime:0.1.0"
+
+
+def test_champion_is_passed_to_the_trainer() -> None:
+    args = container(build_job(TJ_OWNER, TRAINING, 2, CONFIG, champion=("file:///a/1", "b" * 64)))["args"]
+    assert args[args.index("--champion-uri") + 1] == "file:///a/1"
+    assert args[args.index("--champion-sha256") + 1] == "b" * 64
+
+
+def test_pods_run_restricted_with_a_writable_tmp_and_the_artifact_volume() -> None:
+    pod = build_job(TJ_OWNER, TRAINING, 1, CONFIG)["spec"]["template"]["spec"]
+    trainer = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert trainer["securityContext"]["allowPrivilegeEscalation"] is False
+    assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
+    assert trainer["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"] for m in trainer["volumeMounts"]}
+    assert {"/tmp", "/var/lib/mlkube/artifacts"} <= mounts
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_object_storage_needs_no_volume_and_passes_the_secret() -> None:
+    s3 = OperatorConfig(artifact_pvc=None, artifact_root="s3://models/prod", s3_secret="s3-creds")
+    trainer = container(build_job(TJ_OWNER, TRAINING, 1, s3))
+    assert trainer["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert [m["mountPath"] for m in trainer["volumeMounts"]] == ["/tmp"]
+    assert artifact_pvc("team-a", s3) is None
+    pvc = artifact_pvc("team-a", CONFIG)
+    assert pvc is not None
+    assert pvc["metadata"]["name"] == "mlkube-artifacts"
+    assert "ownerReferences" not in pvc["metadata"], "artifacts outlive any one object"
+
+
+@pytest.mark.parametrize("base", ["a" * 40, "a" * 63, "x-" * 40])
+def test_child_names_stay_within_63_characters_and_deterministic(base: str) -> None:
+    name = child_name(base, "train")
+    assert len(name) <= 63
+    assert name.endswith("-train")
+    assert name == child_name(base, "train")
+    assert child_name(base + "b", "train") != name or len(base) < 50
+
+
+def test_server_deployment_verifies_digest_and_probes_bentoml() -> None:
+    spec = DeploymentSpec(model_version="iris-v2", replicas=3)
+    manifest = build_server_deployment(DEP_OWNER, spec, "iris-v2", VERSION, 2, CONFIG)
+    assert manifest["metadata"]["name"] == server_name("iris", "iris-v2") == "iris-iris-v2"
+    assert manifest["spec"]["replicas"] == 2
+    server = container(manifest)
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env["MLKUBE_MODEL_SHA256"] == "a" * 64
+    assert env["MLKUBE_MODEL_URI"] == VERSION.artifact.uri
+    assert env["MLKUBE_INFERENCE_LOG_URI"] == "file:///var/lib/mlkube/artifacts/team-a/_inference/iris"
+    assert env["BENTOML_DO_NOT_TRACK"] == "true"
+    assert env["BENTOML_HOME"].startswith("/tmp")
+    assert server["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/livez"
+    labels = manifest["spec"]["template"]["metadata"]["labels"]
+    assert labels[TRAFFIC_LABEL] == "on"
+    selector = manifest["spec"]["selector"]["matchLabels"]
+    assert TRAFFIC_LABEL not in selector, "patching the traffic label must not orphan pods"
+    assert selector.items() <= labels.items()
+
+
+def test_service_selects_every_version_in_traffic() -> None:
+    spec = DeploymentSpec(model_version="iris-v2")
+    service = build_service(DEP_OWNER, spec)
+    assert service["metadata"]["name"] == "iris"
+    assert service["spec"]["selector"] == {"mlkube.io/deployment": "iris", TRAFFIC_LABEL: "on"}
+    per_version = build_service(DEP_OWNER, spec, "iris-v2")
+    assert per_version["spec"]["selector"]["mlkube.io/model-version"] == "iris-v2"
+
+
+def test_httproute_splits_by_weight() -> None:
+    spec = DeploymentSpec.model_validate(
+        {"modelVersion": "iris-v2", "traffic": "GatewayAPI", "gateway": {"name": "gw", "namespace": "infra"}}
+    )
+    route = build_httproute(DEP_OWNER, spec, {"iris-v1": 80, "iris-v2": 20})
+    assert route["spec"]["parentRefs"] == [{"name": "gw", "namespace": "infra"}]
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["weight"]) for r in refs] == [("iris-iris-v1", 80), ("iris-iris-v2", 20)]
+
+
+def test_autoscaler_only_when_asked() -> None:
+    assert build_autoscaler(DEP_OWNER, DeploymentSpec(model_version="iris-v2"), "iris-v2") is None
+    spec = DeploymentSpec.model_validate({"modelVersion": "iris-v2", "autoscaling": {"maxReplicas": 5}})
+    hpa = build_autoscaler(DEP_OWNER, spec, "iris-v2")
+    assert hpa is not None
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "iris-iris-v2"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 5)
+
+
+def test_cronjob_never_overlaps_and_checks_the_deployments_log() -> None:
+    owner = Owner(kind="DriftMonitor", name="iris", namespace="team-a", uid="uid-3")
+    spec = DriftMonitorSpec(deployment="iris", schedule="*/5 * * * *")
+    cron = build_cronjob(owner, spec, "file:///var/lib/mlkube/artifacts/team-a/iris/2/reference.parquet", CONFIG)
+    assert cron["metadata"]["name"] == cronjob_name("iris") == "iris-drift"
+    assert cron["spec"]["schedule"] == "*/5 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    checker = container(cron, ("spec", "jobTemplate", "spec", "template", "spec"))
+    args = checker["args"]
+    assert args[0] == "drift"
+    assert args[args.index("--log") + 1].endswith("/team-a/_inference/iris")
+    assert args[args.index("--reference") + 1].endswith("reference.parquet")
+    assert checker["terminationMessagePolicy"] == "FallbackToLogsOnError"

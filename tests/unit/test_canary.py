@@ -1,0 +1,347 @@
+"""The canary state machine, driven step by step as the operator's timer would."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
+from mlkube.canary import (
+    CanaryMetrics,
+    Decision,
+    Observation,
+    Workload,
+    decide,
+    evaluate_analysis,
+    split_replicas,
+)
+from mlkube.conditions import condition_status
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+HEALTHY = CanaryMetrics(requests=100, errors=0, p95_latency_ms=20.0, prediction_shift=0.01)
+FAILING = CanaryMetrics(requests=100, errors=40, p95_latency_ms=20.0, prediction_shift=0.01)
+
+
+def spec(**overrides: object) -> DeploymentSpec:
+    base: dict[str, object] = {
+        "modelVersion": "iris-v2",
+        "replicas": 4,
+        "strategy": {
+            "canary": {
+                "steps": [
+                    {"setWeight": 25},
+                    {"pause": {"seconds": 60}},
+                    {"analysis": {}},
+                    {"setWeight": 100},
+                ],
+                "scaleDownDelaySeconds": 300,
+                "analysis": {"minRequestCount": 20, "intervalSeconds": 30},
+            }
+        },
+    }
+    base.update(overrides)
+    return DeploymentSpec.model_validate(base)
+
+
+def stable_on(version: str) -> DeploymentStatus:
+    return DeploymentStatus(stable_version=version, phase="Healthy")
+
+
+def step(
+    s: DeploymentSpec,
+    status: DeploymentStatus,
+    now: datetime,
+    target: str | None = "iris-v2",
+    ready: dict[str, int] | None = None,
+    **observed: object,
+) -> Decision:
+    ready = ready if ready is not None else {"iris-v1": 4, "iris-v2": 4}
+    return decide(s, status, Observation(target=target, ready_replicas=ready, **observed), now, 1)  # type: ignore[arg-type]
+
+
+def test_first_version_goes_straight_to_stable_and_is_healthy_once_ready() -> None:
+    s = spec(modelVersion="iris-v1")
+    pending = step(s, DeploymentStatus(), T0, target="iris-v1", ready={})
+    assert pending.status.stable_version == "iris-v1"
+    assert pending.status.canary_version is None
+    assert pending.status.phase == "Progressing"
+    assert pending.workloads == {"iris-v1": Workload(4, traffic=True)}
+    assert condition_status(pending.status.conditions, "Ready") == "False"
+    assert pending.requeue_after is not None
+
+    ready = step(s, pending.status, T0, target="iris-v1", ready={"iris-v1": 4})
+    assert ready.status.phase == "Healthy"
+    assert condition_status(ready.status.conditions, "Ready") == "True"
+    assert condition_status(ready.status.conditions, "Progressing") == "False"
+    assert ready.status.observed_generation == 1
+
+
+def test_new_version_walks_the_steps_and_is_promoted() -> None:
+    s = spec()
+    d = step(s, stable_on("iris-v1"), T0, ready={"iris-v1": 4})
+    assert d.status.canary_version == "iris-v2"
+    assert d.status.canary_weight == 25
+    assert d.status.current_step == 0
+    assert d.workloads == {"iris-v1": Workload(3, True), "iris-v2": Workload(1, True)}
+    assert [e.reason for e in d.events] == ["CanaryStarted"]
+
+    d = step(s, d.status, T0 + timedelta(seconds=5), ready={"iris-v1": 3, "iris-v2": 1})
+    assert d.status.current_step == 1, "canary pods ready: on to the pause"
+    assert d.requeue_after == 60
+
+    d = step(s, d.status, T0 + timedelta(seconds=30))
+    assert d.status.current_step == 1, "the pause has 35 s left"
+    assert 30 <= (d.requeue_after or 0) <= 35
+
+    d = step(s, d.status, T0 + timedelta(seconds=70), ready={"iris-v1": 1, "iris-v2": 1}, metrics=HEALTHY)
+    assert d.status.last_analysis is not None
+    assert d.status.last_analysis.result == "Passed"
+    assert d.status.current_step == 3
+    assert d.status.canary_weight == 100
+    assert d.workloads["iris-v2"] == Workload(4, True), "waiting for the canary's pods"
+    d = step(s, d.status, T0 + timedelta(seconds=75), metrics=HEALTHY)
+    assert d.status.stable_version == "iris-v2"
+    assert d.status.canary_version is None
+    assert d.status.previous_stable_version == "iris-v1"
+    assert d.status.phase == "Healthy"
+    assert d.workloads["iris-v1"] == Workload(4, traffic=False), "old stable stays warm, out of traffic"
+    assert d.workloads["iris-v2"] == Workload(4, traffic=True)
+    assert "Promoted" in [e.reason for e in d.events]
+
+
+def test_previous_stable_is_scaled_down_after_the_delay() -> None:
+    status = DeploymentStatus(
+        stable_version="iris-v2",
+        previous_stable_version="iris-v1",
+        scale_down_at="2026-11-27T12:05:00Z",
+    )
+    warm = step(spec(), status, T0 + timedelta(minutes=4))
+    assert "iris-v1" in warm.workloads
+    assert warm.requeue_after == 60
+    gone = step(spec(), status, T0 + timedelta(minutes=5))
+    assert "iris-v1" not in gone.workloads
+    assert gone.status.previous_stable_version is None
+
+
+def test_failing_analysis_rolls_back_and_keeps_stable_serving() -> None:
+    s = spec()
+    status = DeploymentStatus(
+        stable_version="iris-v1",
+        canary_version="iris-v2",
+        current_step=2,
+        canary_weight=25,
+        step_started_at="2026-11-27T12:00:00Z",
+    )
+    d = step(s, status, T0 + timedelta(seconds=1), metrics=FAILING)
+    assert d.status.canary_version is None
+    assert d.status.aborted_version == "iris-v2"
+    assert d.status.phase == "Degraded"
+    degraded = next(c for c in d.status.conditions if c.type == "Degraded")
+    assert degraded.status == "True"
+    assert degraded.reason == "AnalysisFailed"
+    assert "error rate 40.00%" in degraded.message
+    assert d.workloads == {"iris-v1": Workload(4, True)}
+    assert condition_status(d.status.conditions, "Ready") == "True"
+    assert [e.type for e in d.events if e.reason == "RolledBack"] == ["Warning"]
+
+
+def test_rolled_back_version_is_not_retried_until_asked() -> None:
+    status = DeploymentStatus(stable_version="iris-v1", aborted_version="iris-v2")
+    held = step(spec(), status, T0)
+    assert held.status.canary_version is None
+    assert held.status.phase == "Degraded"
+    retried = step(spec(), status, T0, action="retry")
+    assert retried.status.canary_version == "iris-v2"
+    assert retried.status.handled_action == "retry"
+
+
+def test_background_analysis_catches_a_failing_canary_during_a_pause() -> None:
+    status = DeploymentStatus(
+        stable_version="iris-v1",
+        canary_version="iris-v2",
+        current_step=1,
+        canary_weight=25,
+        step_started_at="2026-11-27T12:00:00Z",
+    )
+    d = step(spec(), status, T0 + timedelta(seconds=10), metrics=FAILING)
+    assert d.status.aborted_version == "iris-v2"
+
+
+def test_failure_limit_tolerates_one_bad_analysis() -> None:
+    s = spec(
+        strategy={
+            "canary": {"steps": [{"analysis": {}}], "analysis": {"failureLimit": 2, "intervalSeconds": 30}}
+        }
+    )
+    status = DeploymentStatus(stable_version="iris-v1")
+    d = step(s, status, T0, metrics=FAILING)
+    assert d.status.canary_version == "iris-v2"
+    assert d.status.analysis_failures == 1
+    d = step(s, d.status, T0 + timedelta(seconds=10), metrics=FAILING)
+    assert d.status.analysis_failures == 1, "not measured again before the interval"
+    d = step(s, d.status, T0 + timedelta(seconds=31), metrics=FAILING)
+    assert d.status.aborted_version == "iris-v2"
+
+
+def test_too_little_traffic_is_inconclusive_then_pauses() -> None:
+    s = spec(
+        strategy={
+            "canary": {
+                "steps": [{"analysis": {}}],
+                "analysis": {"inconclusiveLimit": 2, "intervalSeconds": 10, "minRequestCount": 50},
+            }
+        }
+    )
+    quiet = CanaryMetrics(requests=3, errors=0)
+    d = step(s, DeploymentStatus(stable_version="iris-v1"), T0, metrics=quiet)
+    assert d.status.last_analysis is not None
+    assert d.status.last_analysis.result == "Inconclusive"
+    assert d.status.phase == "Progressing"
+    d = step(s, d.status, T0 + timedelta(seconds=11), metrics=quiet)
+    assert d.status.phase == "Paused"
+    assert "AnalysisInconclusive" in [e.reason for e in d.events]
+    d = step(s, d.status, T0 + timedelta(seconds=22), metrics=HEALTHY)
+    assert d.status.canary_weight == 100 or d.status.stable_version == "iris-v2"
+
+
+def test_indefinite_pause_waits_for_promote() -> None:
+    s = spec(strategy={"canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]}})
+    d = step(s, DeploymentStatus(stable_version="iris-v1"), T0)
+    assert d.status.phase == "Paused"
+    assert d.status.current_step == 1
+    d = step(s, d.status, T0 + timedelta(hours=5))
+    assert d.status.phase == "Paused"
+    d = step(s, d.status, T0 + timedelta(hours=5), action="promote")
+    assert d.status.stable_version == "iris-v2"
+
+
+def test_abort_rolls_back_without_touching_the_spec() -> None:
+    s = spec()
+    before = s.model_dump()
+    d = step(s, DeploymentStatus(stable_version="iris-v1"), T0, action="abort")
+    assert d.status.aborted_version == "iris-v2"
+    assert next(c for c in d.status.conditions if c.type == "Degraded").reason == "Aborted"
+    assert s.model_dump() == before
+
+
+def test_promote_full_skips_every_step() -> None:
+    d = step(spec(), DeploymentStatus(stable_version="iris-v1"), T0, action="promote-full")
+    assert d.status.stable_version == "iris-v2"
+    assert d.status.previous_stable_version == "iris-v1"
+
+
+def test_rollback_returns_to_the_warm_previous_stable() -> None:
+    status = DeploymentStatus(
+        stable_version="iris-v2", previous_stable_version="iris-v1", scale_down_at="2026-11-27T12:05:00Z"
+    )
+    d = step(spec(), status, T0, action="rollback")
+    assert d.status.stable_version == "iris-v1"
+    assert d.status.aborted_version == "iris-v2"
+    assert d.status.phase == "Degraded"
+    assert d.workloads == {"iris-v1": Workload(4, True)}
+
+
+def test_rollback_without_a_warm_version_is_refused() -> None:
+    d = step(spec(), DeploymentStatus(stable_version="iris-v2"), T0, action="rollback")
+    assert d.status.stable_version == "iris-v2"
+    assert [e.reason for e in d.events] == ["RollbackRefused"]
+
+
+def test_spec_reverted_to_the_warm_previous_version_switches_back_at_once() -> None:
+    status = DeploymentStatus(
+        stable_version="iris-v2", previous_stable_version="iris-v1", scale_down_at="2026-11-27T12:05:00Z"
+    )
+    d = step(spec(modelVersion="iris-v1"), status, T0, target="iris-v1")
+    assert d.status.stable_version == "iris-v1"
+    assert d.status.canary_version is None
+    assert "FastRollback" in [e.reason for e in d.events]
+
+
+def test_spec_returning_to_stable_abandons_the_canary() -> None:
+    status = DeploymentStatus(stable_version="iris-v1", canary_version="iris-v2", current_step=1)
+    d = step(spec(modelVersion="iris-v1"), status, T0, target="iris-v1")
+    assert d.status.canary_version is None
+    assert d.workloads == {"iris-v1": Workload(4, True)}
+
+
+def test_a_newer_target_replaces_the_running_canary() -> None:
+    status = DeploymentStatus(stable_version="iris-v1", canary_version="iris-v2", current_step=1)
+    d = step(spec(modelVersion="iris-v3"), status, T0, target="iris-v3")
+    assert d.status.canary_version == "iris-v3"
+    assert d.status.current_step == 0
+    assert [e.reason for e in d.events] == ["CanaryReplaced", "CanaryStarted"]
+
+
+def test_missing_target_keeps_stable_serving_and_says_why() -> None:
+    d = decide(
+        spec(),
+        DeploymentStatus(stable_version="iris-v1"),
+        Observation(
+            target=None,
+            target_problem=("ModelVersionNotFound", "ModelVersion iris-v9 does not exist"),
+            ready_replicas={"iris-v1": 4},
+        ),
+        T0,
+    )
+    assert d.workloads == {"iris-v1": Workload(4, True)}
+    degraded = next(c for c in d.status.conditions if c.type == "Degraded")
+    assert degraded.reason == "ModelVersionNotFound"
+    assert "iris-v9" in degraded.message
+
+
+def test_nothing_to_serve_is_pending_with_the_reason() -> None:
+    d = decide(
+        spec(),
+        DeploymentStatus(),
+        Observation(target=None, target_problem=("NotApproved", "iris-v2 is not approved")),
+        T0,
+    )
+    assert d.status.phase == "Pending"
+    assert d.workloads == {}
+    ready = next(c for c in d.status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "NotApproved")
+
+
+def test_restart_resumes_from_status_alone() -> None:
+    """A fresh decide() on the stored status gives the same result as the running machine."""
+    s = spec()
+    d1 = step(s, stable_on("iris-v1"), T0, ready={"iris-v1": 4})
+    stored = DeploymentStatus.model_validate(d1.status.to_api())
+    d2 = step(s, stored, T0 + timedelta(seconds=5), ready={"iris-v1": 3, "iris-v2": 1})
+    assert d2.status.current_step == 1
+    assert not [e for e in d2.events if e.reason == "CanaryStarted"], "nothing started twice"
+
+
+def test_condition_transition_time_is_kept_while_status_holds() -> None:
+    s = spec(modelVersion="iris-v1")
+    d1 = step(s, DeploymentStatus(), T0, target="iris-v1", ready={"iris-v1": 4})
+    d2 = step(s, d1.status, T0 + timedelta(minutes=3), target="iris-v1", ready={"iris-v1": 4})
+    ready1 = next(c for c in d1.status.conditions if c.type == "Ready")
+    ready2 = next(c for c in d2.status.conditions if c.type == "Ready")
+    assert ready1.last_transition_time == ready2.last_transition_time == "2026-11-27T12:00:00Z"
+
+
+def test_analysis_reports_each_failing_figure() -> None:
+    s = spec()
+    analysis = s.strategy.canary.analysis
+    slow_and_shifted = CanaryMetrics(requests=50, errors=0, p95_latency_ms=900.0, prediction_shift=0.6)
+    result = evaluate_analysis(analysis, slow_and_shifted, T0)
+    assert result.result == "Failed"
+    assert "p95 latency 900.0 ms exceeds maxP95LatencyMs 500" in result.message
+    assert "prediction shift 0.6000 exceeds maxPredictionShift 0.25" in result.message
+    assert evaluate_analysis(analysis, None, T0).result == "Inconclusive"
+    assert evaluate_analysis(analysis, HEALTHY, T0).result == "Passed"
+
+
+def test_replica_split_keeps_one_stable_pod_and_rounds_canary_up() -> None:
+    assert split_replicas(spec(replicas=4), 25) == (3, 1)
+    assert split_replicas(spec(replicas=1), 10) == (1, 1)
+    assert split_replicas(spec(replicas=1), 0) == (1, 0)
+    assert split_replicas(spec(replicas=0), 50) == (0, 0)
+    gateway = spec(traffic="GatewayAPI", gateway={"name": "gw"}, replicas=4)
+    assert split_replicas(gateway, 25) == (4, 1)
+
+
+def test_gateway_weights_follow_the_canary_step() -> None:
+    s = spec(traffic="GatewayAPI", gateway={"name": "gw"})
+    d = step(s, DeploymentStatus(stable_version="iris-v1"), T0)
+    assert d.weights == {"iris-v1": 75, "iris-v2": 25}
