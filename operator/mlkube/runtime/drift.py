@@ -113,25 +113,31 @@ class DriftReport:
         return [c.name for c in self.columns if c.drifted]
 
     def to_json(self, max_bytes: int = TERMINATION_MESSAGE_BYTES) -> str:
-        """Compact JSON for a termination message: drifted columns' details first, then the rest
-        while they fit; ``columnsOmitted`` counts what did not."""
-        drifted = self.drifted_columns
+        """Compact JSON for a termination message. Drifted names take at most half of it, then
+        per-column details (drifted columns first) while they fit; ``driftedColumnsOmitted`` and
+        ``columnsOmitted`` count what did not."""
         message: dict[str, Any] = {
             "verdict": self.verdict,
             "rows": self.rows,
             "driftShare": _figure(self.drift_share),
-            "driftedColumns": drifted,
+            "driftedColumns": [],
             "columns": [],
         }
-        while len(_compact(message)) > max_bytes and message["driftedColumns"]:
-            message["driftedColumns"] = message["driftedColumns"][:-1]
-            message["driftedColumnsOmitted"] = len(drifted) - len(message["driftedColumns"])
+        reserved = len(',"driftedColumnsOmitted":99999,"columnsOmitted":99999')
+        size = len(_compact(message)) + reserved
+        drifted = self.drifted_columns
+        for name in drifted:
+            added = len(_compact(name)) + 1
+            if size + added > max_bytes // 2:
+                message["driftedColumnsOmitted"] = len(drifted) - len(message["driftedColumns"])
+                break
+            message["driftedColumns"].append(name)
+            size += added
         ordered = sorted(self.columns, key=lambda c: not c.drifted)
-        size = len(_compact(message))
         for position, column in enumerate(ordered):
             detail = column.to_api()
             added = len(_compact(detail)) + 1
-            if size + added + len(',"columnsOmitted":0000') > max_bytes:
+            if size + added > max_bytes:
                 message["columnsOmitted"] = len(ordered) - position
                 break
             message["columns"].append(detail)
@@ -163,11 +169,13 @@ def numeric_statistics(reference: Floats, current: Floats) -> NumericStatistics:
     ref = np.sort(reference)
     cur = np.sort(current)
     m, n = ref.size, cur.size
-    merged, from_ref = _merge_sorted(ref, cur)
-    ref_below = np.cumsum(from_ref)
-    cur_below = np.arange(1, m + n + 1) - ref_below
-    cdf_gap = ref_below / m - cur_below / n
-    wasserstein = float(np.sum(np.abs(cdf_gap[:-1]) * np.diff(merged)))
+    both = np.concatenate([ref, cur])
+    order = np.argsort(both, kind="stable")  # merges the two sorted runs in linear time
+    merged = both[order]
+    ref_at_or_below = np.cumsum(order < m)
+    cdf_gap = ref_at_or_below / m
+    cdf_gap -= (np.arange(1, m + n + 1) - ref_at_or_below) / n
+    wasserstein = float(np.dot(np.abs(cdf_gap[:-1]), np.diff(merged)))
     if max(m, n) <= EXACT_KS_MAX_ROWS:
         exact = stats.ks_2samp(ref, cur)
         return NumericStatistics(float(exact.statistic), float(exact.pvalue), wasserstein)
@@ -179,17 +187,6 @@ def numeric_statistics(reference: Floats, current: Floats) -> NumericStatistics:
     effective_n = np.round(larger * smaller / (larger + smaller))
     p_value = float(np.clip(stats.kstwo.sf(d, effective_n), 0, 1))
     return NumericStatistics(d, p_value, wasserstein)
-
-
-def _merge_sorted(first: Floats, second: Floats) -> tuple[Floats, npt.NDArray[np.bool_]]:
-    """The sorted union of two sorted arrays, and which positions came from `first`."""
-    positions = np.arange(first.size) + np.searchsorted(second, first, side="left")
-    from_first = np.zeros(first.size + second.size, dtype=bool)
-    from_first[positions] = True
-    merged = np.empty(first.size + second.size, dtype=np.float64)
-    merged[from_first] = first
-    merged[~from_first] = second
-    return merged, from_first
 
 
 def normalised_wasserstein(wasserstein: float, reference: Floats) -> float:
