@@ -62,6 +62,7 @@ import pandas as pd
 
 from mlkube.api.modelversion import ColumnType
 from mlkube.runtime import artifacts
+from mlkube.runtime.inference_log import SegmentWriter, Values
 from mlkube.runtime.metrics import PREDICTION_VALUE_BUCKETS, ServingMetrics
 
 logger = logging.getLogger("mlkube.serve")
@@ -93,11 +94,11 @@ _ACCEPTED: dict[ColumnType, frozenset[type]] = {
     "string": frozenset({str}),
     "bool": frozenset({bool}),
 }
-_FRAME_DTYPES: dict[ColumnType, str] = {
-    "float": "float64",
-    "int": "int64",
-    "string": "object",
-    "bool": "bool",
+_DTYPES: dict[ColumnType, type[np.generic]] = {
+    "float": np.float64,
+    "int": np.int64,
+    "string": np.object_,
+    "bool": np.bool_,
 }
 _PROBE_VALUES: dict[ColumnType, float | int | str | bool] = {
     "float": 0.0,
@@ -300,26 +301,27 @@ class Predictor:
         if any(t == "string" for t in self.column_types.values()):
             return False
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
-        probe = {name: [_PROBE_VALUES[t]] for name, t in self.column_types.items()}
         try:
-            self.model.predict(self._matrix(probe))
+            self.model.predict(self._matrix(self._probe()))
         except Exception:
             return False
         return True
 
-    def _matrix(self, columns: Mapping[str, list[Any]]) -> npt.NDArray[np.float64]:
-        return np.array([columns[name] for name in self.feature_order], dtype=np.float64).T
+    def arrays(self, columns: Mapping[str, list[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """One array per column in the schema's type: what the model and the log take."""
+        return {
+            name: np.asarray(columns[name], dtype=_DTYPES[kind])
+            for name, kind in self.column_types.items()
+        }
 
-    def _frame(self, columns: Mapping[str, list[Any]]) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                name: pd.Series(columns[name], dtype=_FRAME_DTYPES[self.column_types[name]])
-                for name in self.feature_order
-            }
-        )
+    def _matrix(self, arrays: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
+        return np.array([arrays[name] for name in self.feature_order], dtype=np.float64).T
 
-    def predict(self, columns: Mapping[str, list[Any]]) -> Prediction:
-        features = self._frame(columns) if self.uses_frame else self._matrix(columns)
+    def _frame(self, arrays: Mapping[str, npt.NDArray[Any]]) -> pd.DataFrame:
+        return pd.DataFrame({name: arrays[name] for name in self.feature_order})
+
+    def predict(self, arrays: Mapping[str, npt.NDArray[Any]]) -> Prediction:
+        features = self._frame(arrays) if self.uses_frame else self._matrix(arrays)
         values = np.asarray(self.model.predict(features))
         probabilities = (
             np.asarray(self.model.predict_proba(features))  # type: ignore[attr-defined]
@@ -328,26 +330,15 @@ class Predictor:
         )
         return Prediction(values, probabilities)
 
+    def _probe(self) -> dict[str, npt.NDArray[Any]]:
+        return self.arrays({name: [_PROBE_VALUES[t]] for name, t in self.column_types.items()})
+
     def warm_up(self) -> None:
         """One prediction before traffic, so the first request pays no lazy initialisation."""
-        probe = {name: [_PROBE_VALUES[t]] for name, t in self.column_types.items()}
         try:
-            self.predict(probe)
+            self.predict(self._probe())
         except Exception as e:  # a probe of zeros may be outside what a pipeline accepts
             logger.info("warm-up prediction skipped: %s", e)
-
-
-class InferenceLog(Protocol):
-    def append(self, batch: dict[str, Any], predictions: Any) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def open_inference_log(uri: str, writer_id: str) -> InferenceLog:
-    from mlkube.runtime.inference_log import SegmentWriter
-
-    writer: InferenceLog = SegmentWriter(uri, writer_id)
-    return writer
 
 
 async def _read_body(receive: ASGIReceive) -> bytes:
@@ -418,7 +409,7 @@ class MLKubeModelServer:
             settings.model_version, prediction_buckets=settings.prediction_buckets
         )
         self.inference_log = (
-            open_inference_log(settings.inference_log_uri, settings.pod_name)
+            SegmentWriter(settings.inference_log_uri, settings.pod_name)
             if settings.inference_log_uri
             else None
         )
@@ -447,7 +438,7 @@ class MLKubeModelServer:
         settings = self.settings
         if settings.fault_delay_ms:
             await asyncio.sleep(settings.fault_delay_ms / 1000)
-        columns: dict[str, list[Any]] | None = None
+        arrays: dict[str, npt.NDArray[Any]] | None = None
         prediction: Prediction | None = None
         try:
             body = await _read_body(receive)
@@ -457,8 +448,8 @@ class MLKubeModelServer:
             ):
                 status, document = 500, {"error": f"injected fault ({ENV_FAULT_ERROR_PERCENT})"}
             else:
-                columns = parse_request(body, self.predictor.column_types)
-                prediction = self.predictor.predict(columns)
+                arrays = self.predictor.arrays(parse_request(body, self.predictor.column_types))
+                prediction = self.predictor.predict(arrays)
                 status, document = 200, self._answer(prediction)
         except RequestError as e:
             status, document = e.status, e.body()
@@ -467,8 +458,8 @@ class MLKubeModelServer:
             status, document = 500, {"error": "prediction failed; see the server log"}
         await _send_json(send, status, document)
         self.metrics.observe_request(status, time.perf_counter() - started)
-        if prediction is not None and columns is not None:
-            self._record(columns, prediction)
+        if prediction is not None and arrays is not None:
+            self._record(arrays, prediction)
 
     def _answer(self, prediction: Prediction) -> dict[str, Any]:
         answer: dict[str, Any] = {"predictions": prediction.values.tolist()}
@@ -477,14 +468,15 @@ class MLKubeModelServer:
         answer["modelVersion"] = self.settings.model_version
         return answer
 
-    def _record(self, columns: dict[str, list[Any]], prediction: Prediction) -> None:
+    def _record(self, arrays: dict[str, npt.NDArray[Any]], prediction: Prediction) -> None:
         if self.predictor.is_classifier:
             self.metrics.observe_class_labels(prediction.values)
         else:
             self.metrics.observe_values(prediction.values)
         if self.inference_log is not None:
             try:
-                self.inference_log.append(columns, prediction.values)
+                batch: dict[str, Values] = dict(arrays)
+                self.inference_log.append(batch, prediction.values)
             except Exception:
                 logger.exception("inference log append failed")
                 self.metrics.inference_log_failed()

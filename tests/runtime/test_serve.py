@@ -1,0 +1,326 @@
+"""The model server as a pod runs it: a real iris model, a real BentoML server process, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from mlkube.api.modelversion import Column
+from mlkube.layout import MODEL_FILE
+from mlkube.runtime import artifacts
+from mlkube.runtime.serve import ENV_FAULT_ERROR_PERCENT, ENV_INFERENCE_LOG_URI
+from mlkube.runtime.serving_cli import SpecError, spec_settings
+
+pytestmark = pytest.mark.runtime
+
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+STARTUP_SECONDS = 90.0
+
+
+@dataclass(frozen=True)
+class IrisArtifact:
+    directory: Path
+    sha256: str
+    estimator: LogisticRegression
+    features: pd.DataFrame
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess with its output in a file (a pipe could fill up and block it)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    _log_file: Any = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"server not ready after {STARTUP_SECONDS} s:\n{self.output()}")
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful shutdown, as the kubelet does), then SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(command: list[str], env: dict[str, str], log_path: Path) -> ServerProcess:
+    port = free_port()
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "BENTOML_HOME": str(log_path.parent / "bentoml-home"), **env},
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so stop() reaches every child
+    )
+    return ServerProcess(process, port, log_path, log_file)
+
+
+SERVE_COMMAND = [sys.executable, "-m", "mlkube.runtime.serving_cli"]
+
+
+def model_env(artifact: IrisArtifact, **extra: str) -> dict[str, str]:
+    return {
+        "MLKUBE_MODEL_URI": str(artifact.directory),
+        "MLKUBE_MODEL_SHA256": artifact.sha256,
+        "MLKUBE_MODEL_VERSION": "iris-v1",
+        "MLKUBE_POD_NAME": "test-pod",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def iris_artifact(tmp_path_factory: pytest.TempPathFactory) -> IrisArtifact:
+    """A real LogisticRegression fitted on a DataFrame, stored as the trainer stores it."""
+    iris = load_iris(as_frame=True)
+    features = iris.data.set_axis(FEATURES, axis=1)
+    estimator = LogisticRegression(max_iter=1000).fit(features, iris.target)
+    directory = tmp_path_factory.mktemp("iris-v1")
+    digest = artifacts.save_model(str(directory), estimator)
+    schema = artifacts.ModelSchema(
+        task="classification",
+        target="species",
+        columns=[Column(name=name, type="float") for name in FEATURES],
+        classes=[str(c) for c in estimator.classes_],
+    )
+    artifacts.write_json(artifacts.join(str(directory), artifacts.SCHEMA_FILE), schema.to_json())
+    return IrisArtifact(directory, digest, estimator, features)
+
+
+@pytest.fixture(scope="module")
+def inference_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("inference-log")
+
+
+@pytest.fixture(scope="module")
+def server(
+    iris_artifact: IrisArtifact, inference_log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    env = model_env(iris_artifact, **{ENV_INFERENCE_LOG_URI: str(inference_log_dir)})
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    process = start_server(SERVE_COMMAND, env, log_path)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def rows(frame: pd.DataFrame) -> list[dict[str, float]]:
+    return [{str(k): float(v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
+
+
+def test_predictions_match_the_estimator(
+    server: ServerProcess, iris_artifact: IrisArtifact
+) -> None:
+    sample = iris_artifact.features.iloc[[0, 1, 50, 75, 100, 149]]
+    response = httpx.post(f"{server.url}/predict", json={"instances": rows(sample)})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["predictions"] == iris_artifact.estimator.predict(sample).tolist()
+    np.testing.assert_allclose(
+        answer["probabilities"], iris_artifact.estimator.predict_proba(sample), rtol=1e-9
+    )
+    assert answer["modelVersion"] == "iris-v1"
+
+
+def test_columnar_inputs(server: ServerProcess, iris_artifact: IrisArtifact) -> None:
+    sample = iris_artifact.features.iloc[[10, 60, 110]]
+    inputs = {name: sample[name].tolist() for name in FEATURES}
+    response = httpx.post(f"{server.url}/predict", json={"inputs": inputs})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == iris_artifact.estimator.predict(sample).tolist()
+
+
+def _valid_row() -> dict[str, Any]:
+    return {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("body", "column"),
+    [
+        (
+            {"instances": [{k: v for k, v in _valid_row().items() if k != "petal_width"}]},
+            "petal_width",
+        ),
+        ({"instances": [_valid_row() | {"sepal_length": "5.1"}]}, "sepal_length"),
+        ({"instances": [_valid_row() | {"sepal_width": None}]}, "sepal_width"),
+        ({"instances": [_valid_row() | {"colour": "blue"}]}, "colour"),
+        (
+            {"inputs": {k: [v] for k, v in _valid_row().items() if k != "sepal_width"}},
+            "sepal_width",
+        ),
+        (
+            {"inputs": {k: [v] for k, v in _valid_row().items()} | {"petal_length": [True]}},
+            "petal_length",
+        ),
+    ],
+    ids=["missing", "string-in-float", "null", "unknown", "columnar-missing", "bool-in-float"],
+)
+def test_schema_violations_are_4xx_naming_the_column(
+    server: ServerProcess, body: dict[str, Any], column: str
+) -> None:
+    response = httpx.post(f"{server.url}/predict", json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["column"] == column
+    assert repr(column) in response.json()["error"]
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"instances": []}'])
+def test_malformed_bodies_are_400(server: ServerProcess, content: bytes) -> None:
+    response = httpx.post(f"{server.url}/predict", content=content)
+    assert response.status_code == 400, response.text
+
+
+def test_probes_and_metrics(server: ServerProcess, iris_artifact: IrisArtifact) -> None:
+    assert httpx.get(f"{server.url}/livez").status_code == 200
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    httpx.post(f"{server.url}/predict", json={"instances": rows(iris_artifact.features.iloc[:3])})
+    httpx.post(f"{server.url}/predict", json={"instances": [{"bad": 1}]})
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'mlkube_requests_total{code="2xx",model_version="iris-v1"}' in metrics
+    assert 'mlkube_requests_total{code="4xx",model_version="iris-v1"}' in metrics
+    assert 'mlkube_request_duration_seconds_bucket{le="0.005",model_version="iris-v1"}' in metrics
+    assert 'mlkube_predictions_total{label="0",model_version="iris-v1"}' in metrics
+
+
+def test_inference_log_holds_inputs_and_predictions(
+    server: ServerProcess, iris_artifact: IrisArtifact, inference_log_dir: Path
+) -> None:
+    """Runs last in the module: stopping the server must flush the buffered rows."""
+    sample = iris_artifact.features.iloc[[5, 55, 105]]
+    response = httpx.post(f"{server.url}/predict", json={"instances": rows(sample)})
+    assert response.status_code == 200
+    # uvicorn shuts down cleanly, then re-raises the SIGTERM it caught
+    assert server.stop() in (0, -signal.SIGTERM), server.output()
+    segments = sorted(inference_log_dir.glob("*.parquet"))
+    assert segments, f"no segments in {inference_log_dir}:\n{server.output()}"
+    assert all("-test-pod-" in s.name for s in segments)
+    logged = pd.concat([pq.read_table(s).to_pandas() for s in segments])
+    assert set(FEATURES) <= set(logged.columns)
+    assert "prediction" in logged.columns
+    tail = logged.tail(3)
+    np.testing.assert_allclose(tail[FEATURES].to_numpy(), sample.to_numpy())
+    assert tail["prediction"].tolist() == iris_artifact.estimator.predict(sample).tolist()
+
+
+def test_tampered_model_refuses_to_start(iris_artifact: IrisArtifact, tmp_path: Path) -> None:
+    tampered = tmp_path / "iris-tampered"
+    tampered.mkdir()
+    for item in iris_artifact.directory.iterdir():
+        (tampered / item.name).write_bytes(item.read_bytes())
+    model = tampered / MODEL_FILE
+    data = bytearray(model.read_bytes())
+    data[-2] ^= 0xFF  # after the digest was recorded
+    model.write_bytes(bytes(data))
+    env = model_env(iris_artifact) | {"MLKUBE_MODEL_URI": str(tampered)}
+    server = start_server(SERVE_COMMAND, env, tmp_path / "server.log")
+    try:
+        returncode = server.process.wait(timeout=STARTUP_SECONDS)
+    finally:
+        server.stop()
+    output = server.output()
+    assert returncode != 0, output
+    assert "sha256" in output
+    assert iris_artifact.sha256 in output
+    assert str(model) in output
+
+
+def test_fault_knob_answers_500_at_about_the_configured_rate(
+    iris_artifact: IrisArtifact, tmp_path: Path
+) -> None:
+    env = model_env(iris_artifact, **{ENV_FAULT_ERROR_PERCENT: "30"})
+    server = start_server(SERVE_COMMAND, env, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        body = {"instances": rows(iris_artifact.features.iloc[:1])}
+        with httpx.Client(base_url=server.url) as client:
+            codes = [client.post("/predict", json=body).status_code for _ in range(300)]
+            metrics = client.get("/metrics").text
+    finally:
+        server.stop()
+    assert set(codes) == {200, 500}
+    errors = codes.count(500)
+    assert 45 <= errors <= 135, errors  # binomial(300, 0.3): mean 90, sd 8
+    assert f'mlkube_requests_total{{code="5xx",model_version="iris-v1"}} {errors}.0' in metrics
+
+
+def test_stock_bentoml_serve_runs_the_service(iris_artifact: IrisArtifact, tmp_path: Path) -> None:
+    """`bentoml serve mlkube.runtime.serve:MLKubeModelServer` (circus-supervised) works too."""
+    command = [sys.executable, "-m", "bentoml", "serve", "mlkube.runtime.serve:MLKubeModelServer"]
+    env = model_env(iris_artifact) | {"BENTOML_DO_NOT_TRACK": "true"}
+    server = start_server(command, env, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        sample = iris_artifact.features.iloc[[0, 100]]
+        response = httpx.post(f"{server.url}/predict", json={"instances": rows(sample)})
+        metrics = httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+    assert response.json()["predictions"] == iris_artifact.estimator.predict(sample).tolist()
+    assert 'mlkube_requests_total{code="2xx",model_version="iris-v1"} 1.0' in metrics
+
+
+def test_spec_file_gives_env_defaults_and_port() -> None:
+    env, port = spec_settings(
+        {
+            "spec": {
+                "port": 8080,
+                "MLKUBE_MODEL_VERSION": "v3",
+                "env": [{"name": "MLKUBE_MODEL_URI", "value": "s3://models/ns/iris/3"}],
+            }
+        }
+    )
+    assert env == {"MLKUBE_MODEL_VERSION": "v3", "MLKUBE_MODEL_URI": "s3://models/ns/iris/3"}
+    assert port == 8080
+    with pytest.raises(SpecError):
+        spec_settings(["not", "a", "mapping"])
