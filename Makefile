@@ -14,3 +14,8 @@ typecheck:
 
 test-unit:
 	$(PYTHON) -m pytest -m unit -q
+
+test:  ## every tier that runs here: lint, types, unit and runtime tests
+	$(PYTHON) -m ruff check operator tests benchmarks
+	$(PYTHON) -m mypy
+	$(PYTHON) -m pytest -m "unit or runtime" -q

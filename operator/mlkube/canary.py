@@ -50,6 +50,8 @@ class Observation:
     metrics: CanaryMetrics | None = None
     action: Action | None = None
     """A CLI action not yet carried out."""
+    action_id: str | None = None
+    """The annotation value that carried the action, stored once it is handled."""
 
 
 @dataclass(frozen=True)
@@ -398,7 +400,7 @@ class _Machine:
             if s.canary_version:
                 self.run_steps()
         if action is not None:
-            s.handled_action = action
+            s.handled_action = obs.action_id or action
         self._finish_status()
         return Decision(
             status=s,

@@ -1,0 +1,260 @@
+"""`mlkube` (also `kubectl mlkube`): look at and steer the four kinds.
+
+Actions on a Deployment (promote, abort, retry, rollback) are annotations the operator carries out;
+the CLI never edits a Deployment's spec, so it is safe on objects a GitOps tool owns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from mlkube import __version__
+from mlkube.actions import ACTION_ANNOTATION, action_value, managed_by_gitops
+from mlkube.api.common import GROUP
+from mlkube.api.crdgen import KINDS, Kind
+from mlkube.canary import Action
+from mlkube.conditions import timestamp
+
+if TYPE_CHECKING:
+    from mlkube.kube import Cluster
+
+_PART = re.compile(r"[^.\[]+(?:\[[^\]]*\])?")
+_FILTER = re.compile(r'^(?P<list>\w+)\[\?\(@\.(?P<key>\w+)=="(?P<value>[^"]*)"\)\]$')
+
+
+def json_path(obj: Any, path: str) -> Any:
+    """The subset of kubectl's JSONPath that printer columns use: `.a.b` and `list[?(@.k=="v")]`."""
+    node = obj
+    for part in _PART.findall(path):
+        match = _FILTER.match(part)
+        if match:
+            items = (node or {}).get(match["list"]) or []
+            node = next((i for i in items if str(i.get(match["key"])) == match["value"]), None)
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node
+
+
+def age(created: str | None, now: datetime) -> str:
+    if not created:
+        return ""
+    seconds = int((now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def rows_for(
+    kind: Kind, items: list[dict[str, Any]], now: datetime, all_namespaces: bool
+) -> list[list[str]]:
+    """One row per object, with the CRD's own printer columns (priority 0)."""
+    columns = [c for c in kind.columns if not c.get("priority")]
+    rows = []
+    for item in items:
+        meta = item.get("metadata", {})
+        row = [meta.get("namespace", "")] if all_namespaces else []
+        row.append(meta.get("name", ""))
+        for column in columns:
+            value = json_path(item, column["jsonPath"])
+            row.append(
+                age(value, now) if column["type"] == "date" else "" if value is None else str(value)
+            )
+        rows.append(row)
+    return rows
+
+
+def headers_for(kind: Kind, all_namespaces: bool) -> list[str]:
+    names = [c["name"].upper() for c in kind.columns if not c.get("priority")]
+    return (["NAMESPACE"] if all_namespaces else []) + ["NAME", *names]
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in [headers, *rows]
+    )
+
+
+def canary_progress(deployment: dict[str, Any]) -> str:
+    """The rollout as a picture: each step, where the canary is, and its weight as a bar."""
+    spec, status = deployment.get("spec", {}), deployment.get("status", {})
+    steps = ((spec.get("strategy") or {}).get("canary") or {}).get("steps") or []
+    current = status.get("currentStep")
+    weight = status.get("canaryWeight") or 0
+    lines = [
+        f"stable {status.get('stableVersion') or '-'}   canary {status.get('canaryVersion') or '-'}   "
+        f"phase {status.get('phase') or '-'}",
+        f"weight [{'#' * (weight // 5)}{'.' * (20 - weight // 5)}] {weight}%",
+    ]
+    for index, step in enumerate(steps):
+        marker = (
+            ">"
+            if current == index and status.get("canaryVersion")
+            else "x"
+            if current is not None and index < current
+            else " "
+        )
+        if "setWeight" in step:
+            what = f"setWeight {step['setWeight']}"
+        elif "pause" in step:
+            seconds = (step["pause"] or {}).get("seconds")
+            what = f"pause {seconds}s" if seconds is not None else "pause until `mlkube promote`"
+        else:
+            what = "analysis"
+        lines.append(f" {marker} {index}: {what}")
+    last = status.get("lastAnalysis")
+    if last:
+        lines.append(
+            f"last analysis: {last.get('result')} ({last.get('requests')} requests, errors "
+            f"{last.get('errorRatePercent')}%, p95 {last.get('p95LatencyMs')} ms, shift "
+            f"{last.get('predictionShift')}) {last.get('message', '')}"
+        )
+    for condition in status.get("conditions", []):
+        lines.append(
+            f"{condition['type']}={condition['status']} {condition['reason']}: {condition.get('message', '')}"
+        )
+    return "\n".join(lines)
+
+
+def gitops_rollback_hint(deployment: dict[str, Any]) -> str | None:
+    """What to change in Git so a rollback sticks, when a GitOps tool owns the spec."""
+    tool = managed_by_gitops(deployment.get("metadata", {}))
+    previous = (deployment.get("status") or {}).get("previousStableVersion")
+    if tool is None or previous is None:
+        return None
+    return (
+        f"{tool} manages this Deployment: the rollback holds until the spec changes. To make it "
+        f"permanent, set in Git:\n  spec:\n    modelVersion: {previous}"
+    )
+
+
+def _kind(name: str) -> Kind:
+    return next(k for k in KINDS if k.kind == name)
+
+
+def _status(cluster: Cluster, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    namespace = None if args.all_namespaces else args.namespace
+    if args.name:
+        print(canary_progress(cluster.get(_kind("Deployment"), args.namespace, args.name)))
+        return 0
+    for kind in KINDS:
+        items = cluster.list(kind, namespace)
+        if items:
+            print(f"{kind.kind}s ({kind.plural}.{GROUP})")
+            print(
+                table(
+                    headers_for(kind, args.all_namespaces),
+                    rows_for(kind, items, now, args.all_namespaces),
+                )
+            )
+            print()
+    return 0
+
+
+def _approve(cluster: Cluster, args: argparse.Namespace) -> int:
+    approval = {
+        "approved": not args.reject,
+        "by": args.by,
+        "at": timestamp(datetime.now(UTC)),
+        **({"reason": args.reason} if args.reason else {}),
+    }
+    cluster.patch(
+        _kind("ModelVersion"), args.namespace, args.name, {"spec": {"approval": approval}}
+    )
+    print(f"modelversion {args.name} {'rejected' if args.reject else 'approved'} by {args.by}")
+    return 0
+
+
+def _act(cluster: Cluster, args: argparse.Namespace, verb: Action) -> int:
+    kind = _kind("Deployment")
+    deployment = cluster.get(kind, args.namespace, args.name)
+    patch = {
+        "metadata": {"annotations": {ACTION_ANNOTATION: action_value(verb, datetime.now(UTC))}}
+    }
+    cluster.patch(kind, args.namespace, args.name, patch)
+    print(f"deployment.{GROUP}/{args.name}: {verb} requested")
+    if verb == "rollback":
+        hint = gitops_rollback_hint(deployment)
+        if hint:
+            print(hint)
+    return 0
+
+
+def _logs(cluster: Cluster, args: argparse.Namespace) -> int:
+    logs = cluster.pod_logs(args.namespace, f"mlkube.io/trainingjob={args.name}")
+    if not logs:
+        print(f"no pods for trainingjob {args.name} in {args.namespace}", file=sys.stderr)
+        return 1
+    for pod, text in logs.items():
+        print(f"==> {pod}")
+        print(text)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mlkube", description=__doc__)
+    root.add_argument("--kubeconfig")
+    root.add_argument("--context")
+    root.add_argument("-n", "--namespace", default="default")
+    root.add_argument("-A", "--all-namespaces", action="store_true")
+    commands = root.add_subparsers(dest="command", required=True)
+    commands.add_parser("version", help="client and server versions")
+    status = commands.add_parser("status", help="all mlkube objects, or one Deployment's rollout")
+    status.add_argument("name", nargs="?", help="a Deployment (mlkube.io) to show in detail")
+    approve = commands.add_parser("approve", help="approve (or --reject) a ModelVersion")
+    approve.add_argument("name")
+    approve.add_argument("--by", default="mlkube-cli")
+    approve.add_argument("--reason")
+    approve.add_argument("--reject", action="store_true")
+    for verb, text in (
+        ("promote", "finish the current canary step (--full: every step)"),
+        ("abort", "roll the canary back; stable keeps serving"),
+        ("retry", "roll out a version that was rolled back"),
+        ("rollback", "return to the previous stable while it is still warm"),
+    ):
+        command = commands.add_parser(verb, help=text)
+        command.add_argument("name")
+        if verb == "promote":
+            command.add_argument("--full", action="store_true")
+    logs = commands.add_parser("logs", help="a TrainingJob's trainer logs")
+    logs.add_argument("name")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "version":
+        print(f"mlkube {__version__}")
+    try:
+        from mlkube.kube import Cluster  # needs the kubernetes client, which `version` does not
+
+        cluster = Cluster(args.kubeconfig, args.context)
+    except Exception as e:  # no kubeconfig: say so plainly rather than with a traceback
+        if args.command == "version":
+            return 0
+        print(f"mlkube: cannot reach a cluster: {e}", file=sys.stderr)
+        return 1
+    if args.command == "version":
+        print(f"server {cluster.server_version()}")
+        return 0
+    if args.command == "status":
+        return _status(cluster, args)
+    if args.command == "approve":
+        return _approve(cluster, args)
+    if args.command == "logs":
+        return _logs(cluster, args)
+    verb: Action = "promote-full" if args.command == "promote" and args.full else args.command
+    return _act(cluster, args, verb)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The CLI's pure parts: printer columns, the rollout picture, actions as annotations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from mlkube.actions import ACTION_ANNOTATION, action_value, managed_by_gitops, pending_action
+from mlkube.api.crdgen import KINDS
+from mlkube.cli import (
+    canary_progress,
+    gitops_rollback_hint,
+    headers_for,
+    json_path,
+    rows_for,
+    table,
+)
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+DEPLOYMENT = {
+    "metadata": {
+        "name": "iris",
+        "namespace": "team-a",
+        "creationTimestamp": "2026-11-27T10:30:00Z",
+    },
+    "spec": {
+        "strategy": {
+            "canary": {
+                "steps": [{"setWeight": 25}, {"pause": {}}, {"analysis": {}}, {"setWeight": 100}]
+            }
+        }
+    },
+    "status": {
+        "phase": "Paused",
+        "stableVersion": "iris-v1",
+        "canaryVersion": "iris-v2",
+        "canaryWeight": 25,
+        "currentStep": 1,
+        "previousStableVersion": "iris-v0",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Serving",
+                "message": "iris-v1 is serving",
+            }
+        ],
+    },
+}
+
+
+def test_json_path_follows_fields_and_condition_filters() -> None:
+    assert json_path(DEPLOYMENT, ".status.stableVersion") == "iris-v1"
+    assert json_path(DEPLOYMENT, '.status.conditions[?(@.type=="Ready")].status') == "True"
+    assert json_path(DEPLOYMENT, '.status.conditions[?(@.type=="Degraded")].status') is None
+    assert json_path(DEPLOYMENT, ".status.lastAnalysis.result") is None
+
+
+def test_rows_use_the_crds_printer_columns() -> None:
+    kind = next(k for k in KINDS if k.kind == "Deployment")
+    assert headers_for(kind, False) == [
+        "NAME",
+        "READY",
+        "PHASE",
+        "STABLE",
+        "CANARY",
+        "WEIGHT",
+        "STEP",
+        "AGE",
+    ]
+    assert rows_for(kind, [DEPLOYMENT], NOW, False) == [
+        ["iris", "True", "Paused", "iris-v1", "iris-v2", "25", "1", "1h"]
+    ]
+    assert rows_for(kind, [DEPLOYMENT], NOW, True)[0][0] == "team-a"
+
+
+def test_table_aligns_columns() -> None:
+    assert table(["A", "BB"], [["xxx", "y"]]).splitlines() == ["A     BB", "xxx   y"]
+
+
+def test_canary_progress_marks_done_current_and_pending_steps() -> None:
+    picture = canary_progress(DEPLOYMENT).splitlines()
+    assert picture[1] == "weight [#####...............] 25%"
+    assert picture[2:6] == [
+        " x 0: setWeight 25",
+        " > 1: pause until `mlkube promote`",
+        "   2: analysis",
+        "   3: setWeight 100",
+    ]
+    assert "Ready=True Serving" in picture[-1]
+
+
+def test_actions_are_carried_out_once() -> None:
+    value = action_value("promote", NOW)
+    assert value == "promote@2026-11-27T12:00:00Z"
+    assert pending_action({ACTION_ANNOTATION: value}, None) == ("promote", value)
+    assert pending_action({ACTION_ANNOTATION: value}, value) is None
+    assert pending_action({ACTION_ANNOTATION: "explode@now"}, None) is None
+    assert pending_action({}, None) is None
+
+
+def test_rollback_prints_the_git_change_only_for_gitops_objects() -> None:
+    assert gitops_rollback_hint(DEPLOYMENT) is None
+    argo = {
+        **DEPLOYMENT,
+        "metadata": {
+            "annotations": {
+                "argocd.argoproj.io/tracking-id": "app:mlkube.io/Deployment:team-a/iris"
+            }
+        },
+    }
+    assert managed_by_gitops(argo["metadata"]) == "Argo CD"
+    hint = gitops_rollback_hint(argo)
+    assert hint is not None
+    assert "modelVersion: iris-v0" in hint
+    flux = {"labels": {"kustomize.toolkit.fluxcd.io/name": "apps"}}
+    assert managed_by_gitops(flux) == "Flux"
