@@ -8,7 +8,7 @@ A pytest plugin: ``pytest_plugins = ["tests.cluster.fixtures"]``.
   3. the local no-Docker cluster (``hack/cluster up``: containerd + Kubernetes v1.35.4 binaries).
 If none can run, the fixture FAILS (never skips) and says what is missing. A cluster that this
 fixture had to start is stopped again (``hack/cluster down``) at the end of the session, unless
-``MLKUBE_KEEP_CLUSTER=1``. Cold start builds Kubernetes from source (20-40 min): run
+``MLKUBE_KEEP_CLUSTER=1``. Cold start builds Kubernetes from source (~15 min): run
 ``hack/cluster up`` before pytest (CI does).
 
 ``namespace`` (function): a fresh namespace ``mlkube-test-<random>``, deleted afterwards.
