@@ -78,10 +78,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from mlkube.runtime import drift
+    from mlkube.runtime.drift import run_drift
 
     spec = load_spec(args.spec, DriftMonitorSpec)
-    report = drift.run_drift(spec, args.reference, args.log)
+    report = run_drift(spec, args.reference, args.log)
     _write_result(report.to_json(), args.result_file)
     return 0
 
