@@ -31,16 +31,27 @@ from mlkube.layout import (
     with_scheme,
 )
 
+# The store's file names and paths are part of this module's interface too.
 __all__ = [
+    "DIGEST_FILE",
     "LINEAGE_FILE",
     "METRICS_FILE",
+    "MODEL_FILE",
     "REFERENCE_FILE",
     "SCHEMA_FILE",
     "ArtifactError",
     "ModelSchema",
     "inference_log_uri",
     "join",
+    "load_schema",
+    "load_verified_model",
+    "read_bytes",
+    "read_json",
+    "save_model",
+    "sha256_hex",
     "version_uri",
+    "write_bytes",
+    "write_json",
 ]
 
 

@@ -7,6 +7,7 @@ and, in a pod, written to the termination-message file the operator reads.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ from mlkube.api.trainingjob import TrainingJobSpec
 from mlkube.runtime.outcome import EXIT_PERMANENT, RunFailure
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+LOGGED_ROWS_RESERVE = 32
+"""Bytes kept free in the drift result for `loggedRows`."""
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
@@ -78,12 +82,42 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from mlkube.runtime.drift import run_drift
+    from mlkube.runtime.drift import TERMINATION_MESSAGE_BYTES, run_drift
+    from mlkube.runtime.inference_log import count_rows
 
     spec = load_spec(args.spec, DriftMonitorSpec)
     report = run_drift(spec, args.reference, args.log)
-    _write_result(report.to_json(), args.result_file)
+    result = json.loads(report.to_json(TERMINATION_MESSAGE_BYTES - LOGGED_ROWS_RESERVE))
+    # every row ever logged, for the retrain rule's minNewSamples
+    result["loggedRows"] = count_rows(args.log)
+    _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Check a ModelVersion's artifact exists and has the recorded digest, without loading it."""
+    from mlkube.runtime import artifacts
+
+    try:
+        data = artifacts.read_bytes(artifacts.join(args.uri, artifacts.MODEL_FILE))
+    except artifacts.ArtifactError as e:
+        result: dict[str, Any] = {
+            "status": "Failed",
+            "reason": "ArtifactNotFound",
+            "message": str(e),
+        }
+    else:
+        actual = artifacts.sha256_hex(data)
+        if actual == args.sha256:
+            result = {"status": "Verified", "sha256": actual, "bytes": len(data)}
+        else:
+            result = {
+                "status": "Failed",
+                "reason": "DigestMismatch",
+                "message": f"{args.uri}/{artifacts.MODEL_FILE} has sha256 {actual}, the ModelVersion records {args.sha256}",
+            }
+    _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
+    return 0 if result["status"] == "Verified" else EXIT_PERMANENT
 
 
 def _serve(args: argparse.Namespace, rest: list[str]) -> int:
@@ -119,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     drift.add_argument("--log", required=True, help="inference log directory URI")
     drift.add_argument("--result-file")
 
+    verify = commands.add_parser("verify", help="check an artifact against its recorded sha256")
+    verify.add_argument("--uri", required=True, help="the version directory")
+    verify.add_argument("--sha256", required=True)
+    verify.add_argument("--result-file")
+
     commands.add_parser("serve", help="serve a model version with BentoML", add_help=False)
     return root
 
@@ -130,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args, rest)
         if rest:
             parser().error(f"unrecognized arguments: {' '.join(rest)}")
-        return _train(args) if args.command == "train" else _drift(args)
+        return {"train": _train, "drift": _drift, "verify": _verify}[args.command](args)
     except (ValidationError, FileNotFoundError, yaml.YAMLError) as e:
         print(f"mlkube-runtime {args.command}: invalid --spec: {e}", file=sys.stderr)
         return EXIT_PERMANENT

@@ -1,0 +1,66 @@
+"""Canary figures from real model-server metrics text (the server's own ServingMetrics)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from scipy.spatial.distance import jensenshannon
+
+from mlkube.analysis import Scrape, canary_metrics, histogram_quantile, jensen_shannon_distance
+from mlkube.runtime.metrics import ServingMetrics
+
+
+def server_metrics(
+    version: str, latencies_ms: list[float], statuses: list[int], labels: list[str]
+) -> str:
+    registry = CollectorRegistry()
+    metrics = ServingMetrics(version, registry=registry)
+    for status, latency in zip(statuses, latencies_ms, strict=True):
+        metrics.observe_request(status, latency / 1000)
+    metrics.observe_class_labels(np.array(labels))
+    return generate_latest(registry).decode()
+
+
+def test_requests_errors_and_p95_are_summed_over_canary_pods() -> None:
+    pod_a = server_metrics("v2", [10.0] * 90, [200] * 85 + [500] * 5, ["a"] * 90)
+    pod_b = server_metrics("v2", [40.0] * 10, [200] * 8 + [422] * 2, ["b"] * 10)
+    stable = server_metrics("v1", [10.0] * 100, [200] * 100, ["a"] * 90 + ["b"] * 10)
+    figures = canary_metrics([pod_a, pod_b], [stable])
+    assert figures.requests == 100
+    assert figures.errors == 5, "4xx are the client's fault, not the canary's"
+    assert figures.p95_latency_ms is not None
+    assert 30 <= figures.p95_latency_ms <= 40
+    assert figures.prediction_shift == pytest.approx(0.0, abs=1e-9)
+
+
+def test_prediction_shift_matches_scipy() -> None:
+    left, right = Counter({"a": 70, "b": 20, "c": 10}), Counter({"a": 10, "b": 30, "d": 60})
+    keys = sorted(left.keys() | right.keys())
+    expected = jensenshannon([left[k] for k in keys], [right[k] for k in keys], base=2)
+    assert jensen_shannon_distance(left, right) == pytest.approx(expected, abs=1e-12)
+    assert jensen_shannon_distance(Counter(), right) is None
+
+
+def test_histogram_quantile_interpolates_like_prometheus() -> None:
+    cumulative = Counter({0.1: 50.0, 0.2: 90.0, 0.5: 100.0, float("inf"): 100.0})
+    assert histogram_quantile(0.5, cumulative) == pytest.approx(0.1)
+    assert histogram_quantile(0.95, cumulative) == pytest.approx(0.35)
+    assert histogram_quantile(0.95, Counter()) is None
+
+
+def test_regressor_predictions_compare_by_histogram_bucket() -> None:
+    registry = CollectorRegistry()
+    metrics = ServingMetrics("v1", registry=registry)
+    metrics.observe_values(np.array([1.5, 1.5, 150.0]))
+    scrape = Scrape([generate_latest(registry).decode()])
+    distribution = scrape.prediction_distribution()
+    assert sum(distribution.values()) == 3
+    assert max(distribution.values()) == 2
+
+
+def test_no_traffic_means_no_figures() -> None:
+    figures = canary_metrics([server_metrics("v2", [], [], [])], [])
+    assert (figures.requests, figures.p95_latency_ms, figures.prediction_shift) == (0, None, None)
