@@ -74,7 +74,7 @@ class KubeCluster:
 
     def _api(self, name: str) -> Any:
         if name not in self._apis:
-            from kubernetes import client  # noqa: PLC0415 - optional dependency
+            from kubernetes import client
 
             self._apis[name] = getattr(client, name)(self.api_client)
         return self._apis[name]
@@ -144,7 +144,7 @@ def _missing_for_local() -> list[str]:
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[KubeCluster]:
     try:
-        from kubernetes import config  # noqa: PLC0415 - optional dependency
+        from kubernetes import config
     except ImportError:
         pytest.fail(
             "the 'kubernetes' Python client is missing: pip install -e '.[operator,dev]'",
@@ -217,7 +217,7 @@ def wait_until(
 
 @pytest.fixture
 def namespace(kube_cluster: KubeCluster) -> Iterator[str]:
-    from kubernetes import client  # noqa: PLC0415 - optional dependency
+    from kubernetes import client
 
     name = f"mlkube-test-{uuid.uuid4().hex[:8]}"
     kube_cluster.core.create_namespace(
