@@ -61,9 +61,7 @@ def test_api_server_version(kube_cluster: KubeCluster) -> None:
     version = kube_cluster.version()
     assert version.startswith(kube_cluster.expected_version_prefix), version
     # the raw GET /version, as curl would see it
-    from kubernetes import client as k8s
-
-    resp = k8s.VersionApi(kube_cluster.api_client).get_code(_preload_content=False)
+    resp = client.VersionApi(kube_cluster.api_client).get_code(_preload_content=False)
     raw = json.loads(resp.data)
     assert raw["gitVersion"] == version
     nodes = kube_cluster.core.list_node().items
