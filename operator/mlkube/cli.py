@@ -144,10 +144,14 @@ def _status(cluster: Cluster, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     namespace = None if args.all_namespaces else args.namespace
     if args.name:
-        print(canary_progress(cluster.get(_kind("Deployment"), args.namespace, args.name)))
+        deployment = cluster.get_object(_kind("Deployment"), args.namespace, args.name)
+        if deployment is None:
+            print(f"deployment.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)
+            return 1
+        print(canary_progress(deployment))
         return 0
     for kind in KINDS:
-        items = cluster.list(kind, namespace)
+        items = cluster.list_objects(kind, namespace)
         if items:
             print(f"{kind.kind}s ({kind.plural}.{GROUP})")
             print(
@@ -167,7 +171,7 @@ def _approve(cluster: Cluster, args: argparse.Namespace) -> int:
         "at": timestamp(datetime.now(UTC)),
         **({"reason": args.reason} if args.reason else {}),
     }
-    cluster.patch(
+    cluster.patch_object(
         _kind("ModelVersion"), args.namespace, args.name, {"spec": {"approval": approval}}
     )
     print(f"modelversion {args.name} {'rejected' if args.reject else 'approved'} by {args.by}")
@@ -176,11 +180,14 @@ def _approve(cluster: Cluster, args: argparse.Namespace) -> int:
 
 def _act(cluster: Cluster, args: argparse.Namespace, verb: Action) -> int:
     kind = _kind("Deployment")
-    deployment = cluster.get(kind, args.namespace, args.name)
+    deployment = cluster.get_object(kind, args.namespace, args.name)
+    if deployment is None:
+        print(f"deployment.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)
+        return 1
     patch = {
         "metadata": {"annotations": {ACTION_ANNOTATION: action_value(verb, datetime.now(UTC))}}
     }
-    cluster.patch(kind, args.namespace, args.name, patch)
+    cluster.patch_object(kind, args.namespace, args.name, patch)
     print(f"deployment.{GROUP}/{args.name}: {verb} requested")
     if verb == "rollback":
         hint = gitops_rollback_hint(deployment)

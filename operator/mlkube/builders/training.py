@@ -104,3 +104,44 @@ def build_job(
         },
         "spec": job_spec,
     }
+
+
+def verify_job_name(model_version: str) -> str:
+    return child_name(model_version, "verify")
+
+
+def build_verify_job(
+    owner: Owner, artifact_uri: str, sha256: str, config: OperatorConfig
+) -> Manifest:
+    """A short Job that checks a ModelVersion's artifact exists and matches its sha256."""
+    container: Manifest = {
+        "name": TRAINER,
+        "image": config.runtime_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["mlkube-runtime"],
+        "args": ["verify", "--uri", artifact_uri, "--sha256", sha256],
+        "env": [*storage_env(config), {"name": "HOME", "value": "/tmp"}],
+        "envFrom": storage_env_from(config),
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+        "securityContext": restricted_security_context(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    labels = {"app.kubernetes.io/name": "mlkube-verify", "mlkube.io/modelversion": owner.name}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **metadata(verify_job_name(owner.name), owner, labels),
+            "annotations": {"mlkube.io/sha256": sha256},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 300,
+            "ttlSecondsAfterFinished": 600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": pod_spec(container, config, restart_policy="Never"),
+            },
+        },
+    }

@@ -1,0 +1,1 @@
+"""The running controller: kopf handlers over the pure reconcilers (`kopf run -m mlkube.operator.main`)."""

@@ -1,0 +1,42 @@
+"""The operator's own Prometheus metrics, served on /metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("mlkube_operator_reconciles", "Reconciles per kind.", ["kind"])
+RECONCILE_ERRORS = Counter("mlkube_operator_reconcile_errors", "Reconciles that raised.", ["kind"])
+RECONCILE_SECONDS = Histogram(
+    "mlkube_operator_reconcile_duration_seconds", "Reconcile time.", ["kind"]
+)
+CANARY_WEIGHT = Gauge("mlkube_canary_weight", "Canary traffic weight.", ["namespace", "deployment"])
+CANARY_STEP = Gauge("mlkube_canary_step", "Current canary step.", ["namespace", "deployment"])
+DRIFT_SHARE = Gauge(
+    "mlkube_drift_share", "Share of drifted columns.", ["namespace", "driftmonitor"]
+)
+DRIFT_STATISTIC = Gauge(
+    "mlkube_drift_column_statistic",
+    "Last per-column drift statistic.",
+    ["namespace", "driftmonitor", "column"],
+)
+DRIFT_DETECTED = Gauge(
+    "mlkube_drift_detected", "1 when the last run found drift.", ["namespace", "driftmonitor"]
+)
+MODEL_VERSIONS = Gauge("mlkube_model_versions", "ModelVersions by phase.", ["namespace", "phase"])
+
+
+@contextmanager
+def reconciling(kind: str) -> Iterator[None]:
+    RECONCILES.labels(kind).inc()
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        RECONCILE_ERRORS.labels(kind).inc()
+        raise
+    finally:
+        RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
