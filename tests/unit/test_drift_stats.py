@@ -20,6 +20,7 @@ from mlkube.runtime.drift import (
     chi_squared_goodness_of_fit,
     detect_drift,
     jensen_shannon,
+    kolmogorov_sf,
     normalised_wasserstein,
     numeric_psi,
     numeric_statistics,
@@ -58,6 +59,14 @@ def test_numeric_statistics_equal_scipy(m: int, n: int, decimals: int | None) ->
     assert normalised_wasserstein(ours.wasserstein, reference) == pytest.approx(
         stats.wasserstein_distance(reference, current) / np.std(reference), abs=TOLERANCE
     )
+
+
+@pytest.mark.parametrize("n", [50, 141, 1_000, 90_909, 300_000])
+def test_kolmogorov_sf_equals_scipy_in_every_branch(n: int) -> None:
+    for d in [0.3 / n, 0.9 / n, 1.5 / n, *np.sqrt(np.array([0.5, 2.1, 2.2, 5, 40, 369]) / n)]:
+        assert abs(kolmogorov_sf(float(d), float(n)) - stats.kstwo.sf(d, n)) < TOLERANCE
+    for d in [0.5, 0.7, 1 - 1.5 / n, 1.0]:
+        assert abs(kolmogorov_sf(d, float(n)) - stats.kstwo.sf(d, n)) < TOLERANCE
 
 
 def test_identical_samples_have_no_distance() -> None:

@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from scipy import stats
+from scipy import special, stats
 from scipy.spatial import distance
 
 from mlkube.api.driftmonitor import ColumnOverride, DriftMonitorSpec
@@ -171,22 +171,54 @@ def numeric_statistics(reference: Floats, current: Floats) -> NumericStatistics:
     m, n = ref.size, cur.size
     both = np.concatenate([ref, cur])
     order = np.argsort(both, kind="stable")  # merges the two sorted runs in linear time
-    merged = both[order]
-    ref_at_or_below = np.cumsum(order < m)
-    cdf_gap = ref_at_or_below / m
-    cdf_gap -= (np.arange(1, m + n + 1) - ref_at_or_below) / n
-    wasserstein = float(np.dot(np.abs(cdf_gap[:-1]), np.diff(merged)))
+    gaps = np.diff(both[order])
+    # F_ref - F_cur after each merged value, divided as scipy divides its searchsorted counts
+    cdf_gap = np.cumsum(order < m, dtype=np.float64)
+    cur_cdf = np.arange(1.0, m + n + 1)
+    cur_cdf -= cdf_gap
+    cur_cdf /= n
+    cdf_gap /= m
+    cdf_gap -= cur_cdf
     if max(m, n) <= EXACT_KS_MAX_ROWS:
         exact = stats.ks_2samp(ref, cur)
-        return NumericStatistics(float(exact.statistic), float(exact.pvalue), wasserstein)
-    # The ECDFs only step at the last of equal values; scipy evaluates them there too.
-    step_ends = np.flatnonzero(merged[1:] != merged[:-1])
-    gaps_at_steps = np.append(cdf_gap[step_ends], cdf_gap[-1])
-    d = max(float(gaps_at_steps.max()), float(np.clip(-gaps_at_steps.min(), 0, 1)))
-    larger, smaller = sorted([float(m), float(n)], reverse=True)
-    effective_n = np.round(larger * smaller / (larger + smaller))
-    p_value = float(np.clip(stats.kstwo.sf(d, effective_n), 0, 1))
+        d, p_value = float(exact.statistic), float(exact.pvalue)
+    else:
+        # The ECDFs only step at the last of equal values; scipy evaluates them there too.
+        at_steps = np.append(cdf_gap[np.flatnonzero(gaps)], cdf_gap[-1])
+        d = max(float(at_steps.max()), float(np.clip(-at_steps.min(), 0, 1)))
+        larger, smaller = sorted([float(m), float(n)], reverse=True)
+        p_value = kolmogorov_sf(d, float(np.round(larger * smaller / (larger + smaller))))
+    wasserstein = float(np.dot(np.abs(cdf_gap[:-1], out=cdf_gap[:-1]), gaps))
     return NumericStatistics(d, p_value, wasserstein)
+
+
+def kolmogorov_sf(d: float, n: float) -> float:
+    """scipy.stats.kstwo.sf(d, n), clipped to [0, 1] as ks_2samp does.
+
+    Where scipy takes its exact one-sided Smirnov branch (a C loop of ~n terms: 0.1 s per column
+    at n = 1e5), the same Birnbaum-Tingey sum is evaluated vectorised instead; it agrees with
+    scipy.special.smirnov to ~1e-10 relative. Every other branch is scipy's own, and cheap.
+    """
+    t = n * d
+    smirnov_branch = d >= 0.5 or 2.2 <= t * d < 370
+    if n > 140 and 0 < d < 1 and 1 < t < n - 1 and smirnov_branch:
+        return float(np.clip(2 * _smirnov_sf(n, d), 0, 1))
+    return float(np.clip(stats.kstwo.sf(d, n), 0, 1))
+
+
+def _smirnov_sf(n: float, x: float) -> float:
+    """P(D+_n >= x) = x sum_j C(n, j) (1 - x - j/n)^(n - j) (x + j/n)^(j - 1), in logs."""
+    j = np.arange(0, np.floor(n * (1 - x)) + 1)
+    with np.errstate(divide="ignore"):
+        log_terms = (
+            special.gammaln(n + 1)
+            - special.gammaln(j + 1)
+            - special.gammaln(n - j + 1)
+            + (n - j) * np.log(1 - x - j / n)
+            + (j - 1) * np.log(x + j / n)
+        )
+    top = float(log_terms.max())
+    return float(x * np.exp(top) * np.sum(np.exp(log_terms - top)))
 
 
 def normalised_wasserstein(wasserstein: float, reference: Floats) -> float:
