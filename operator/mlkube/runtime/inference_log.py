@@ -25,7 +25,9 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from mlkube.runtime.artifacts import join, write_bytes
 
@@ -162,7 +164,9 @@ class SegmentWriter:
             promote_options="permissive",
         )
         sink = io.BytesIO()
-        pq.write_table(table, sink)
+        # Dictionary pages only pay off for strings; LZ4 decodes fastest of the codecs tried.
+        strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+        pq.write_table(table, sink, use_dictionary=strings, compression="lz4")
         with self._write_lock:
             self._seq += 1
             name = segment_name(buffer.newest, self.writer_id, self._seq)
@@ -220,11 +224,12 @@ def read_window(
         paths = [p for p in paths if segment_time(_name(p)) >= cutoff]
     if rows is not None:
         paths = _newest_covering(fs, paths, rows)
-    wanted = None if columns is None else list(dict.fromkeys([*columns, TS_COLUMN]))
-    tables = [t for t in (_read_segment(fs, p, wanted) for p in paths) if t is not None]
-    if not tables:
+    if not paths:
         return _empty(columns)
-    table = pa.concat_tables(tables, promote_options="permissive")
+    wanted = None if columns is None else list(dict.fromkeys([*columns, TS_COLUMN]))
+    table = _read_segments(_arrow_filesystem(fs), paths, wanted)
+    if table is None:
+        return _empty(columns)
     ts = table.column(TS_COLUMN).to_numpy()
     if ts.size > 1 and bool(np.any(ts[1:] < ts[:-1])):
         table = table.sort_by(TS_COLUMN)
@@ -236,10 +241,40 @@ def read_window(
     return table if columns is None else table.select(columns)
 
 
-def _read_segment(fs: Any, path: str, columns: list[str] | None) -> pa.Table | None:
-    """A segment, or None when retention deleted it since the listing."""
+def _arrow_filesystem(fs: Any) -> Any:
+    """pyarrow's own local filesystem reads segments in parallel without Python in the loop."""
+    return pafs.LocalFileSystem() if isinstance(fs, LocalFileSystem) else fs
+
+
+def _read_segments(fs: Any, paths: list[str], columns: list[str] | None) -> pa.Table | None:
+    """The segments in order as one table; strings stay dictionary-encoded as stored, which
+    reads several times faster than materialising every string."""
     try:
-        return pq.read_table(path, filesystem=fs, columns=columns)
+        schema = pq.read_schema(paths[-1], filesystem=fs)
+    except FileNotFoundError:
+        schema = None
+    strings = [
+        f.name
+        for f in schema or []
+        if (columns is None or f.name in columns)
+        and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+    ]
+    try:
+        table: pa.Table = pq.read_table(
+            paths, filesystem=fs, columns=columns, read_dictionary=strings
+        )
+        return table
+    except (FileNotFoundError, pa.ArrowInvalid, pa.ArrowTypeError):
+        pass  # retention deleted a segment since the listing, or segments' types differ
+    tables = [t for t in (_read_segment(fs, p, columns, strings) for p in paths) if t is not None]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+def _read_segment(
+    fs: Any, path: str, columns: list[str] | None, strings: list[str]
+) -> pa.Table | None:
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns, read_dictionary=strings)
     except FileNotFoundError:
         return None
 
