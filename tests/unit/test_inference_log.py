@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pyarrow.fs import LocalFileSystem
 
 from mlkube.runtime.inference_log import (
     SegmentWriter,
     Values,
+    _read_segments,
     count_rows,
     read_window,
     segment_name,
@@ -164,3 +166,21 @@ def test_a_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     assert errors == []
     assert all(rows % 2000 == 0 for rows in seen)
     assert count_rows(str(tmp_path)) == 80_000
+
+
+def test_segments_whose_types_differ_are_promoted(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"x": np.arange(3), "colour": ["a", "b", "c"]}, [0, 1, 0])
+        writer.flush()
+        writer.append({"x": np.array([0.5]), "colour": ["d"]}, [1])
+    table = read_window(str(tmp_path), rows=10)
+    assert table.column("x").to_pylist() == [0.0, 1.0, 2.0, 0.5]
+    assert table.column("colour").to_pylist() == ["a", "b", "c", "d"]
+
+
+def test_a_segment_deleted_after_listing_is_skipped(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"x": np.arange(3.0)}, [0, 1, 0])
+    existing = str(tmp_path / _segments(tmp_path)[0])
+    table = _read_segments(LocalFileSystem(), [str(tmp_path / "gone.parquet"), existing], None)
+    assert table is not None and table.column("x").to_pylist() == [0.0, 1.0, 2.0]
