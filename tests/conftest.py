@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-TIERS = {"unit": "unit", "runtime": "runtime", "cluster": "integration", "integration": "integration", "e2e": "e2e"}
+pytest_plugins = ["tests.cluster.fixtures", "tests.integration.fixtures"]
+
+TIERS = {
+    "unit": "unit",
+    "runtime": "runtime",
+    "cluster": "integration",
+    "integration": "integration",
+    "e2e": "e2e",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

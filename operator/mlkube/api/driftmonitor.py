@@ -84,6 +84,7 @@ class DriftMonitorSpec(ApiModel):
     deployment: str = Field(pattern=DNS_LABEL, description="The mlkube Deployment to watch.")
     schedule: str = Field(
         default="*/10 * * * *",
+        max_length=64,
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(

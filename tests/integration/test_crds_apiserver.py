@@ -1,0 +1,228 @@
+"""The generated CRDs on a real API server: examples accepted, bad specs refused at apply time
+with the field named, printer columns and the `mlkube` category working with kubectl."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from tests.cluster.fixtures import KubeCluster
+from tests.integration.fixtures import GROUP, PLURAL, VERSION, create, rejection
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = {
+    doc["kind"]: doc
+    for path in sorted((ROOT / "examples").glob("*.yaml"))
+    for doc in yaml.safe_load_all(path.read_text())
+}
+
+pytestmark = pytest.mark.usefixtures("crds")
+
+
+def example(kind: str, **spec_changes: Any) -> dict[str, Any]:
+    manifest = copy.deepcopy(EXAMPLES[kind])
+    manifest["spec"].update(spec_changes)
+    return manifest
+
+
+def without(kind: str, field: str) -> dict[str, Any]:
+    manifest = copy.deepcopy(EXAMPLES[kind])
+    del manifest["spec"][field]
+    return manifest
+
+
+def canary(*steps: dict[str, Any]) -> dict[str, Any]:
+    return {"canary": {"steps": list(steps)}}
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_every_example_is_accepted(kube_cluster: KubeCluster, namespace: str, kind: str) -> None:
+    created = create(kube_cluster, namespace, example(kind))
+    assert created["metadata"]["name"] == EXAMPLES[kind]["metadata"]["name"]
+
+
+def test_schema_defaults_are_filled_in_by_the_api_server(
+    kube_cluster: KubeCluster, namespace: str
+) -> None:
+    created = create(kube_cluster, namespace, without("TrainingJob", "split"))
+    assert created["spec"]["split"] == {"testPercent": 20, "seed": 42, "stratify": True}
+    assert created["spec"]["backoffLimit"] == 0
+    dm = create(kube_cluster, namespace, without("DriftMonitor", "window"))
+    assert dm["spec"]["window"] == {"rows": 10000}
+    assert dm["spec"]["method"] == "SignificantAndLarge"
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("missing model", without("TrainingJob", "model"), "spec.model: Required value"),
+    ("model of the wrong type", example("TrainingJob", model=42), "spec.model: Invalid value"),
+    (
+        "dataset from an unknown scheme",
+        example("TrainingJob", dataset={"uri": "ftp://x/y.csv"}),
+        "spec.dataset.uri",
+    ),
+    (
+        "estimator off the allowlist",
+        example("TrainingJob", estimator={"className": "os.system"}),
+        "spec.estimator.className: Unsupported value",
+    ),
+    ("negative backoff", example("TrainingJob", backoffLimit=-1), "spec.backoffLimit"),
+    (
+        "gate as a float",
+        example("TrainingJob", qualityGates={"minAccuracy": 0.9}),
+        "spec.qualityGates.minAccuracy",
+    ),
+    (
+        "target among the features",
+        example("TrainingJob", features=["target", "petal_length_cm"]),
+        "features must not contain the target column",
+    ),
+    ("negative replicas", example("Deployment", replicas=-1), "spec.replicas"),
+    (
+        "canary weights falling",
+        example(
+            "Deployment", strategy=canary({"setWeight": 50}, {"setWeight": 20}, {"setWeight": 100})
+        ),
+        "canary setWeight values must rise from step to step",
+    ),
+    (
+        "canary weights not ending at 100",
+        example("Deployment", strategy=canary({"setWeight": 20}, {"setWeight": 60})),
+        "the last canary setWeight must be 100",
+    ),
+    (
+        "a canary step doing two things",
+        example(
+            "Deployment",
+            strategy=canary({"setWeight": 20, "pause": {"seconds": 5}}, {"setWeight": 100}),
+        ),
+        "each canary step must set exactly one of setWeight, pause or analysis",
+    ),
+    (
+        "both a version and latestApproved",
+        example("Deployment", modelVersion="iris-v1"),
+        "spec must set exactly one of modelVersion, or model with latestApproved",
+    ),
+    (
+        "gateway traffic without a gateway",
+        example("Deployment", traffic="GatewayAPI"),
+        "gateway must be set when traffic is GatewayAPI",
+    ),
+    (
+        "autoscaling max under min",
+        example("Deployment", autoscaling={"minReplicas": 3, "maxReplicas": 2}),
+        "maxReplicas must be >= minReplicas",
+    ),
+    (
+        "a bad cron schedule",
+        example("DriftMonitor", schedule="every 5 minutes"),
+        "schedule must be a five-field cron",
+    ),
+    (
+        "six cron fields",
+        example("DriftMonitor", schedule="* * * * * *"),
+        "schedule must be a five-field cron",
+    ),
+    ("an empty window", example("DriftMonitor", window={}), "window must set rows or seconds"),
+    (
+        "retrain without a template",
+        example("DriftMonitor", action={"type": "Retrain"}),
+        "retrain must be set",
+    ),
+    (
+        "a short sha256",
+        example("ModelVersion", artifact={"uri": "file:///a", "sha256": "abc"}),
+        "spec.artifact.sha256",
+    ),
+    ("version zero", example("ModelVersion", version=0), "spec.version"),
+    ("an unknown stage", example("ModelVersion", stage="Live"), "spec.stage: Unsupported value"),
+]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"), [(m, msg) for _, m, msg in INVALID], ids=[i for i, _, _ in INVALID]
+)
+def test_bad_specs_are_refused_naming_the_field(
+    kube_cluster: KubeCluster, namespace: str, manifest: dict[str, Any], message: str
+) -> None:
+    assert message in rejection(kube_cluster, namespace, manifest)
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value", "message"),
+    [
+        ("TrainingJob", "model", "wine", "model must not change after creation"),
+        (
+            "TrainingJob",
+            "estimator",
+            {"className": "sklearn.svm.SVC"},
+            "estimator must not change after creation",
+        ),
+        ("ModelVersion", "version", 7, "version must not change after creation"),
+    ],
+)
+def test_immutable_fields_cannot_change(
+    kube_cluster: KubeCluster, namespace: str, kind: str, field: str, value: Any, message: str
+) -> None:
+    manifest = example(kind)
+    create(kube_cluster, namespace, manifest)
+    with pytest.raises(ApiException) as refused:
+        kube_cluster.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL[kind],
+            manifest["metadata"]["name"],
+            {"spec": {field: value}},
+        )
+    assert refused.value.status == 422
+    assert message in str(refused.value.body)
+
+
+def test_suspend_may_change(kube_cluster: KubeCluster, namespace: str) -> None:
+    manifest = example("TrainingJob")
+    create(kube_cluster, namespace, manifest)
+    patched = kube_cluster.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "trainingjobs",
+        manifest["metadata"]["name"],
+        {"spec": {"suspend": True}},
+    )
+    assert patched["spec"]["suspend"] is True
+
+
+def test_kubectl_get_mlkube_lists_all_four_kinds_with_columns(
+    kube_cluster: KubeCluster,
+    namespace: str,
+    kubectl: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    for kind in EXAMPLES:
+        create(kube_cluster, namespace, example(kind))
+    listing = kubectl("get", "mlkube", "-n", namespace).stdout
+    for resource in (
+        "trainingjob.mlkube.io/",
+        "modelversion.mlkube.io/",
+        "deployment.mlkube.io/",
+        "driftmonitor.mlkube.io/",
+    ):
+        assert resource in listing, listing
+    columns = (
+        kubectl("get", "deployments.mlkube.io", "-n", namespace).stdout.splitlines()[0].split()
+    )
+    assert columns == ["NAME", "READY", "PHASE", "STABLE", "CANARY", "WEIGHT", "STEP", "AGE"]
+    short = kubectl("get", "mlmv", "-n", namespace).stdout
+    assert "iris-v1" in short
+    assert "APPROVED" in short.splitlines()[0]
+    apps = (
+        kubectl("get", "deployments", "-n", namespace).stderr
+        + kubectl("get", "deployments", "-n", namespace).stdout
+    )
+    assert "iris" not in apps, "a bare `deployments` still means apps/v1"
