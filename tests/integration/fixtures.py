@@ -6,11 +6,13 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kopf.testing import KopfRunner
 from kubernetes.client.exceptions import ApiException
 
 from mlkube.api.crdgen import KINDS
@@ -87,3 +89,53 @@ def eventually(check: Callable[[], Any], timeout: float, what: str, interval: fl
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def operator_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
+    from kubernetes import client
+
+    name = f"mlkube-op-{uuid.uuid4().hex[:6]}"
+    kube_cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    kube_cluster.core.delete_namespace(name)
+
+
+def start_operator(namespace: str, image: str, kubeconfig: str) -> KopfRunner:
+    os.environ["KUBECONFIG"] = kubeconfig
+    os.environ["MLKUBE_RUNTIME_IMAGE"] = image
+    os.environ["MLKUBE_METRICS_PORT"] = "0"
+    runner = KopfRunner(
+        ["run", "--standalone", "--namespace", namespace, "-m", "mlkube.operator.main"]
+    )
+    runner.__enter__()
+    return runner
+
+
+@pytest.fixture(scope="module")
+def operator(
+    operator_namespace: str, runtime_image: str, kube_cluster: KubeCluster
+) -> Iterator[dict[str, KopfRunner]]:
+    holder = {"runner": start_operator(operator_namespace, runtime_image, kube_cluster.kubeconfig)}
+    yield holder
+    holder["runner"].__exit__(None, None, None)
+
+
+def get(kube: KubeCluster, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = kube.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return result
+
+
+def status_of(kube: KubeCluster, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    return (get(kube, namespace, plural, name) or {}).get("status") or {}
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})

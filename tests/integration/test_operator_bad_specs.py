@@ -1,0 +1,119 @@
+"""Specs the schema lets through but the world refuses end in a clear condition, not a crash loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+
+from tests.cluster.fixtures import KubeCluster
+from tests.integration.fixtures import GROUP, VERSION, condition, create, eventually, status_of
+
+pytestmark = pytest.mark.usefixtures("crds")
+
+
+def manifest(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+TRAINING = {
+    "model": "iris",
+    "dataset": {"uri": "builtin:iris"},
+    "estimator": {"className": "sklearn.naive_bayes.GaussianNB"},
+    "approvalPolicy": "AutoApproveOnGates",
+}
+
+
+def finished(kube: KubeCluster, ns: str, name: str) -> dict[str, Any]:
+    return dict(
+        eventually(
+            lambda: (
+                (s := status_of(kube, ns, "trainingjobs", name)).get("phase")
+                in ("Succeeded", "Failed")
+                and s
+            ),
+            240,
+            f"TrainingJob {name} to finish",
+            interval=2,
+        )
+    )
+
+
+def test_bad_specs_end_with_a_reason(
+    kube_cluster: KubeCluster, operator_namespace: str, operator: dict[str, KopfRunner]
+) -> None:
+    kube, ns = kube_cluster, operator_namespace
+    create(
+        kube,
+        ns,
+        manifest(
+            "TrainingJob",
+            "missing-data",
+            {**TRAINING, "dataset": {"uri": "file:///var/lib/mlkube/artifacts/none.csv"}},
+        ),
+    )
+    create(
+        kube,
+        ns,
+        manifest(
+            "TrainingJob", "no-image", {**TRAINING, "image": "localhost/mlkube-missing:0.0.1"}
+        ),
+    )
+    create(kube, ns, manifest("TrainingJob", "good", TRAINING))
+    create(kube, ns, manifest("Deployment", "ghost", {"modelVersion": "iris-v42"}))
+
+    missing = finished(kube, ns, "missing-data")
+    assert missing["phase"] == "Failed"
+    assert condition(missing, "Failed")["reason"] == "DatasetNotFound"
+    assert "none.csv" in condition(missing, "Failed")["message"]
+
+    no_image = finished(kube, ns, "no-image")
+    assert condition(no_image, "Failed")["reason"] == "ImagePullFailed"
+
+    ghost = eventually(
+        lambda: condition(status_of(kube, ns, "deployments", "ghost"), "Ready"),
+        60,
+        "ghost's Ready condition",
+    )
+    assert ghost["status"] == "False"
+    assert ghost["reason"] == "ModelVersionNotFound"
+    assert "iris-v42" in ghost["message"]
+
+    good = finished(kube, ns, "good")
+    assert good["phase"] == "Succeeded", good
+    real = kube.custom.get_namespaced_custom_object(
+        GROUP, VERSION, ns, "modelversions", good["modelVersion"]
+    )
+    tampered = {
+        **real["spec"],
+        "version": 99,
+        "artifact": {**real["spec"]["artifact"], "sha256": "0" * 64},
+    }
+    create(kube, ns, manifest("ModelVersion", "iris-v99", tampered))
+    invalid = eventually(
+        lambda: (
+            (s := status_of(kube, ns, "modelversions", "iris-v99")).get("phase") == "Invalid" and s
+        ),
+        120,
+        "the tampered ModelVersion to be refused",
+    )
+    ready = condition(invalid, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "DigestMismatch")
+    assert "0" * 64 in ready["message"]
+
+    create(kube, ns, manifest("Deployment", "tampered", {"modelVersion": "iris-v99"}))
+    refused = eventually(
+        lambda: condition(status_of(kube, ns, "deployments", "tampered"), "Ready"),
+        60,
+        "tampered's Ready",
+    )
+    assert refused["reason"] == "ModelVersionNotReady"
+    assert "DigestMismatch" in refused["message"]
+    pods = kube.core.list_namespaced_pod(ns, label_selector="mlkube.io/deployment=tampered").items
+    assert pods == [], "a refused version gets no server pods"

@@ -1,0 +1,307 @@
+"""The operator in-process (kopf's KopfRunner) against the real cluster, workloads as real pods from
+the locally built runtime image: train -> register -> serve -> canary -> rollback -> drift -> retrain.
+
+One long scenario, in order, because each act needs the one before it; every wait names what it
+waits for, so a failure says where the loop broke.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+from sklearn.datasets import load_iris
+
+from tests.cluster.fixtures import KubeCluster
+from tests.integration.fixtures import (
+    GROUP,
+    VERSION,
+    condition,
+    create,
+    eventually,
+    get,
+    start_operator,
+    status_of,
+)
+
+FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+IRIS = load_iris(as_frame=True).frame.set_axis([*FEATURES, "target"], axis=1)
+ROWS = IRIS[FEATURES].to_dict(orient="records")
+
+pytestmark = pytest.mark.usefixtures("crds")
+
+
+def training(name: str, **spec: Any) -> dict[str, Any]:
+    base = {
+        "model": "iris",
+        "dataset": {"uri": "builtin:iris"},
+        "estimator": {
+            "className": "sklearn.linear_model.LogisticRegression",
+            "hyperparameters": {"max_iter": 500},
+        },
+        "approvalPolicy": "AutoApproveOnGates",
+        "activeDeadlineSeconds": 600,
+    }
+    base.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": base,
+    }
+
+
+def train(kube: KubeCluster, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    create(kube, namespace, training(name, **spec))
+    done = eventually(
+        lambda: (
+            (s := status_of(kube, namespace, "trainingjobs", name)).get("phase")
+            in ("Succeeded", "Failed")
+            and s
+        ),
+        300,
+        f"TrainingJob {name} to finish",
+        interval=2,
+    )
+    assert done["phase"] == "Succeeded", done
+    return dict(done)
+
+
+def predict(
+    kube: KubeCluster, namespace: str, rows: list[dict[str, float]]
+) -> tuple[int, dict[str, Any]]:
+    """POST through the API server's service proxy: works from any machine with the kubeconfig."""
+    api = kube.api_client
+    method, url, headers, body, _ = api.param_serialize(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/services/iris:http/proxy/predict",
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body={"instances": rows},
+        auth_settings=["BearerToken"],
+    )
+    try:
+        response = api.call_api(method, url, headers, body, _request_timeout=10)
+        data = response.read()
+    except Exception as e:  # a refused or reset connection counts as a failed request
+        return 599, {"error": str(e)}
+    try:
+        return response.status, json.loads(data)
+    except ValueError:
+        return response.status, {"error": data.decode(errors="replace")}
+
+
+class Traffic:
+    """Steady predictions in the background; every answer's status is kept."""
+
+    def __init__(self, kube: KubeCluster, namespace: str) -> None:
+        self.kube, self.namespace = kube, namespace
+        self.statuses: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            status, _ = predict(self.kube, self.namespace, [ROWS[index % len(ROWS)]])
+            self.statuses[status] += 1
+            index += 1
+            time.sleep(0.05)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def server_deployments(kube: KubeCluster, namespace: str) -> dict[str, int]:
+    items = kube.apps.list_namespaced_deployment(
+        namespace, label_selector="mlkube.io/deployment=iris"
+    ).items
+    return {d.metadata.labels["mlkube.io/model-version"]: d.spec.replicas for d in items}
+
+
+def run_drift_check(kube: KubeCluster, namespace: str, number: int) -> None:
+    """A manual run of the DriftMonitor's CronJob, as `kubectl create job --from=cronjob/...` does."""
+    from kubernetes import client
+
+    cron = kube.batch.read_namespaced_cron_job("iris-drift", namespace)
+    template = cron.spec.job_template
+    job = client.V1Job(
+        metadata=client.V1ObjectMeta(
+            name=f"iris-drift-manual-{number}", labels=template.metadata.labels
+        ),
+        spec=template.spec,
+    )
+    kube.batch.create_namespaced_job(namespace, job)
+
+
+def wait_runs(kube: KubeCluster, namespace: str, count: int) -> dict[str, Any]:
+    return dict(
+        eventually(
+            lambda: (
+                len((s := status_of(kube, namespace, "driftmonitors", "iris")).get("history", []))
+                >= count
+                and s
+            ),
+            240,
+            f"drift run {count} to be folded into status",
+            interval=2,
+        )
+    )
+
+
+def test_the_whole_loop(
+    kube_cluster: KubeCluster, operator_namespace: str, operator: dict[str, KopfRunner]
+) -> None:
+    kube, ns = kube_cluster, operator_namespace
+
+    # 1. TrainingJob -> Job -> pod trains -> ModelVersion v1 -> Deployment serves it
+    v1 = train(kube, ns, "iris-1", qualityGates={"minAccuracy": "0.8"})
+    assert v1["modelVersion"] == "iris-v1"
+    assert condition(v1, "Succeeded")["status"] == "True"
+    assert float(v1["metrics"]["accuracy"]) >= 0.8
+    mv1 = get(kube, ns, "modelversions", "iris-v1")
+    assert mv1 is not None
+    assert mv1["spec"]["lineage"]["trainingJob"] == "iris-1"
+    assert len(mv1["spec"]["artifact"]["sha256"]) == 64
+    eventually(lambda: condition(status_of(kube, ns, "modelversions", "iris-v1"), "Ready").get("status") == "True",
+               120, "ModelVersion iris-v1 to be verified")  # fmt: skip
+
+    create(kube, ns, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Deployment", "metadata": {"name": "iris"},
+        "spec": {
+            "model": "iris", "latestApproved": True, "replicas": 1,
+            "strategy": {"canary": {
+                "steps": [{"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}],
+                "analysis": {"intervalSeconds": 5, "minRequestCount": 15, "maxPredictionShift": "0.3"},
+                "scaleDownDelaySeconds": 20,
+            }},
+        },
+    })  # fmt: skip
+    eventually(lambda: condition(status_of(kube, ns, "deployments", "iris"), "Ready").get("status") == "True",
+               180, "Deployment iris to serve v1")  # fmt: skip
+    eventually(lambda: predict(kube, ns, ROWS[:1])[0] == 200, 60, "the Service to answer")
+    status, answer = predict(kube, ns, ROWS[:50])
+    assert status == 200
+    assert answer["modelVersion"] == "iris-v1"
+    accuracy = (
+        sum(int(p) == t for p, t in zip(answer["predictions"], IRIS.target[:50], strict=True)) / 50
+    )
+    assert accuracy > 0.9
+
+    # 2. v2 canaries step by step, passes analysis, becomes stable; v1 is scaled down after the delay
+    with Traffic(kube, ns) as traffic:
+        train(
+            kube, ns, "iris-2", estimator={"className": "sklearn.ensemble.RandomForestClassifier"}
+        )
+        seen_steps = set()
+
+        def promoted() -> bool:
+            s = status_of(kube, ns, "deployments", "iris")
+            if s.get("canaryVersion") == "iris-v2":
+                seen_steps.add(s.get("currentStep"))
+            return s.get("stableVersion") == "iris-v2"
+
+        # 5. the operator stops in the middle of a canary step and starts again: the rollout
+        #    resumes from status and nothing is created twice
+        eventually(lambda: promoted() or seen_steps, 300, "v2's canary to start", interval=1)
+        operator["runner"].__exit__(None, None, None)
+        operator["runner"] = start_operator(ns, os.environ["MLKUBE_RUNTIME_IMAGE"], kube.kubeconfig)
+        eventually(promoted, 300, "v2 to be promoted", interval=1)
+        assert seen_steps, "the canary was visible in status"
+        after = status_of(kube, ns, "deployments", "iris")
+        assert after["previousStableVersion"] == "iris-v1"
+        assert after["lastAnalysis"]["result"] == "Passed"
+        eventually(
+            lambda: "iris-v1" not in server_deployments(kube, ns),
+            90,
+            "v1 to be scaled down after the delay",
+        )
+    assert traffic.statuses[200] > 0
+    assert set(traffic.statuses) == {200}, f"stable served every request: {traffic.statuses}"
+    assert sorted(server_deployments(kube, ns)) == ["iris-v2"]
+    versions = kube.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "modelversions")[
+        "items"
+    ]
+    assert sorted(v["metadata"]["name"] for v in versions) == ["iris-v1", "iris-v2"]
+    jobs = kube.batch.list_namespaced_job(
+        ns, label_selector="app.kubernetes.io/name=mlkube-trainer"
+    ).items
+    assert sorted(j.metadata.name for j in jobs) == ["iris-1-train", "iris-2-train"]
+
+    # 3. a bad v3 (its predictions diverge from stable's) is rolled back; stable answers throughout
+    with Traffic(kube, ns) as traffic:
+        train(
+            kube, ns, "iris-3",
+            estimator={"className": "sklearn.tree.DecisionTreeClassifier", "hyperparameters": {"max_depth": 1}},
+        )  # fmt: skip
+        degraded = eventually(
+            lambda: (
+                (s := status_of(kube, ns, "deployments", "iris")).get("abortedVersion") == "iris-v3"
+                and s
+            ),
+            300,
+            "v3 to be rolled back",
+        )
+    assert degraded["stableVersion"] == "iris-v2"
+    assert degraded["phase"] == "Degraded"
+    reason = condition(degraded, "Degraded")
+    assert reason["reason"] == "AnalysisFailed"
+    assert "prediction shift" in reason["message"]
+    assert set(traffic.statuses) == {200}, f"stable served every request: {traffic.statuses}"
+    assert get(kube, ns, "deployments", "iris")["spec"]["latestApproved"] is True, "spec untouched"  # type: ignore[index]
+
+    # 4. drift: unchanged inputs -> no drift; shifted inputs -> drift on the right columns, one retrain
+    create(kube, ns, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftMonitor", "metadata": {"name": "iris"},
+        "spec": {
+            "deployment": "iris", "schedule": "0 0 1 1 *", "window": {"rows": 150}, "minRows": 100,
+            "action": {"type": "Retrain", "retrain": {"cooldownSeconds": 3600, "template": training("x")["spec"]}},
+        },
+    })  # fmt: skip
+    eventually(
+        lambda: status_of(kube, ns, "driftmonitors", "iris").get("cronJobName"),
+        60,
+        "the drift CronJob",
+    )
+    for start in range(0, 150, 10):
+        assert predict(kube, ns, ROWS[start : start + 10])[0] == 200
+    time.sleep(12)  # the server flushes its inference log every 10 s
+    run_drift_check(kube, ns, 1)
+    quiet = wait_runs(kube, ns, 1)
+    assert quiet["lastRun"]["verdict"] == "NoDrift", quiet["lastRun"]
+
+    shifted = [
+        {
+            **row,
+            "petal_length_cm": row["petal_length_cm"] + 3,
+            "petal_width_cm": row["petal_width_cm"] + 1.5,
+        }
+        for row in ROWS
+    ]
+    for start in range(0, 150, 10):
+        assert predict(kube, ns, shifted[start : start + 10])[0] == 200
+    time.sleep(12)
+    run_drift_check(kube, ns, 2)
+    drifted = wait_runs(kube, ns, 2)
+    assert drifted["lastRun"]["verdict"] == "Drift", drifted["lastRun"]
+    assert set(drifted["lastRun"]["driftedColumns"]) == {"petal_length_cm", "petal_width_cm"}
+    assert drifted["retrainCount"] == 1
+
+    run_drift_check(kube, ns, 3)
+    cooled = wait_runs(kube, ns, 3)
+    assert cooled["lastRun"]["verdict"] == "Drift"
+    assert cooled["retrainCount"] == 1, "a second detection inside the cooldown retrains nothing"
+    retrains = kube.custom.list_namespaced_custom_object(
+        GROUP, VERSION, ns, "trainingjobs", label_selector="mlkube.io/driftmonitor=iris"
+    )["items"]
+    assert [t["metadata"]["name"] for t in retrains] == ["iris-retrain-1"]
