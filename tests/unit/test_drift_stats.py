@@ -345,3 +345,15 @@ def test_json_matches_the_api_and_fits_a_termination_message() -> None:
             for name in ("feature_0001", "feature_0002")
         ],
     }
+
+
+def test_a_column_missing_from_the_window_is_an_error_not_a_verdict() -> None:
+    reference = pa.table({"x": pa.array([1.0, 2.0, 3.0] * 50), "c": pa.array(["a", "b"] * 75)})
+    current = pa.table(
+        {"x": pa.array([None] * 150, type=pa.float64()), "c": pa.array(["a", "b"] * 75)}
+    )
+    with pytest.raises(ValueError, match="'x' has no non-missing values in the window"):
+        detect_drift(reference, current, _spec())
+    blank = pa.table({"x": pa.array([1.0] * 150), "c": pa.array([None] * 150, type=pa.string())})
+    with pytest.raises(ValueError, match="'c' has no non-missing values in the window"):
+        detect_drift(reference, blank, _spec(method="Evidently"))

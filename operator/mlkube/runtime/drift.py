@@ -6,13 +6,15 @@ Statistics (each equal to scipy's to 1e-9, computed without a Python loop over r
   p-value while both samples have at most 10,000 rows, Smirnov's asymptotic one above) and the
   Wasserstein distance (``scipy.stats.wasserstein_distance``) divided by the reference's standard
   deviation (floored at 0.001, as Evidently does). Both come from one sort of each sample and one
-  merge, which is what keeps 1M rows x 15 columns under a second.
+  merge, which keeps 1M rows x 15 columns near a second on 2 cores.
 - categorical: the chi-squared test of homogeneity on the 2 x k table of reference and current
   category counts (``scipy.stats.chi2_contingency(correction=False)``): the reference is a sample
   too, and a category new in the current window is just another column of the table rather than
   an infinite statistic; and the Jensen-Shannon distance (base 2, so in [0, 1]).
 - PSI on request: 10 bins at the reference's deciles (categories for categorical columns), empty
-  bins counted as 1e-4.
+  bins counted as 1e-4; a column drifts from PSI 0.2 unless its override sets a threshold.
+
+Missing values (null, NaN) are left out of both samples.
 
 Decision (method ``SignificantAndLarge``): a column drifts when its KS or chi-squared p-value is
 under ``pValue / tested columns`` (Bonferroni) AND its distance (normalised Wasserstein for numeric
@@ -415,6 +417,13 @@ def _numbers(values: pa.ChunkedArray) -> Floats:
     return array[~missing] if missing.any() else array
 
 
+def _require_values(name: str, reference_values: int, current_values: int) -> None:
+    """A column that is all missing on one side cannot be compared: say so rather than guess."""
+    for values, where in ((reference_values, "reference sample"), (current_values, "window")):
+        if values == 0:
+            raise ValueError(f"column {name!r} has no non-missing values in the {where}")
+
+
 def _significant_and_large_column(
     plan: _Plan,
     reference: pa.ChunkedArray,
@@ -428,6 +437,7 @@ def _significant_and_large_column(
     statistic: float
     if plan.kind == "Numeric":
         ref, cur = _numbers(reference), _numbers(current)
+        _require_values(plan.name, ref.size, cur.size)
         numeric = numeric_statistics(ref, cur)
         p_value = numeric.ks_p_value
         size = normalised_wasserstein(numeric.wasserstein, ref)
@@ -437,6 +447,7 @@ def _significant_and_large_column(
             statistic = numeric.ks_statistic if plan.test == "KS" else size
     else:
         counts = category_counts(reference, current)
+        _require_values(plan.name, int(counts.reference.sum()), int(counts.current.sum()))
         chi2, p_value = chi_squared(counts)
         size = jensen_shannon(counts)
         if plan.test == "PSI":
@@ -455,12 +466,14 @@ def _evidently_column(
     ref = cur = np.empty(0)
     if plan.kind == "Numeric":
         ref, cur = _numbers(reference), _numbers(current)
+        _require_values(plan.name, ref.size, cur.size)
         if np.unique(ref).size <= EVIDENTLY_FEW_VALUES:
             counts = _numeric_value_counts(ref, cur)
             if len(counts.categories) > EVIDENTLY_FEW_VALUES:
                 counts = None
     else:
         counts = category_counts(reference, current)
+        _require_values(plan.name, int(counts.reference.sum()), int(counts.current.sum()))
     test = plan.test
     if test is None:
         if counts is None:
