@@ -186,7 +186,7 @@ def numeric_statistics(reference: Floats, current: Floats) -> NumericStatistics:
         d, p_value = float(exact.statistic), float(exact.pvalue)
     else:
         # The ECDFs only step at the last of equal values; scipy evaluates them there too.
-        at_steps = np.append(cdf_gap[np.flatnonzero(gaps)], cdf_gap[-1])
+        at_steps = cdf_gap if np.all(gaps) else np.append(cdf_gap[:-1][gaps != 0], cdf_gap[-1])
         d = max(float(at_steps.max()), float(np.clip(-at_steps.min(), 0, 1)))
         larger, smaller = sorted([float(m), float(n)], reverse=True)
         p_value = kolmogorov_sf(d, float(np.round(larger * smaller / (larger + smaller))))
