@@ -155,7 +155,7 @@ fi
 
 total=$(( $(date +%s) - START ))
 if (( built_any )); then
-  log "done: cold build took ${total}s; binaries in $BIN_DIR"
+  log "done: build took ${total}s (cold means: empty Go caches); binaries in $BIN_DIR"
 else
   log "done: everything cached (${total}s); binaries in $BIN_DIR"
 fi
