@@ -15,6 +15,7 @@ They are registered on prometheus_client's default registry, which BentoML's ``/
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,8 +100,7 @@ class ServingMetrics:
         self._latency_child.observe(seconds)
 
     def observe_class_labels(self, predictions: npt.NDArray[np.generic]) -> None:
-        labels, counts = np.unique(predictions, return_counts=True)
-        for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+        for label, count in collections.Counter(predictions.tolist()).items():
             self._predictions.labels(str(label), self.model_version).inc(count)
 
     def observe_values(self, predictions: npt.NDArray[np.generic]) -> None:
