@@ -148,6 +148,16 @@ class Cluster:
         )
         return [cast(Body, item.to_dict()) for item in result.items]
 
+    def label(
+        self, api_version: str, kind: str, namespace: str, name: str, labels: dict[str, str]
+    ) -> None:
+        self._resource(api_version, kind).patch(
+            name=name,
+            namespace=namespace,
+            body={"metadata": {"labels": labels}},
+            content_type="application/merge-patch+json",
+        )
+
     def delete_any(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         with contextlib.suppress(NotFoundError):
             self._resource(api_version, kind).delete(

@@ -55,6 +55,8 @@ EventSink = Callable[[Body, str, str, str], None]
 """(object, type, reason, message) -> posts a Kubernetes Event."""
 
 KIND = {k.kind: k for k in KINDS}
+RECORDED_LABEL = "mlkube.io/recorded"
+"""On a drift Job whose result is in the DriftMonitor's status."""
 _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
 _version_lock = threading.Lock()
 _claimed_versions: dict[tuple[str, str], int] = {}
@@ -525,7 +527,8 @@ class Reconciler:
         """Fold every finished drift Job not yet seen into status; retrain when the rules say so."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         seen = {run.job for run in status.history}
-        jobs = self.kube.list_any("batch/v1", "Job", namespace, f"mlkube.io/driftmonitor={name}")
+        selector = f"mlkube.io/driftmonitor={name},!{RECORDED_LABEL}"
+        jobs = self.kube.list_any("batch/v1", "Job", namespace, selector)
         finished = [
             j
             for j in jobs
@@ -534,6 +537,8 @@ class Reconciler:
         ]
         for job in sorted(finished, key=lambda j: j["metadata"].get("creationTimestamp", "")):
             job_name_ = job["metadata"]["name"]
+            # marked first: a run is never folded twice, even across a restart
+            self.kube.label("batch/v1", "Job", namespace, job_name_, {RECORDED_LABEL: "true"})
             if job_name_ in seen:
                 continue
             pods = self.kube.list_any("v1", "Pod", namespace, f"job-name={job_name_}")
