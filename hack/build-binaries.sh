@@ -144,7 +144,7 @@ if ! stamp_ok helm "$HELM_VERSION"; then
   t0=$(date +%s)
   tmpgobin="$BIN_DIR/.tmp-helm"; rm -rf "$tmpgobin"; mkdir -p "$tmpgobin"
   hv=helm.sh/helm/v3/internal/version
-  (cd "$SRC_ROOT" && GOFLAGS= GOBIN="$tmpgobin" go install -trimpath \
+  (cd "$SRC_ROOT" && GOFLAGS="" GOBIN="$tmpgobin" go install -trimpath \
      -ldflags "-s -w -X $hv.version=$HELM_VERSION -X $hv.gitTreeState=clean" \
      "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
   mv -f "$tmpgobin/helm" "$BIN_DIR/helm"; rm -rf "$tmpgobin"; stamp helm "$HELM_VERSION"

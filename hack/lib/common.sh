@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # Shared settings for hack/cluster, hack/build-images, hack/build-binaries.sh (sourced, not run).
 
 MLKUBE_REPO_ROOT="${MLKUBE_REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
