@@ -175,12 +175,11 @@ def numeric_statistics(reference: Floats, current: Floats) -> NumericStatistics:
     order = np.argsort(both, kind="stable")  # merges the two sorted runs in linear time
     gaps = np.diff(both[order])
     # F_ref - F_cur after each merged value, divided as scipy divides its searchsorted counts
-    cdf_gap = np.cumsum(order < m, dtype=np.float64)
-    cur_cdf = np.arange(1.0, m + n + 1)
-    cur_cdf -= cdf_gap
-    cur_cdf /= n
-    cdf_gap /= m
-    cdf_gap -= cur_cdf
+    count_type = np.int32 if m + n < 2**31 else np.int64  # int32 sums faster
+    ref_counts: npt.NDArray[np.signedinteger[Any]] = np.cumsum(order < m, dtype=count_type)
+    cdf_gap = ref_counts / m
+    positions: npt.NDArray[np.signedinteger[Any]] = np.arange(1, m + n + 1, dtype=count_type)
+    cdf_gap -= (positions - ref_counts) / n
     if max(m, n) <= EXACT_KS_MAX_ROWS:
         exact = stats.ks_2samp(ref, cur)
         d, p_value = float(exact.statistic), float(exact.pvalue)
