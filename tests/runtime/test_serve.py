@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,13 +19,20 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from mlkube.api.modelversion import Column
 from mlkube.layout import MODEL_FILE
 from mlkube.runtime import artifacts
-from mlkube.runtime.serve import ENV_FAULT_ERROR_PERCENT, ENV_INFERENCE_LOG_URI
+from mlkube.runtime.metrics import PREDICTION_VALUE_BUCKETS, ServingMetrics
+from mlkube.runtime.serve import (
+    ENV_FAULT_ERROR_PERCENT,
+    ENV_INFERENCE_LOG_URI,
+    Predictor,
+    parse_request,
+)
 from mlkube.runtime.serving_cli import SpecError, spec_settings
 
 pytestmark = pytest.mark.runtime
@@ -324,3 +332,46 @@ def test_spec_file_gives_env_defaults_and_port() -> None:
     assert port == 8080
     with pytest.raises(SpecError):
         spec_settings(["not", "a", "mapping"])
+
+
+def test_regressor_answers_values_and_fills_the_value_histogram() -> None:
+    """In-process: the regressor path has no probabilities and a prediction histogram."""
+    data = load_diabetes(as_frame=True)
+    estimator = Ridge().fit(data.data, data.target)
+    schema = artifacts.ModelSchema(
+        task="regression",
+        target="progression",
+        columns=[Column(name=str(name), type="float") for name in data.data.columns],
+    )
+    predictor = Predictor(estimator, schema)
+    sample = data.data.iloc[:5]
+    body = json.dumps({"instances": sample.to_dict(orient="records")}).encode()
+    prediction = predictor.predict(predictor.arrays(parse_request(body, predictor.column_types)))
+    assert prediction.probabilities is None
+    np.testing.assert_allclose(prediction.values, estimator.predict(sample))
+    registry = CollectorRegistry()
+    ServingMetrics("r1", registry=registry).observe_values(prediction.values)
+    exposition = generate_latest(registry).decode()
+    assert 'mlkube_prediction_value_count{model_version="r1"} 5.0' in exposition
+    # the batched update matches Histogram.observe value by value
+    reference = Histogram(
+        "mlkube_prediction_value",
+        "",
+        buckets=PREDICTION_VALUE_BUCKETS,
+        registry=CollectorRegistry(),
+    )
+    for value in prediction.values.tolist():
+        reference.observe(value)
+    expected = {
+        sample.labels["le"]: sample.value
+        for sample in next(iter(reference.collect())).samples
+        if "le" in sample.labels
+    }
+    actual = {
+        sample.labels["le"]: sample.value
+        for metric in registry.collect()
+        if metric.name == "mlkube_prediction_value"
+        for sample in metric.samples
+        if "le" in sample.labels
+    }
+    assert actual == expected

@@ -104,8 +104,19 @@ class ServingMetrics:
             self._predictions.labels(str(label), self.model_version).inc(count)
 
     def observe_values(self, predictions: npt.NDArray[np.generic]) -> None:
-        for value in np.asarray(predictions, dtype=np.float64).ravel().tolist():
-            self._value_child.observe(value)
+        """Histogram.observe for a whole batch: one update per bucket instead of per value.
+
+        Uses the histogram child's ``_upper_bounds``/``_buckets``/``_sum`` (stable across
+        prometheus_client releases); per-value ``observe`` costs ~3 us each in multiprocess mode.
+        """
+        values = np.asarray(predictions, dtype=np.float64).ravel()
+        values = values[~np.isnan(values)]  # observe() puts NaN in no bucket
+        child = self._value_child
+        # observe() counts a value in the first bucket whose upper bound is >= it
+        positions = np.searchsorted(np.asarray(child._upper_bounds), values, side="left")
+        for bucket, count in zip(*np.unique(positions, return_counts=True), strict=True):
+            child._buckets[int(bucket)].inc(int(count))
+        child._sum.inc(float(values.sum()))
 
     def inference_log_failed(self) -> None:
         self._log_errors_child.inc()
