@@ -22,7 +22,7 @@ from mlkube.api.deployment import (
     DeploymentSpec,
     DeploymentStatus,
 )
-from mlkube.conditions import parse_timestamp, set_condition, timestamp
+from mlkube.conditions import condition_status, parse_timestamp, set_condition, timestamp
 
 WAIT_FOR_PODS_SECONDS = 5.0
 Action = Literal["promote", "promote-full", "abort", "retry", "rollback"]
@@ -382,9 +382,13 @@ class _Machine:
             s.stable_version, s.previous_stable_version, s.scale_down_at = target, None, None
             self.events.append(Event("FastRollback", f"{target} was still warm and serves again"))
         elif target == s.aborted_version:
-            self._degrade(
-                "RolledBack", f"{target} was rolled back; run `mlkube retry` to try it again"
-            )
+            # the rollback's own reason (the failing figure) stays until retry or a new version
+            if condition_status(s.conditions, "Degraded") == "True":
+                s.phase = "Degraded"
+            else:
+                self._degrade(
+                    "RolledBack", f"{target} was rolled back; run `mlkube retry` to try it again"
+                )
         else:
             if s.canary_version != target:
                 self.start_canary(target)

@@ -140,7 +140,7 @@ def test_pod_reaches_pod_through_clusterip_service(
     assert "STATUS 200" in logs, logs
 
 
-def test_pvc_binds_and_pod_writes(
+def test_pvc_binds_and_a_non_root_pod_writes(
     kube_cluster: KubeCluster, namespace: str, runtime_image: str
 ) -> None:
     core = kube_cluster.core
@@ -171,7 +171,7 @@ def test_pvc_binds_and_pod_writes(
             "writer",
             runtime_image,
             ["python", "-c", script],
-            run_as_root=True,
+            run_as_root=False,
             volumes=[
                 client.V1Volume(
                     name="data",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -76,7 +77,7 @@ def rejection(kube_cluster: KubeCluster, namespace: str, manifest: dict[str, Any
         create(kube_cluster, namespace, manifest, dry_run=True)
     except ApiException as e:
         assert e.status == 422, e.body
-        return str(e.body)
+        return str(json.loads(e.body)["message"])
     raise AssertionError(f"the API server accepted {manifest}")
 
 

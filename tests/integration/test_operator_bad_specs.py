@@ -45,6 +45,7 @@ def finished(kube: KubeCluster, ns: str, name: str) -> dict[str, Any]:
     )
 
 
+@pytest.mark.timeout(900)
 def test_bad_specs_end_with_a_reason(
     kube_cluster: KubeCluster, operator_namespace: str, operator: dict[str, KopfRunner]
 ) -> None:

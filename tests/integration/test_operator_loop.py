@@ -159,6 +159,7 @@ def wait_runs(kube: KubeCluster, namespace: str, count: int) -> dict[str, Any]:
     )
 
 
+@pytest.mark.timeout(1800)
 def test_the_whole_loop(
     kube_cluster: KubeCluster, operator_namespace: str, operator: dict[str, KopfRunner]
 ) -> None:

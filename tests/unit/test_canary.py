@@ -142,6 +142,9 @@ def test_failing_analysis_rolls_back_and_keeps_stable_serving() -> None:
     assert d.workloads == {"iris-v1": Workload(4, True)}
     assert condition_status(d.status.conditions, "Ready") == "True"
     assert [e.type for e in d.events if e.reason == "RolledBack"] == ["Warning"]
+    later = step(s, d.status, T0 + timedelta(seconds=30), metrics=FAILING)
+    kept = next(c for c in later.status.conditions if c.type == "Degraded")
+    assert (kept.reason, kept.message) == (degraded.reason, degraded.message), "the failing figure stays"
 
 
 def test_rolled_back_version_is_not_retried_until_asked() -> None:
