@@ -1,13 +1,13 @@
 PYTHON ?= .venv/bin/python
 
-.PHONY: crds lint typecheck test-unit test
+.PHONY: crds lint typecheck test-unit test test-fast
 
 crds:  ## regenerate crds/ and the chart's CRDs from the pydantic models
 	$(PYTHON) -m mlkube.api.crdgen
 
 lint:
-	$(PYTHON) -m ruff check operator tests benchmarks
-	$(PYTHON) -m ruff format --check operator tests benchmarks
+	$(PYTHON) -m ruff check operator tests benchmarks hack
+	$(PYTHON) -m ruff format --check operator tests benchmarks hack
 
 typecheck:
 	$(PYTHON) -m mypy
@@ -15,7 +15,10 @@ typecheck:
 test-unit:
 	$(PYTHON) -m pytest -m unit -q
 
-test:  ## every tier that runs here: lint, types, unit and runtime tests
-	$(PYTHON) -m ruff check operator tests benchmarks
+test:  ## the README's test command: lint, types, unit, runtime and integration tiers (brings a cluster up)
+	hack/test
+
+test-fast:  ## no cluster: lint, types, unit and runtime tiers
+	$(PYTHON) -m ruff check operator tests benchmarks hack
 	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest -m "unit or runtime" -q

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 import time
 from collections import Counter
@@ -106,11 +107,11 @@ class Traffic:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        index = 0
+        """Rows drawn at random, so canary and stable see the same mix of classes."""
+        draw = random.Random(7)
         while not self._stop.is_set():
-            status, _ = predict(self.kube, self.namespace, [ROWS[index % len(ROWS)]])
+            status, _ = predict(self.kube, self.namespace, [draw.choice(ROWS)])
             self.statuses[status] += 1
-            index += 1
             time.sleep(0.05)
 
     def __enter__(self) -> Traffic:
@@ -183,7 +184,7 @@ def test_the_whole_loop(
             "model": "iris", "latestApproved": True, "replicas": 1,
             "strategy": {"canary": {
                 "steps": [{"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}],
-                "analysis": {"intervalSeconds": 5, "minRequestCount": 15, "maxPredictionShift": "0.3"},
+                "analysis": {"intervalSeconds": 5, "minRequestCount": 40, "maxPredictionShift": "0.3"},
                 "scaleDownDelaySeconds": 20,
             }},
         },

@@ -67,7 +67,11 @@ def test_job_is_named_owned_and_deterministic() -> None:
 
 def test_job_carries_deadline_backoff_ttl_and_suspend() -> None:
     job = build_job(TJ_OWNER, TRAINING, 1, CONFIG)["spec"]
-    assert (job["backoffLimit"], job["activeDeadlineSeconds"], job["ttlSecondsAfterFinished"]) == (2, 900, 600)
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"], job["ttlSecondsAfterFinished"]) == (
+        2,
+        900,
+        600,
+    )
     assert job["suspend"] is False
     suspended = TRAINING.model_copy(update={"suspend": True})
     assert build_job(TJ_OWNER, suspended, 1, CONFIG)["spec"]["suspend"] is True
@@ -91,7 +95,9 @@ def test_trainer_gets_the_spec_version_and_a_termination_message() -> None:
 
 
 def test_champion_is_passed_to_the_trainer() -> None:
-    args = container(build_job(TJ_OWNER, TRAINING, 2, CONFIG, champion=("file:///a/1", "b" * 64)))["args"]
+    args = container(build_job(TJ_OWNER, TRAINING, 2, CONFIG, champion=("file:///a/1", "b" * 64)))[
+        "args"
+    ]
     assert args[args.index("--champion-uri") + 1] == "file:///a/1"
     assert args[args.index("--champion-sha256") + 1] == "b" * 64
 
@@ -139,7 +145,9 @@ def test_server_deployment_verifies_digest_and_probes_bentoml() -> None:
     env = {e["name"]: e.get("value") for e in server["env"]}
     assert env["MLKUBE_MODEL_SHA256"] == "a" * 64
     assert env["MLKUBE_MODEL_URI"] == VERSION.artifact.uri
-    assert env["MLKUBE_INFERENCE_LOG_URI"] == "file:///var/lib/mlkube/artifacts/team-a/_inference/iris"
+    assert (
+        env["MLKUBE_INFERENCE_LOG_URI"] == "file:///var/lib/mlkube/artifacts/team-a/_inference/iris"
+    )
     assert env["BENTOML_DO_NOT_TRACK"] == "true"
     assert env["BENTOML_HOME"].startswith("/tmp")
     assert server["startupProbe"]["httpGet"]["path"] == "/readyz"
@@ -163,7 +171,11 @@ def test_service_selects_every_version_in_traffic() -> None:
 
 def test_httproute_splits_by_weight() -> None:
     spec = DeploymentSpec.model_validate(
-        {"modelVersion": "iris-v2", "traffic": "GatewayAPI", "gateway": {"name": "gw", "namespace": "infra"}}
+        {
+            "modelVersion": "iris-v2",
+            "traffic": "GatewayAPI",
+            "gateway": {"name": "gw", "namespace": "infra"},
+        }
     )
     route = build_httproute(DEP_OWNER, spec, {"iris-v1": 80, "iris-v2": 20})
     assert route["spec"]["parentRefs"] == [{"name": "gw", "namespace": "infra"}]
@@ -173,7 +185,9 @@ def test_httproute_splits_by_weight() -> None:
 
 def test_autoscaler_only_when_asked() -> None:
     assert build_autoscaler(DEP_OWNER, DeploymentSpec(model_version="iris-v2"), "iris-v2") is None
-    spec = DeploymentSpec.model_validate({"modelVersion": "iris-v2", "autoscaling": {"maxReplicas": 5}})
+    spec = DeploymentSpec.model_validate(
+        {"modelVersion": "iris-v2", "autoscaling": {"maxReplicas": 5}}
+    )
     hpa = build_autoscaler(DEP_OWNER, spec, "iris-v2")
     assert hpa is not None
     assert hpa["spec"]["scaleTargetRef"]["name"] == "iris-iris-v2"
@@ -183,7 +197,9 @@ def test_autoscaler_only_when_asked() -> None:
 def test_cronjob_never_overlaps_and_checks_the_deployments_log() -> None:
     owner = Owner(kind="DriftMonitor", name="iris", namespace="team-a", uid="uid-3")
     spec = DriftMonitorSpec(deployment="iris", schedule="*/5 * * * *")
-    cron = build_cronjob(owner, spec, "file:///var/lib/mlkube/artifacts/team-a/iris/2/reference.parquet", CONFIG)
+    cron = build_cronjob(
+        owner, spec, "file:///var/lib/mlkube/artifacts/team-a/iris/2/reference.parquet", CONFIG
+    )
     assert cron["metadata"]["name"] == cronjob_name("iris") == "iris-drift"
     assert cron["spec"]["schedule"] == "*/5 * * * *"
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"

@@ -92,7 +92,9 @@ def test_new_version_walks_the_steps_and_is_promoted() -> None:
     assert d.status.current_step == 1, "the pause has 35 s left"
     assert 30 <= (d.requeue_after or 0) <= 35
 
-    d = step(s, d.status, T0 + timedelta(seconds=70), ready={"iris-v1": 1, "iris-v2": 1}, metrics=HEALTHY)
+    d = step(
+        s, d.status, T0 + timedelta(seconds=70), ready={"iris-v1": 1, "iris-v2": 1}, metrics=HEALTHY
+    )
     assert d.status.last_analysis is not None
     assert d.status.last_analysis.result == "Passed"
     assert d.status.current_step == 3
@@ -103,7 +105,9 @@ def test_new_version_walks_the_steps_and_is_promoted() -> None:
     assert d.status.canary_version is None
     assert d.status.previous_stable_version == "iris-v1"
     assert d.status.phase == "Healthy"
-    assert d.workloads["iris-v1"] == Workload(4, traffic=False), "old stable stays warm, out of traffic"
+    assert d.workloads["iris-v1"] == Workload(4, traffic=False), (
+        "old stable stays warm, out of traffic"
+    )
     assert d.workloads["iris-v2"] == Workload(4, traffic=True)
     assert "Promoted" in [e.reason for e in d.events]
 
@@ -144,7 +148,9 @@ def test_failing_analysis_rolls_back_and_keeps_stable_serving() -> None:
     assert [e.type for e in d.events if e.reason == "RolledBack"] == ["Warning"]
     later = step(s, d.status, T0 + timedelta(seconds=30), metrics=FAILING)
     kept = next(c for c in later.status.conditions if c.type == "Degraded")
-    assert (kept.reason, kept.message) == (degraded.reason, degraded.message), "the failing figure stays"
+    assert (kept.reason, kept.message) == (degraded.reason, degraded.message), (
+        "the failing figure stays"
+    )
 
 
 def test_rolled_back_version_is_not_retried_until_asked() -> None:
@@ -172,7 +178,10 @@ def test_background_analysis_catches_a_failing_canary_during_a_pause() -> None:
 def test_failure_limit_tolerates_one_bad_analysis() -> None:
     s = spec(
         strategy={
-            "canary": {"steps": [{"analysis": {}}], "analysis": {"failureLimit": 2, "intervalSeconds": 30}}
+            "canary": {
+                "steps": [{"analysis": {}}],
+                "analysis": {"failureLimit": 2, "intervalSeconds": 30},
+            }
         }
     )
     status = DeploymentStatus(stable_version="iris-v1")
@@ -234,7 +243,9 @@ def test_promote_full_skips_every_step() -> None:
 
 def test_rollback_returns_to_the_warm_previous_stable() -> None:
     status = DeploymentStatus(
-        stable_version="iris-v2", previous_stable_version="iris-v1", scale_down_at="2026-11-27T12:05:00Z"
+        stable_version="iris-v2",
+        previous_stable_version="iris-v1",
+        scale_down_at="2026-11-27T12:05:00Z",
     )
     d = step(spec(), status, T0, action="rollback")
     assert d.status.stable_version == "iris-v1"
@@ -251,7 +262,9 @@ def test_rollback_without_a_warm_version_is_refused() -> None:
 
 def test_spec_reverted_to_the_warm_previous_version_switches_back_at_once() -> None:
     status = DeploymentStatus(
-        stable_version="iris-v2", previous_stable_version="iris-v1", scale_down_at="2026-11-27T12:05:00Z"
+        stable_version="iris-v2",
+        previous_stable_version="iris-v1",
+        scale_down_at="2026-11-27T12:05:00Z",
     )
     d = step(spec(modelVersion="iris-v1"), status, T0, target="iris-v1")
     assert d.status.stable_version == "iris-v1"
@@ -326,7 +339,9 @@ def test_condition_transition_time_is_kept_while_status_holds() -> None:
 def test_analysis_reports_each_failing_figure() -> None:
     s = spec()
     analysis = s.strategy.canary.analysis
-    slow_and_shifted = CanaryMetrics(requests=50, errors=0, p95_latency_ms=900.0, prediction_shift=0.6)
+    slow_and_shifted = CanaryMetrics(
+        requests=50, errors=0, p95_latency_ms=900.0, prediction_shift=0.6
+    )
     result = evaluate_analysis(analysis, slow_and_shifted, T0)
     assert result.result == "Failed"
     assert "p95 latency 900.0 ms exceeds maxP95LatencyMs 500" in result.message

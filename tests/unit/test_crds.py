@@ -21,7 +21,12 @@ BUILTIN_SHORT_NAMES = {
     "netpol", "no", "ns", "pc", "pdb", "po", "psp", "pv", "pvc", "quota", "rc", "rs", "sa", "sc",
     "sts", "svc", "vwc", "mwc", "ingclass", "csinode", "vac",
 }  # fmt: skip
-MODELS = {"TrainingJob": TrainingJob, "ModelVersion": ModelVersion, "Deployment": Deployment, "DriftMonitor": DriftMonitor}
+MODELS = {
+    "TrainingJob": TrainingJob,
+    "ModelVersion": ModelVersion,
+    "Deployment": Deployment,
+    "DriftMonitor": DriftMonitor,
+}
 
 
 @pytest.mark.parametrize("path", sorted(rendered_files()), ids=str)
@@ -45,7 +50,9 @@ def walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]
 def test_schemas_are_structural(name: str) -> None:
     schema = all_crds()[name]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in walk(schema):
-        assert not {"$ref", "anyOf", "oneOf", "allOf", "title", "const", "$defs"} & node.keys(), path
+        assert not {"$ref", "anyOf", "oneOf", "allOf", "title", "const", "$defs"} & node.keys(), (
+            path
+        )
         assert (
             "type" in node
             or node.get("x-kubernetes-int-or-string")
@@ -79,7 +86,9 @@ def rules(schema: dict[str, Any]) -> list[str]:
 
 def spec_schema(kind: str) -> dict[str, Any]:
     crd = all_crds()[f"{kind}.mlkube.io.yaml"]
-    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
     return schema
 
 
@@ -110,12 +119,16 @@ def test_nested_defaults_are_in_the_schema() -> None:
     assert window["default"] == {"rows": 10000}
 
 
-@pytest.mark.parametrize("schedule", ["*/5 * * * *", "0 3 * * 1-5", "@hourly", "0 0 1,15 JAN mon", "15 */2 * * *"])
+@pytest.mark.parametrize(
+    "schedule", ["*/5 * * * *", "0 3 * * 1-5", "@hourly", "0 0 1,15 JAN mon", "15 */2 * * *"]
+)
 def test_cron_rule_accepts(schedule: str) -> None:
     assert re.match(CRON_PATTERN, schedule)
 
 
-@pytest.mark.parametrize("schedule", ["* * * *", "every minute", "* * * * * *", "@often", "*/5 * * * * extra"])
+@pytest.mark.parametrize(
+    "schedule", ["* * * *", "every minute", "* * * * * *", "@often", "*/5 * * * * extra"]
+)
 def test_cron_rule_rejects(schedule: str) -> None:
     assert not re.match(CRON_PATTERN, schedule)
 

@@ -19,12 +19,17 @@ TEMPLATE = {
 
 def monitor(**retrain: object) -> DriftMonitorSpec:
     return DriftMonitorSpec.model_validate(
-        {"deployment": "iris", "action": {"type": "Retrain", "retrain": {"template": TEMPLATE, **retrain}}}
+        {
+            "deployment": "iris",
+            "action": {"type": "Retrain", "retrain": {"template": TEMPLATE, **retrain}},
+        }
     )
 
 
 def run(verdict: str) -> DriftRun:
-    return DriftRun.model_validate({"at": "2026-11-27T12:00:00Z", "verdict": verdict, "driftedColumns": ["petal_width_cm"]})
+    return DriftRun.model_validate(
+        {"at": "2026-11-27T12:00:00Z", "verdict": verdict, "driftedColumns": ["petal_width_cm"]}
+    )
 
 
 def test_drift_retrains_and_resets_the_streak() -> None:
@@ -62,7 +67,9 @@ def test_no_drift_breaks_the_streak_but_insufficient_data_does_not() -> None:
     assert held.reason == "InsufficientData"
 
 
-@pytest.mark.parametrize(("last", "expected"), [("2026-11-27T11:30:00Z", False), ("2026-11-27T10:59:59Z", True)])
+@pytest.mark.parametrize(
+    ("last", "expected"), [("2026-11-27T11:30:00Z", False), ("2026-11-27T10:59:59Z", True)]
+)
 def test_cooldown_blocks_a_second_retrain(last: str, expected: bool) -> None:
     status = DriftMonitorStatus(last_retrain_time=last, rows_at_last_retrain=0)
     d = decide_retrain(monitor(cooldownSeconds=3600), status, run("Drift"), 500, NOW)

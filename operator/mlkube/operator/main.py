@@ -1,12 +1,16 @@
 """kopf handlers: thin triggers for `mlkube.operator.reconcile`. Run with
 `kopf run --all-namespaces -m mlkube.operator.main` (the operator image's command).
 
+Changes reconcile at once; follow-ups (a running Job, a canary step, a drift run) come from the
+schedule each reconcile asks for (`mlkube.operator.scheduler`), not from kopf timers.
+
 Handlers return nothing (a return value would land in status) and select every kind by group,
 so `deployments.mlkube.io` is never confused with apps/v1.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any, cast
@@ -17,6 +21,7 @@ from prometheus_client import start_http_server
 from mlkube.config import OperatorConfig
 from mlkube.kube import Body, Cluster
 from mlkube.operator.reconcile import Reconciler
+from mlkube.operator.scheduler import Scheduler
 
 GROUP, VERSION = "mlkube.io", "v1alpha1"
 TRAININGJOBS = (GROUP, VERSION, "trainingjobs")
@@ -24,9 +29,10 @@ MODELVERSIONS = (GROUP, VERSION, "modelversions")
 DEPLOYMENTS = (GROUP, VERSION, "deployments")
 DRIFTMONITORS = (GROUP, VERSION, "driftmonitors")
 METRICS_PORT = int(os.environ.get("MLKUBE_METRICS_PORT", "8080"))
-ACTIVE_TRAINING = ("Pending", "Running", None)
 
 _reconciler: Reconciler | None = None
+_scheduler: Scheduler | None = None
+_scheduler_task: asyncio.Task[None] | None = None
 
 
 def post_event(obj: Body, type_: str, reason: str, message: str) -> None:
@@ -41,9 +47,28 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
+def reconcile(kind: str, namespace: str, name: str) -> float | None:
+    r = reconciler()
+    by_kind = {
+        "TrainingJob": r.trainingjob,
+        "ModelVersion": r.modelversion,
+        "Deployment": r.deployment,
+        "DriftMonitor": r.driftmonitor,
+    }
+    return by_kind[kind](namespace, name)
+
+
+def scheduler() -> Scheduler:
+    global _scheduler  # noqa: PLW0603 - one schedule per process
+    if _scheduler is None:
+        _scheduler = Scheduler(reconcile)
+    return _scheduler
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Storage renamed to our domain; watch streams that cannot hang."""
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Storage renamed to our domain; watch streams that cannot hang; the reconcile schedule."""
+    global _scheduler_task  # noqa: PLW0603 - cancelled at cleanup
     settings.persistence.finalizer = "mlkube.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="mlkube.io", v1=False
@@ -59,94 +84,44 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if METRICS_PORT:
         start_http_server(METRICS_PORT)
     reconciler()
+    _scheduler_task = asyncio.create_task(scheduler().serve())
 
 
-# -- TrainingJob: create the Job, then follow it while it runs --------------------------------
+@kopf.on.cleanup()
+async def stop_schedule(**_: Any) -> None:
+    if _scheduler_task is not None:
+        _scheduler_task.cancel()
+
+
+def changed(kind: str, namespace: str | None, name: str) -> None:
+    assert namespace is not None, "mlkube kinds are namespaced"
+    scheduler().run_now((kind, namespace, name))
 
 
 @kopf.on.resume(*TRAININGJOBS)
 @kopf.on.create(*TRAININGJOBS)
 @kopf.on.update(*TRAININGJOBS, field="spec.suspend")
 def trainingjob_changed(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    reconciler().trainingjob(namespace, name)
-
-
-def _training_active(status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
-    return status.get("phase") in ACTIVE_TRAINING and not spec.get("suspend")
-
-
-@kopf.timer(*TRAININGJOBS, interval=3, when=_training_active)
-def trainingjob_progress(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    reconciler().trainingjob(namespace, name)
-
-
-# -- ModelVersion: verify the artifact, reflect approval --------------------------------------
+    changed("TrainingJob", namespace, name)
 
 
 @kopf.on.resume(*MODELVERSIONS)
 @kopf.on.create(*MODELVERSIONS)
 @kopf.on.update(*MODELVERSIONS)
 def modelversion_changed(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    reconciler().modelversion(namespace, name)
-
-
-def _verifying(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") in (None, "Pending")
-
-
-@kopf.timer(*MODELVERSIONS, interval=3, when=_verifying)
-def modelversion_verifying(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    reconciler().modelversion(namespace, name)
-
-
-# -- Deployment: the canary state machine, driven by a timer scoped to rollouts ---------------
+    changed("ModelVersion", namespace, name)
 
 
 @kopf.on.resume(*DEPLOYMENTS)
 @kopf.on.create(*DEPLOYMENTS)
 @kopf.on.update(*DEPLOYMENTS)
 def deployment_changed(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    reconciler().deployment(namespace, name)
-
-
-def _rolling_out(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") != "Healthy" or bool(status.get("previousStableVersion"))
-
-
-@kopf.timer(*DEPLOYMENTS, interval=2, when=_rolling_out)
-def deployment_rollout(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    reconciler().deployment(namespace, name)
-
-
-def _following_latest(spec: kopf.Spec, **_: Any) -> bool:
-    return bool(spec.get("latestApproved"))
-
-
-@kopf.timer(*DEPLOYMENTS, interval=15, when=_following_latest)
-def deployment_follow_latest(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    """An approved newer ModelVersion starts a canary by itself."""
-    reconciler().deployment(namespace, name)
-
-
-# -- DriftMonitor: keep the CronJob, fold in each run's verdict --------------------------------
+    """Spec edits and CLI actions (annotations) alike."""
+    changed("Deployment", namespace, name)
 
 
 @kopf.on.resume(*DRIFTMONITORS)
 @kopf.on.create(*DRIFTMONITORS)
 @kopf.on.update(*DRIFTMONITORS)
 def driftmonitor_changed(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    reconciler().driftmonitor(namespace, name)
-
-
-@kopf.timer(*DRIFTMONITORS, interval=10)
-def driftmonitor_runs(namespace: str | None, name: str, **_: Any) -> None:
-    assert namespace is not None, "mlkube kinds are namespaced"
-    reconciler().driftmonitor(namespace, name)
+    changed("DriftMonitor", namespace, name)

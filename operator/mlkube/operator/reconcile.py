@@ -55,6 +55,11 @@ EventSink = Callable[[Body, str, str, str], None]
 """(object, type, reason, message) -> posts a Kubernetes Event."""
 
 KIND = {k.kind: k for k in KINDS}
+TRAINING_POLL_SECONDS = 3.0
+VERIFY_POLL_SECONDS = 3.0
+FOLLOW_LATEST_SECONDS = 15.0
+"""How soon a Deployment following latestApproved notices a newly approved version."""
+DRIFT_POLL_SECONDS = 10.0
 RECORDED_LABEL = "mlkube.io/recorded"
 """On a drift Job whose result is in the DriftMonitor's status."""
 _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -128,20 +133,21 @@ class Reconciler:
             _claimed_versions[key] = version
             return version
 
-    def trainingjob(self, namespace: str, name: str) -> None:
+    def trainingjob(self, namespace: str, name: str) -> float | None:
+        """Returns seconds until the training wants another look (None: finished or suspended)."""
         kind = KIND["TrainingJob"]
         with _locks[("tj", namespace, name)], metrics.reconciling("TrainingJob"):
             obj = self._fresh(kind, namespace, name)
             if obj is None:
-                return
+                return None
             try:
                 spec = TrainingJobSpec.model_validate(obj["spec"])
             except ValidationError as e:
                 self._fail_spec(kind, obj, e)
-                return
+                return None
             status = TrainingJobStatus.model_validate(obj.get("status") or {})
             if status.phase in ("Succeeded", "Failed"):
-                return
+                return None
             owner = Owner.from_body("TrainingJob", obj)
             generation = obj["metadata"].get("generation")
             job = self.kube.get_any("batch/v1", "Job", namespace, job_name(name))
@@ -150,7 +156,7 @@ class Reconciler:
                 champion = self._champion(namespace, spec)
                 if isinstance(champion, str):
                     self._finish_training(obj, status, "ChampionNotFound", champion, generation)
-                    return
+                    return None
                 self._ensure_artifact_storage(namespace)
                 self.kube.create(build_job(owner, spec, version, self.config, champion))
                 self.post_event(obj, "Normal", "JobCreated", f"training {spec.model} v{version}")
@@ -167,6 +173,7 @@ class Reconciler:
                 self.post_event(obj, kind_of, outcome.reason, outcome.message or str(new.phase))
             if new != status:
                 self.kube.patch_status(kind, namespace, name, _dump(new))
+            return TRAINING_POLL_SECONDS if new.phase in ("Pending", "Running") else None
 
     def _champion(self, namespace: str, spec: TrainingJobSpec) -> tuple[str, str] | str | None:
         gate = spec.quality_gates.champion
@@ -226,17 +233,18 @@ class Reconciler:
 
     # -- ModelVersion ---------------------------------------------------------------------------
 
-    def modelversion(self, namespace: str, name: str) -> None:
+    def modelversion(self, namespace: str, name: str) -> float | None:
+        """Returns seconds until verification wants another look (None: settled)."""
         kind = KIND["ModelVersion"]
         with _locks[("mv", namespace, name)], metrics.reconciling("ModelVersion"):
             obj = self._fresh(kind, namespace, name)
             if obj is None:
-                return
+                return None
             try:
                 spec = ModelVersionSpec.model_validate(obj["spec"])
             except ValidationError as e:
                 self._fail_spec(kind, obj, e)
-                return
+                return None
             status = ModelVersionStatus.model_validate(obj.get("status") or {})
             generation = obj["metadata"].get("generation")
             now = _now()
@@ -265,6 +273,7 @@ class Reconciler:
                     )  # fmt: skip
                 self.kube.patch_status(kind, namespace, name, _dump(new))
             self._count_versions(namespace)
+            return VERIFY_POLL_SECONDS if new.phase == "Pending" else None
 
     def _verify(
         self,
@@ -415,7 +424,11 @@ class Reconciler:
                 self.kube.patch_status(kind, namespace, name, _dump(decision.status))
             metrics.CANARY_WEIGHT.labels(namespace, name).set(decision.status.canary_weight or 0)
             metrics.CANARY_STEP.labels(namespace, name).set(decision.status.current_step or 0)
-            return decision.requeue_after
+            waits = [
+                decision.requeue_after,
+                FOLLOW_LATEST_SECONDS if spec.latest_approved else None,
+            ]
+            return min((w for w in waits if w is not None), default=None)
 
     def _apply_serving(
         self,
@@ -460,17 +473,18 @@ class Reconciler:
 
     # -- DriftMonitor ---------------------------------------------------------------------------
 
-    def driftmonitor(self, namespace: str, name: str) -> None:
+    def driftmonitor(self, namespace: str, name: str) -> float | None:
+        """Returns seconds until the next look for finished drift runs."""
         kind = KIND["DriftMonitor"]
         with _locks[("dm", namespace, name)], metrics.reconciling("DriftMonitor"):
             obj = self._fresh(kind, namespace, name)
             if obj is None:
-                return
+                return None
             try:
                 spec = DriftMonitorSpec.model_validate(obj["spec"])
             except ValidationError as e:
                 self._fail_spec(kind, obj, e)
-                return
+                return None
             status = DriftMonitorStatus.model_validate(obj.get("status") or {})
             generation = obj["metadata"].get("generation")
             now = _now()
@@ -499,6 +513,7 @@ class Reconciler:
                 new = self._collect_runs(obj, spec, new, now)
             if new != status:
                 self.kube.patch_status(kind, namespace, name, _dump(new))
+            return DRIFT_POLL_SECONDS
 
     def _reference(
         self, namespace: str, spec: DriftMonitorSpec
