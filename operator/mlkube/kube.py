@@ -7,6 +7,9 @@ manifest twice is a no-op and a restarted operator never creates anything twice.
 from __future__ import annotations
 
 import contextlib
+import logging
+import uuid
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -19,6 +22,7 @@ from mlkube.api.crdgen import Kind
 
 Body = dict[str, Any]
 FIELD_MANAGER = "mlkube-operator"
+logger = logging.getLogger("mlkube.kube")
 
 
 def load_config(kubeconfig: str | None = None, context: str | None = None) -> None:
@@ -163,6 +167,36 @@ class Cluster:
             self._resource(api_version, kind).delete(
                 name=name, namespace=namespace, body={"propagationPolicy": "Background"}
             )
+
+    def post_event(self, obj: Body, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about `obj`, as `kubectl describe` shows them."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event: Any = {
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", API_VERSION),
+                "kind": obj.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as e:  # an Event is a courtesy: losing one must not stop a reconcile
+            logger.warning("could not post event %s on %s: %s", reason, meta["name"], e.reason)
 
     # -- pods -----------------------------------------------------------------------------------
 

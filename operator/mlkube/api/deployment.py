@@ -147,7 +147,9 @@ class DeploymentSpec(ApiModel):
 
 class AnalysisResult(ApiModel):
     result: Literal["Passed", "Failed", "Inconclusive"]
-    step: int | None = Field(default=None, description="The analysis step measured; unset: background.")
+    step: int | None = Field(
+        default=None, description="The analysis step measured; unset: background."
+    )
     at: str = Field(json_schema_extra={"format": "date-time"})
     requests: int = 0
     error_rate_percent: str | None = None

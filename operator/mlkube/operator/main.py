@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
 from mlkube.config import OperatorConfig
-from mlkube.kube import Body, Cluster
+from mlkube.kube import Cluster
 from mlkube.operator.reconcile import Reconciler
 from mlkube.operator.scheduler import Scheduler
 
@@ -35,15 +35,11 @@ _scheduler: Scheduler | None = None
 _scheduler_task: asyncio.Task[None] | None = None
 
 
-def post_event(obj: Body, type_: str, reason: str, message: str) -> None:
-    """Through kopf's poster, which runs in the operator's event loop; a dict is a valid body."""
-    kopf.event(cast(kopf.Body, obj), type=type_, reason=reason, message=message[:1024])
-
-
 def reconciler() -> Reconciler:
     global _reconciler  # noqa: PLW0603 - one client per process, made at start-up
     if _reconciler is None:
-        _reconciler = Reconciler(Cluster(), OperatorConfig.from_env(), post_event)
+        cluster = Cluster()
+        _reconciler = Reconciler(cluster, OperatorConfig.from_env(), cluster.post_event)
     return _reconciler
 
 

@@ -319,7 +319,6 @@ class Predictor:
 
     def __init__(self, model: Model, schema: artifacts.ModelSchema) -> None:
         self.model = model
-        self.schema = schema
         self.column_types = schema.column_types()
         fitted_names = getattr(model, "feature_names_in_", None)
         self.feature_order: list[str] = (
@@ -448,7 +447,7 @@ class MLKubeService(bentoml.Service[Any]):  # type: ignore[misc]
         return app
 
 
-@bentoml.service(service_class=MLKubeService, workers=1, traffic={"timeout": 60})
+@bentoml.service(service_class=MLKubeService, workers=1)
 class MLKubeModelServer:
     """Loads the model named by the environment, verified, and answers predictions."""
 

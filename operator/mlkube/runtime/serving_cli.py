@@ -16,6 +16,7 @@ works); variables already set in the environment win.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -90,6 +91,7 @@ def run_server(sock: socket.socket) -> int:
 
     service: Any = MLKubeModelServer  # a bentoml.Service once decorated; mypy sees the class
     configure_server_logging()  # type: ignore[no-untyped-call]
+    logging.getLogger("mlkube").setLevel(logging.INFO)  # BentoML's config shows WARNING and up
     server_context.service_type = "entry_service"
     server_context.service_name = service.name
     server_context.bento_name = service.name
