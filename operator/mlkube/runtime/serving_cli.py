@@ -91,7 +91,11 @@ def run_server(sock: socket.socket) -> int:
 
     service: Any = MLKubeModelServer  # a bentoml.Service once decorated; mypy sees the class
     configure_server_logging()  # type: ignore[no-untyped-call]
-    logging.getLogger("mlkube").setLevel(logging.INFO)  # BentoML's config shows WARNING and up
+    # BentoML's logging config disables the loggers that exist already and shows WARNING and up
+    logging.getLogger("mlkube").setLevel(logging.INFO)
+    for name, existing in logging.root.manager.loggerDict.items():
+        if name.startswith("mlkube.") and isinstance(existing, logging.Logger):
+            existing.disabled = False
     server_context.service_type = "entry_service"
     server_context.service_name = service.name
     server_context.bento_name = service.name
