@@ -16,6 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
+from prometheus_client import Counter
 
 from mlkube.api.common import API_VERSION, GROUP, VERSION
 from mlkube.api.crdgen import Kind
@@ -36,10 +37,21 @@ def load_config(kubeconfig: str | None = None, context: str | None = None) -> No
     config.load_kube_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
 
 
+API_REQUESTS = Counter("mlkube_operator_api_requests", "Requests to the API server.", ["method"])
+
+
+class CountingApiClient(client.ApiClient):
+    """The official client, counting its requests for the operator's /metrics."""
+
+    def call_api(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        API_REQUESTS.labels(method).inc()
+        return super().call_api(method, *args, **kwargs)
+
+
 class Cluster:
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
         load_config(kubeconfig, context)
-        self.api = client.ApiClient()
+        self.api = CountingApiClient()
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
         self.versions = client.VersionApi(self.api)

@@ -56,16 +56,18 @@ def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     )
 
 
-def _trainer_state(pod: dict[str, Any]) -> dict[str, Any]:
+def _container_state(pod: dict[str, Any], container: str = TRAINER) -> dict[str, Any]:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    trainer: dict[str, Any] = next((s for s in statuses if s.get("name") == TRAINER), {})
+    trainer: dict[str, Any] = next((s for s in statuses if s.get("name") == container), {})
     return dict(trainer.get("state") or {})
 
 
-def termination_result(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest trainer pod's termination message, if it left a JSON one."""
+def termination_result(
+    pods: list[dict[str, Any]], container: str = TRAINER
+) -> dict[str, Any] | None:
+    """The newest pod's termination message from `container`, if it left one."""
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True):
-        terminated = _trainer_state(pod).get("terminated") or {}
+        terminated = _container_state(pod, container).get("terminated") or {}
         message = terminated.get("message")
         if message:
             try:
@@ -96,7 +98,7 @@ def training_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> 
         reason = JOB_FAILURE_REASONS.get(str(failed.get("reason")), "TrainingFailed")
         return Outcome("Failed", reason, str(failed.get("message") or failed.get("reason") or ""))
     for pod in pods:
-        waiting = _trainer_state(pod).get("waiting") or {}
+        waiting = _container_state(pod).get("waiting") or {}
         if waiting.get("reason") in IMAGE_PULL_FAILURES:
             return Outcome(
                 "Failed",

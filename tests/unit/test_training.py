@@ -9,7 +9,13 @@ from typing import Any
 from mlkube.api.modelversion import ModelVersionSpec
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import Owner
-from mlkube.training import model_version_manifest, next_version, training_outcome, training_status
+from mlkube.training import (
+    model_version_manifest,
+    next_version,
+    termination_result,
+    training_outcome,
+    training_status,
+)
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 RESULT = {
@@ -146,3 +152,16 @@ def test_registered_version_carries_lineage_and_no_owner() -> None:
         owner, SPEC.model_copy(update={"approval_policy": "Manual"}), RESULT, "img", NOW
     )
     assert "approval" not in manual["spec"]
+
+
+def test_results_are_read_from_the_named_container() -> None:
+    drift_pod = {
+        "metadata": {"creationTimestamp": "2026-11-27T12:00:00Z"},
+        "status": {
+            "containerStatuses": [
+                {"name": "drift", "state": {"terminated": {"message": '{"verdict": "NoDrift"}'}}}
+            ]
+        },
+    }
+    assert termination_result([drift_pod]) is None
+    assert termination_result([drift_pod], "drift") == {"verdict": "NoDrift"}

@@ -135,6 +135,7 @@ class DriftRun(ApiModel):
     drift_share: str | None = None
     drifted_columns: list[str] = Field(default_factory=list)
     job: str | None = None
+    message: str | None = Field(default=None, description="Why a run ended in Error.")
 
 
 class DriftMonitorStatus(StatusBase):

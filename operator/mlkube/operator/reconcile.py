@@ -24,7 +24,7 @@ from mlkube.api.driftmonitor import ColumnResult, DriftMonitorSpec, DriftMonitor
 from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import Owner, artifact_pvc, child_name
-from mlkube.builders.monitoring import build_cronjob, cronjob_name
+from mlkube.builders.monitoring import CHECKER, build_cronjob, cronjob_name
 from mlkube.builders.serving import (
     DEPLOYMENT_LABEL,
     TRAFFIC_LABEL,
@@ -557,7 +557,7 @@ class Reconciler:
             if job_name_ in seen:
                 continue
             pods = self.kube.list_any("v1", "Pod", namespace, f"job-name={job_name_}")
-            result = termination_result(pods) or {}
+            result = termination_result(pods, CHECKER) or {}
             status = fold_drift_run(status, result, job_name_, spec, now)
             run = status.last_run
             assert run is not None
@@ -662,6 +662,9 @@ def fold_drift_run(
         drift_share=result.get("driftShare"),
         drifted_columns=list(result.get("driftedColumns") or []),
         job=job,
+        message=None
+        if verdict != "Error"
+        else str(result.get("message") or "the run left no result")[-1024:],
     )
     columns = [ColumnResult.model_validate(c) for c in result.get("columns") or []]
     history = [*status.history, run][-spec.history_limit :]
