@@ -113,7 +113,7 @@ def start_server(command: list[str], env: dict[str, str], log_path: Path) -> Ser
     return ServerProcess(process, port, log_path, log_file)
 
 
-SERVE_COMMAND = [sys.executable, "-m", "mlkube.runtime.serving_cli"]
+SERVE_COMMAND = [sys.executable, "-m", "mlkube.runtime.cli", "serve"]  # `mlkube-runtime serve`
 
 
 def model_env(artifact: IrisArtifact, **extra: str) -> dict[str, str]:

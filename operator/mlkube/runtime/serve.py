@@ -1,7 +1,7 @@
 """The model server: a BentoML service that serves one verified model version.
 
-Run it with ``mlkube-runtime serve`` (see ``serving_cli``), which runs
-``bentoml serve mlkube.runtime.serve:MLKubeModelServer`` with one worker.
+Run it with ``mlkube-runtime serve`` (``serving_cli``): what
+``bentoml serve mlkube.runtime.serve:MLKubeModelServer`` does with one worker, in one process.
 
 Environment (the primary interface; the operator sets these on the pod):
 
