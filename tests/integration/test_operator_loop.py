@@ -307,3 +307,16 @@ def test_the_whole_loop(
         GROUP, VERSION, ns, "trainingjobs", label_selector="mlkube.io/driftmonitor=iris"
     )["items"]
     assert [t["metadata"]["name"] for t in retrains] == ["iris-retrain-1"]
+
+    # deleting a TrainingJob takes its Job and pods with it, never its ModelVersion
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", "iris-1")
+    eventually(
+        lambda: (
+            not kube.batch.list_namespaced_job(
+                ns, label_selector="mlkube.io/trainingjob=iris-1"
+            ).items
+        ),
+        120,
+        "iris-1's Job to be garbage-collected",
+    )
+    assert get(kube, ns, "modelversions", "iris-v1") is not None
