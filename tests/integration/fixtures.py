@@ -140,3 +140,19 @@ def status_of(kube: KubeCluster, namespace: str, plural: str, name: str) -> dict
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def training_finished(kube: KubeCluster, namespace: str, name: str) -> dict[str, Any]:
+    """The TrainingJob's status once it Succeeded or Failed."""
+    return dict(
+        eventually(
+            lambda: (
+                (s := status_of(kube, namespace, "trainingjobs", name)).get("phase")
+                in ("Succeeded", "Failed")
+                and s
+            ),
+            300,
+            f"TrainingJob {name} to finish",
+            interval=2,
+        )
+    )

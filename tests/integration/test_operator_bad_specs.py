@@ -8,7 +8,15 @@ import pytest
 from kopf.testing import KopfRunner
 
 from tests.cluster.fixtures import KubeCluster
-from tests.integration.fixtures import GROUP, VERSION, condition, create, eventually, status_of
+from tests.integration.fixtures import (
+    GROUP,
+    VERSION,
+    condition,
+    create,
+    eventually,
+    status_of,
+    training_finished,
+)
 
 pytestmark = pytest.mark.usefixtures("crds")
 
@@ -28,21 +36,6 @@ TRAINING = {
     "estimator": {"className": "sklearn.naive_bayes.GaussianNB"},
     "approvalPolicy": "AutoApproveOnGates",
 }
-
-
-def finished(kube: KubeCluster, ns: str, name: str) -> dict[str, Any]:
-    return dict(
-        eventually(
-            lambda: (
-                (s := status_of(kube, ns, "trainingjobs", name)).get("phase")
-                in ("Succeeded", "Failed")
-                and s
-            ),
-            240,
-            f"TrainingJob {name} to finish",
-            interval=2,
-        )
-    )
 
 
 @pytest.mark.timeout(900)
@@ -69,12 +62,12 @@ def test_bad_specs_end_with_a_reason(
     create(kube, ns, manifest("TrainingJob", "good", TRAINING))
     create(kube, ns, manifest("Deployment", "ghost", {"modelVersion": "iris-v42"}))
 
-    missing = finished(kube, ns, "missing-data")
+    missing = training_finished(kube, ns, "missing-data")
     assert missing["phase"] == "Failed"
     assert condition(missing, "Failed")["reason"] == "DatasetNotFound"
     assert "none.csv" in condition(missing, "Failed")["message"]
 
-    no_image = finished(kube, ns, "no-image")
+    no_image = training_finished(kube, ns, "no-image")
     assert condition(no_image, "Failed")["reason"] == "ImagePullFailed"
 
     ghost = eventually(
@@ -86,7 +79,7 @@ def test_bad_specs_end_with_a_reason(
     assert ghost["reason"] == "ModelVersionNotFound"
     assert "iris-v42" in ghost["message"]
 
-    good = finished(kube, ns, "good")
+    good = training_finished(kube, ns, "good")
     assert good["phase"] == "Succeeded", good
     real = kube.custom.get_namespaced_custom_object(
         GROUP, VERSION, ns, "modelversions", good["modelVersion"]

@@ -29,6 +29,7 @@ from tests.integration.fixtures import (
     get,
     start_operator,
     status_of,
+    training_finished,
 )
 
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
@@ -60,18 +61,9 @@ def training(name: str, **spec: Any) -> dict[str, Any]:
 
 def train(kube: KubeCluster, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
     create(kube, namespace, training(name, **spec))
-    done = eventually(
-        lambda: (
-            (s := status_of(kube, namespace, "trainingjobs", name)).get("phase")
-            in ("Succeeded", "Failed")
-            and s
-        ),
-        300,
-        f"TrainingJob {name} to finish",
-        interval=2,
-    )
+    done = training_finished(kube, namespace, name)
     assert done["phase"] == "Succeeded", done
-    return dict(done)
+    return done
 
 
 def predict(

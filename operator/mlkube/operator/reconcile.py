@@ -11,7 +11,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -51,6 +51,8 @@ from mlkube.training import (
     training_status,
 )
 
+SpecT = TypeVar("SpecT", bound=BaseModel)
+StatusT = TypeVar("StatusT", bound=BaseModel)
 EventSink = Callable[[Body, str, str, str], None]
 """(object, type, reason, message) -> posts a Kubernetes Event."""
 
@@ -82,8 +84,25 @@ class Reconciler:
         self.config = config
         self.post_event = post_event
 
-    def _fresh(self, kind: Kind, namespace: str, name: str) -> Body | None:
-        return self.kube.get_object(kind, namespace, name)
+    def _read(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        spec_model: type[SpecT],
+        status_model: type[StatusT],
+    ) -> tuple[Body, SpecT, StatusT] | None:
+        """The object fresh from the API server, parsed; None when it is gone or its spec is invalid
+        (then marked Ready=False with the reason)."""
+        obj = self.kube.get_object(kind, namespace, name)
+        if obj is None:
+            return None
+        try:
+            spec = spec_model.model_validate(obj["spec"])
+        except ValidationError as e:
+            self._fail_spec(kind, obj, e)
+            return None
+        return obj, spec, status_model.model_validate(obj.get("status") or {})
 
     def _fail_spec(self, kind: Kind, obj: Body, error: ValidationError) -> None:
         """A spec the schema let through but the models refuse: Ready=False, never a crash loop."""
@@ -136,16 +155,11 @@ class Reconciler:
     def trainingjob(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the training wants another look (None: finished or suspended)."""
         kind = KIND["TrainingJob"]
-        with _locks[("tj", namespace, name)], metrics.reconciling("TrainingJob"):
-            obj = self._fresh(kind, namespace, name)
-            if obj is None:
+        with _locks[(kind.kind, namespace, name)], metrics.reconciling(kind.kind):
+            read = self._read(kind, namespace, name, TrainingJobSpec, TrainingJobStatus)
+            if read is None:
                 return None
-            try:
-                spec = TrainingJobSpec.model_validate(obj["spec"])
-            except ValidationError as e:
-                self._fail_spec(kind, obj, e)
-                return None
-            status = TrainingJobStatus.model_validate(obj.get("status") or {})
+            obj, spec, status = read
             if status.phase in ("Succeeded", "Failed"):
                 return None
             owner = Owner.from_body("TrainingJob", obj)
@@ -236,16 +250,11 @@ class Reconciler:
     def modelversion(self, namespace: str, name: str) -> float | None:
         """Returns seconds until verification wants another look (None: settled)."""
         kind = KIND["ModelVersion"]
-        with _locks[("mv", namespace, name)], metrics.reconciling("ModelVersion"):
-            obj = self._fresh(kind, namespace, name)
-            if obj is None:
+        with _locks[(kind.kind, namespace, name)], metrics.reconciling(kind.kind):
+            read = self._read(kind, namespace, name, ModelVersionSpec, ModelVersionStatus)
+            if read is None:
                 return None
-            try:
-                spec = ModelVersionSpec.model_validate(obj["spec"])
-            except ValidationError as e:
-                self._fail_spec(kind, obj, e)
-                return None
-            status = ModelVersionStatus.model_validate(obj.get("status") or {})
+            obj, spec, status = read
             generation = obj["metadata"].get("generation")
             now = _now()
             new = status.model_copy(deep=True)
@@ -379,16 +388,11 @@ class Reconciler:
     def deployment(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the rollout wants another look (None: nothing pending)."""
         kind = KIND["Deployment"]
-        with _locks[("dep", namespace, name)], metrics.reconciling("Deployment"):
-            obj = self._fresh(kind, namespace, name)
-            if obj is None:
+        with _locks[(kind.kind, namespace, name)], metrics.reconciling(kind.kind):
+            read = self._read(kind, namespace, name, DeploymentSpec, DeploymentStatus)
+            if read is None:
                 return None
-            try:
-                spec = DeploymentSpec.model_validate(obj["spec"])
-            except ValidationError as e:
-                self._fail_spec(kind, obj, e)
-                return None
-            status = DeploymentStatus.model_validate(obj.get("status") or {})
+            obj, spec, status = read
             target, problem, versions = self._resolve_target(namespace, spec)
             children = self.kube.list_any(
                 "apps/v1", "Deployment", namespace, f"{DEPLOYMENT_LABEL}={name}"
@@ -476,16 +480,11 @@ class Reconciler:
     def driftmonitor(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the next look for finished drift runs."""
         kind = KIND["DriftMonitor"]
-        with _locks[("dm", namespace, name)], metrics.reconciling("DriftMonitor"):
-            obj = self._fresh(kind, namespace, name)
-            if obj is None:
+        with _locks[(kind.kind, namespace, name)], metrics.reconciling(kind.kind):
+            read = self._read(kind, namespace, name, DriftMonitorSpec, DriftMonitorStatus)
+            if read is None:
                 return None
-            try:
-                spec = DriftMonitorSpec.model_validate(obj["spec"])
-            except ValidationError as e:
-                self._fail_spec(kind, obj, e)
-                return None
-            status = DriftMonitorStatus.model_validate(obj.get("status") or {})
+            obj, spec, status = read
             generation = obj["metadata"].get("generation")
             now = _now()
             new = status.model_copy(deep=True)
