@@ -21,7 +21,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config, watch
+
+from mlkube.kube import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "mlkube.io", "v1alpha1"
@@ -104,11 +107,20 @@ def wait_all(what: str, check: Any, timeout: float) -> float:
     sys.exit(f"timed out waiting for {what}")
 
 
+def install_crds() -> None:
+    """The generated CRDs, server-side applied, then a moment for them to be served."""
+    cluster = Cluster()
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        cluster.apply(yaml.safe_load(path.read_text()))
+    time.sleep(3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=200)
     args = parser.parse_args()
     config.load_kube_config()
+    install_crds()
     api = client.ApiClient()
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     batch, apps = client.BatchV1Api(api), client.AppsV1Api(api)
