@@ -25,6 +25,8 @@ from mlkube.api.deployment import (
 from mlkube.conditions import condition_status, parse_timestamp, set_condition, timestamp
 
 WAIT_FOR_PODS_SECONDS = 5.0
+WAIT_FOR_TARGET_SECONDS = 5.0
+"""How often to look again for a ModelVersion that is missing, unverified or unapproved."""
 Action = Literal["promote", "promote-full", "abort", "retry", "rollback"]
 ACTIONS: tuple[Action, ...] = ("promote", "promote-full", "abort", "retry", "rollback")
 
@@ -357,6 +359,7 @@ class _Machine:
 
         target = obs.target
         if target is None:
+            self._wait(WAIT_FOR_TARGET_SECONDS)
             reason, message = obs.target_problem or (
                 "ModelVersionNotFound",
                 "no ModelVersion to serve",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -111,3 +113,62 @@ def test_bad_specs_end_with_a_reason(
     assert "DigestMismatch" in refused["message"]
     pods = kube.core.list_namespaced_pod(ns, label_selector="mlkube.io/deployment=tampered").items
     assert pods == [], "a refused version gets no server pods"
+
+
+@pytest.mark.timeout(600)
+def test_an_unapproved_version_waits_for_mlkube_approve(
+    kube_cluster: KubeCluster, operator_namespace: str, operator: dict[str, KopfRunner]
+) -> None:
+    kube, ns = kube_cluster, operator_namespace
+    create(
+        kube,
+        ns,
+        manifest(
+            "TrainingJob",
+            "manual",
+            {
+                **TRAINING,
+                "model": "wine",
+                "dataset": {"uri": "builtin:wine"},
+                "approvalPolicy": "Manual",
+            },
+        ),
+    )
+    trained = training_finished(kube, ns, "manual")
+    assert trained["phase"] == "Succeeded", trained
+    create(
+        kube,
+        ns,
+        manifest("Deployment", "wine", {"modelVersion": trained["modelVersion"], "replicas": 1}),
+    )
+    waiting = eventually(
+        lambda: (
+            (c := condition(status_of(kube, ns, "deployments", "wine"), "Ready")).get("reason")
+            == "NotApproved"
+            and c
+        ),
+        120,
+        "the Deployment to wait for approval",
+    )
+    assert f"mlkube approve {trained['modelVersion']}" in waiting["message"]
+
+    cli = [sys.executable, "-m", "mlkube.cli", "--kubeconfig", kube.kubeconfig, "-n", ns]
+    approved = subprocess.run(
+        [*cli, "approve", trained["modelVersion"], "--by", "alice"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert approved.returncode == 0, approved.stderr
+    eventually(
+        lambda: status_of(kube, ns, "deployments", "wine").get("phase") == "Healthy",
+        180,
+        "wine to serve once approved",
+    )
+    listing = subprocess.run([*cli, "status"], capture_output=True, text=True, check=True).stdout
+    assert "wine" in listing
+    assert "Healthy" in listing
+    mv = kube.custom.get_namespaced_custom_object(
+        GROUP, VERSION, ns, "modelversions", trained["modelVersion"]
+    )
+    assert mv["spec"]["approval"]["by"] == "alice"

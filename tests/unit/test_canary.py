@@ -313,6 +313,7 @@ def test_nothing_to_serve_is_pending_with_the_reason() -> None:
     )
     assert d.status.phase == "Pending"
     assert d.workloads == {}
+    assert d.requeue_after == 5, "keeps looking for the version to become servable"
     ready = next(c for c in d.status.conditions if c.type == "Ready")
     assert (ready.status, ready.reason) == ("False", "NotApproved")
 
