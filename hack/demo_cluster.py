@@ -13,7 +13,7 @@ import yaml
 from kubernetes import client
 from sklearn.datasets import load_iris
 
-from mlkube.api.crdgen import KINDS
+from mlkube.api.crdgen import BY_KIND, KINDS
 from mlkube.kube import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def wait(what: str, check: Any, timeout: float = 300) -> Any:
 
 
 def status(cluster: Cluster, kind: str, name: str) -> dict[str, Any]:
-    obj = cluster.get_object(next(k for k in KINDS if k.kind == kind), NAMESPACE, name)
+    obj = cluster.get_object(BY_KIND[kind], NAMESPACE, name)
     return dict((obj or {}).get("status") or {})
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     for name in ("trainingjob", "deployment"):
         manifest = yaml.safe_load((ROOT / f"examples/{name}.yaml").read_text())
         manifest["metadata"]["namespace"] = NAMESPACE
-        cluster.create_custom(next(k for k in KINDS if k.kind == manifest["kind"]), manifest)
+        cluster.create_custom(BY_KIND[manifest["kind"]], manifest)
     trained = wait(
         "the training",
         lambda: (
@@ -89,7 +89,7 @@ def main() -> None:
     step("DriftMonitor examples/driftmonitor.yaml: compare live inputs with the training sample")
     manifest = yaml.safe_load((ROOT / "examples/driftmonitor.yaml").read_text())
     manifest["metadata"]["namespace"] = NAMESPACE
-    cluster.create_custom(next(k for k in KINDS if k.kind == "DriftMonitor"), manifest)
+    cluster.create_custom(BY_KIND["DriftMonitor"], manifest)
     wait("the drift CronJob", lambda: status(cluster, "DriftMonitor", "iris").get("cronJobName"))
     step("mlkube status")
     subprocess.run(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mlkube import __version__
 from mlkube.actions import ACTION_ANNOTATION, action_value, managed_by_gitops
 from mlkube.api.common import GROUP
-from mlkube.api.crdgen import KINDS, Kind
+from mlkube.api.crdgen import BY_KIND, KINDS, Kind
 from mlkube.canary import Action
 from mlkube.conditions import timestamp
 
@@ -136,15 +136,11 @@ def gitops_rollback_hint(deployment: dict[str, Any]) -> str | None:
     )
 
 
-def _kind(name: str) -> Kind:
-    return next(k for k in KINDS if k.kind == name)
-
-
 def _status(cluster: Cluster, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     namespace = None if args.all_namespaces else args.namespace
     if args.name:
-        deployment = cluster.get_object(_kind("Deployment"), args.namespace, args.name)
+        deployment = cluster.get_object(BY_KIND["Deployment"], args.namespace, args.name)
         if deployment is None:
             print(f"deployment.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)
             return 1
@@ -172,14 +168,14 @@ def _approve(cluster: Cluster, args: argparse.Namespace) -> int:
         **({"reason": args.reason} if args.reason else {}),
     }
     cluster.patch_object(
-        _kind("ModelVersion"), args.namespace, args.name, {"spec": {"approval": approval}}
+        BY_KIND["ModelVersion"], args.namespace, args.name, {"spec": {"approval": approval}}
     )
     print(f"modelversion {args.name} {'rejected' if args.reject else 'approved'} by {args.by}")
     return 0
 
 
 def _act(cluster: Cluster, args: argparse.Namespace, verb: Action) -> int:
-    kind = _kind("Deployment")
+    kind = BY_KIND["Deployment"]
     deployment = cluster.get_object(kind, args.namespace, args.name)
     if deployment is None:
         print(f"deployment.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)

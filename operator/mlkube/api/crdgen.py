@@ -128,6 +128,9 @@ class _FactoryDefaults(GenerateJsonSchema):
         return value.to_api() if isinstance(value, ApiModel) else NoDefault
 
 
+BY_KIND: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
+
+
 def structural_schema(model: type[BaseModel]) -> JsonSchema:
     """The model's JSON schema rewritten as a Kubernetes structural schema."""
     raw = model.model_json_schema(

@@ -117,6 +117,30 @@ def volumes(config: OperatorConfig) -> tuple[list[Manifest], list[Manifest]]:
     return pod_volumes, mounts
 
 
+def runtime_container(
+    name: str,
+    image: str,
+    args: list[str],
+    env: list[Manifest],
+    resources_: Manifest,
+    config: OperatorConfig,
+) -> Manifest:
+    """A run-to-completion `mlkube-runtime` container that reports through its termination message."""
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["mlkube-runtime"],
+        "args": args,
+        "env": [*env, *storage_env(config), {"name": "HOME", "value": "/tmp"}],
+        "envFrom": storage_env_from(config),
+        "resources": resources_,
+        "securityContext": restricted_security_context(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def pod_spec(container: Manifest, config: OperatorConfig, restart_policy: str) -> Manifest:
     pod_volumes, mounts = volumes(config)
     spec: Manifest = {

@@ -11,10 +11,8 @@ from mlkube.builders.common import (
     metadata,
     pod_spec,
     resources,
-    restricted_security_context,
+    runtime_container,
     spec_env,
-    storage_env,
-    storage_env_from,
 )
 from mlkube.config import OperatorConfig
 from mlkube.layout import inference_log_uri
@@ -35,13 +33,10 @@ def build_cronjob(
         "mlkube.io/driftmonitor": owner.name,
         "mlkube.io/deployment": spec.deployment,
     }
-    image = spec.image or config.runtime_image
-    container: Manifest = {
-        "name": CHECKER,
-        "image": image,
-        "imagePullPolicy": config.image_pull_policy,
-        "command": ["mlkube-runtime"],
-        "args": [
+    container = runtime_container(
+        CHECKER,
+        spec.image or config.runtime_image,
+        [
             "drift",
             "--spec",
             f"env:{SPEC_ENV}",
@@ -50,13 +45,10 @@ def build_cronjob(
             "--log",
             inference_log_uri(config.artifact_root, owner.namespace, spec.deployment),
         ],
-        "env": [spec_env(spec), *storage_env(config), {"name": "HOME", "value": "/tmp"}],
-        "envFrom": storage_env_from(config),
-        "resources": resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
-        "securityContext": restricted_security_context(),
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+        [spec_env(spec)],
+        resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
+        config,
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",

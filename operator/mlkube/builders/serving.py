@@ -18,6 +18,7 @@ from mlkube.builders.common import (
     pod_spec,
     resources,
     restricted_security_context,
+    storage_env_from,
 )
 from mlkube.config import OperatorConfig
 from mlkube.layout import inference_log_uri
@@ -80,7 +81,7 @@ def build_server_deployment(
         "args": ["serve", "--host", "0.0.0.0", "--port", str(spec.port)],
         "ports": [{"name": "http", "containerPort": spec.port}],
         "env": env,
-        "envFrom": [{"secretRef": {"name": config.s3_secret}}] if config.s3_secret else [],
+        "envFrom": storage_env_from(config),
         "resources": resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
         "securityContext": restricted_security_context(),
         # /livez and /readyz refuse connections until the model is loaded: a startup probe

@@ -11,10 +11,8 @@ from mlkube.builders.common import (
     metadata,
     pod_spec,
     resources,
-    restricted_security_context,
+    runtime_container,
     spec_env,
-    storage_env,
-    storage_env_from,
 )
 from mlkube.config import OperatorConfig
 from mlkube.runtime.outcome import EXIT_PERMANENT
@@ -52,25 +50,18 @@ def build_job(
     ]  # fmt: skip
     if champion:
         args += ["--champion-uri", champion[0], "--champion-sha256", champion[1]]
-    container: Manifest = {
-        "name": TRAINER,
-        "image": image,
-        "imagePullPolicy": config.image_pull_policy,
-        "command": ["mlkube-runtime"],
-        "args": args,
-        "env": [
+    container = runtime_container(
+        TRAINER,
+        image,
+        args,
+        [
             spec_env(spec),
-            *storage_env(config),
             {"name": "MLKUBE_TRAININGJOB", "value": owner.name},
             {"name": "MLKUBE_IMAGE", "value": image},
-            {"name": "HOME", "value": "/tmp"},
         ],
-        "envFrom": storage_env_from(config),
-        "resources": resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
-        "securityContext": restricted_security_context(),
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+        resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
+        config,
+    )
     labels = trainer_labels(owner, spec)
     job_spec: Manifest = {
         "backoffLimit": spec.backoff_limit,
@@ -114,19 +105,14 @@ def build_verify_job(
     owner: Owner, artifact_uri: str, sha256: str, config: OperatorConfig
 ) -> Manifest:
     """A short Job that checks a ModelVersion's artifact exists and matches its sha256."""
-    container: Manifest = {
-        "name": TRAINER,
-        "image": config.runtime_image,
-        "imagePullPolicy": config.image_pull_policy,
-        "command": ["mlkube-runtime"],
-        "args": ["verify", "--uri", artifact_uri, "--sha256", sha256],
-        "env": [*storage_env(config), {"name": "HOME", "value": "/tmp"}],
-        "envFrom": storage_env_from(config),
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
-        "securityContext": restricted_security_context(),
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    container = runtime_container(
+        TRAINER,
+        config.runtime_image,
+        ["verify", "--uri", artifact_uri, "--sha256", sha256],
+        [],
+        {"requests": {"cpu": "50m", "memory": "128Mi"}},
+        config,
+    )
     labels = {"app.kubernetes.io/name": "mlkube-verify", "mlkube.io/modelversion": owner.name}
     return {
         "apiVersion": "batch/v1",

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from mlkube.actions import pending_action
 from mlkube.analysis import canary_metrics
 from mlkube.api.common import Condition
-from mlkube.api.crdgen import KINDS, Kind
+from mlkube.api.crdgen import BY_KIND, Kind
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
 from mlkube.api.driftmonitor import ColumnResult, DriftMonitorSpec, DriftMonitorStatus, DriftRun
 from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
@@ -56,7 +56,6 @@ StatusT = TypeVar("StatusT", bound=BaseModel)
 EventSink = Callable[[Body, str, str, str], None]
 """(object, type, reason, message) -> posts a Kubernetes Event."""
 
-KIND = {k.kind: k for k in KINDS}
 TRAINING_POLL_SECONDS = 3.0
 VERIFY_POLL_SECONDS = 3.0
 FOLLOW_LATEST_SECONDS = 15.0
@@ -137,12 +136,12 @@ class Reconciler:
         with _version_lock:
             taken = [
                 int(mv["spec"]["version"])
-                for mv in self.kube.list_objects(KIND["ModelVersion"], namespace)
+                for mv in self.kube.list_objects(BY_KIND["ModelVersion"], namespace)
                 if mv["spec"].get("model") == spec.model
             ]
             taken += [
                 int(tj["status"]["version"])
-                for tj in self.kube.list_objects(KIND["TrainingJob"], namespace)
+                for tj in self.kube.list_objects(BY_KIND["TrainingJob"], namespace)
                 if tj["spec"].get("model") == spec.model
                 and (tj.get("status") or {}).get("version")
                 and tj["metadata"]["name"] != name
@@ -154,7 +153,7 @@ class Reconciler:
 
     def trainingjob(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the training wants another look (None: finished or suspended)."""
-        kind = KIND["TrainingJob"]
+        kind = BY_KIND["TrainingJob"]
         with _locks[(kind.kind, namespace, name)], metrics.reconciling(kind.kind):
             read = self._read(kind, namespace, name, TrainingJobSpec, TrainingJobStatus)
             if read is None:
@@ -193,7 +192,7 @@ class Reconciler:
         gate = spec.quality_gates.champion
         if gate is None:
             return None
-        champion = self.kube.get_object(KIND["ModelVersion"], namespace, gate.model_version)
+        champion = self.kube.get_object(BY_KIND["ModelVersion"], namespace, gate.model_version)
         if champion is None:
             return f"qualityGates.champion: ModelVersion {gate.model_version} does not exist"
         artifact = champion["spec"]["artifact"]
@@ -210,7 +209,7 @@ class Reconciler:
         new = training_status(status, Outcome("Failed", reason, message), generation, _now())
         meta = obj["metadata"]
         self.post_event(obj, "Warning", reason, message)
-        self.kube.patch_status(KIND["TrainingJob"], meta["namespace"], meta["name"], _dump(new))
+        self.kube.patch_status(BY_KIND["TrainingJob"], meta["namespace"], meta["name"], _dump(new))
 
     def _ensure_artifact_storage(self, namespace: str) -> None:
         claim = artifact_pvc(namespace, self.config)
@@ -239,7 +238,7 @@ class Reconciler:
             )
             return failed
         manifest = model_version_manifest(owner, spec, result, image, _now())
-        if self.kube.create_custom(KIND["ModelVersion"], manifest):
+        if self.kube.create_custom(BY_KIND["ModelVersion"], manifest):
             self.post_event(
                 obj, "Normal", "Registered", f"ModelVersion {manifest['metadata']['name']}"
             )
@@ -249,7 +248,7 @@ class Reconciler:
 
     def modelversion(self, namespace: str, name: str) -> float | None:
         """Returns seconds until verification wants another look (None: settled)."""
-        kind = KIND["ModelVersion"]
+        kind = BY_KIND["ModelVersion"]
         with _locks[(kind.kind, namespace, name)], metrics.reconciling(kind.kind):
             read = self._read(kind, namespace, name, ModelVersionSpec, ModelVersionStatus)
             if read is None:
@@ -337,7 +336,7 @@ class Reconciler:
 
     def _count_versions(self, namespace: str) -> None:
         counts: dict[str, int] = defaultdict(int)
-        for mv in self.kube.list_objects(KIND["ModelVersion"], namespace):
+        for mv in self.kube.list_objects(BY_KIND["ModelVersion"], namespace):
             counts[str((mv.get("status") or {}).get("phase") or "Pending")] += 1
         for phase in ("Pending", "Ready", "Invalid"):
             metrics.MODEL_VERSIONS.labels(namespace, phase).set(counts.get(phase, 0))
@@ -350,7 +349,7 @@ class Reconciler:
         """The servable ModelVersion the spec asks for, or why there is none; plus the versions read."""
         versions = {
             mv["metadata"]["name"]: mv
-            for mv in self.kube.list_objects(KIND["ModelVersion"], namespace)
+            for mv in self.kube.list_objects(BY_KIND["ModelVersion"], namespace)
         }
         if spec.model_version:
             mv = versions.get(spec.model_version)
@@ -387,7 +386,7 @@ class Reconciler:
 
     def deployment(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the rollout wants another look (None: nothing pending)."""
-        kind = KIND["Deployment"]
+        kind = BY_KIND["Deployment"]
         with _locks[(kind.kind, namespace, name)], metrics.reconciling(kind.kind):
             read = self._read(kind, namespace, name, DeploymentSpec, DeploymentStatus)
             if read is None:
@@ -479,7 +478,7 @@ class Reconciler:
 
     def driftmonitor(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the next look for finished drift runs."""
-        kind = KIND["DriftMonitor"]
+        kind = BY_KIND["DriftMonitor"]
         with _locks[(kind.kind, namespace, name)], metrics.reconciling(kind.kind):
             read = self._read(kind, namespace, name, DriftMonitorSpec, DriftMonitorStatus)
             if read is None:
@@ -521,7 +520,7 @@ class Reconciler:
             return spec.reference.uri, None
         version = spec.reference.model_version
         if version is None:
-            deployment = self.kube.get_object(KIND["Deployment"], namespace, spec.deployment)
+            deployment = self.kube.get_object(BY_KIND["Deployment"], namespace, spec.deployment)
             if deployment is None:
                 return None, ("DeploymentNotFound", f"Deployment {spec.deployment} does not exist")
             version = (deployment.get("status") or {}).get("stableVersion")
@@ -530,7 +529,7 @@ class Reconciler:
                     "WaitingForDeployment",
                     f"Deployment {spec.deployment} serves no version yet",
                 )
-        mv = self.kube.get_object(KIND["ModelVersion"], namespace, version)
+        mv = self.kube.get_object(BY_KIND["ModelVersion"], namespace, version)
         if mv is None or not mv["spec"].get("referenceSampleUri"):
             return None, ("ReferenceNotFound", f"ModelVersion {version} has no reference sample")
         return str(mv["spec"]["referenceSampleUri"]), None
@@ -601,7 +600,7 @@ class Reconciler:
             },
             "spec": spec.action.retrain.template.to_api(),
         }
-        if self.kube.create_custom(KIND["TrainingJob"], manifest):
+        if self.kube.create_custom(BY_KIND["TrainingJob"], manifest):
             self.post_event(obj, "Normal", "Retraining", f"created TrainingJob {job}")
         return status.model_copy(
             update={
