@@ -51,7 +51,16 @@ def test_bad_specs_end_with_a_reason(
         manifest(
             "TrainingJob",
             "missing-data",
-            {**TRAINING, "dataset": {"uri": "file:///var/lib/mlkube/artifacts/none.csv"}},
+            {**TRAINING, "dataset": {"uri": f"file:///var/lib/mlkube/artifacts/{ns}/none.csv"}},
+        ),
+    )
+    create(
+        kube,
+        ns,
+        manifest(
+            "TrainingJob",
+            "other-namespace",
+            {**TRAINING, "dataset": {"uri": "file:///var/lib/mlkube/artifacts/team-b/data.csv"}},
         ),
     )
     create(
@@ -68,6 +77,12 @@ def test_bad_specs_end_with_a_reason(
     assert missing["phase"] == "Failed"
     assert condition(missing, "Failed")["reason"] == "DatasetNotFound"
     assert "none.csv" in condition(missing, "Failed")["message"]
+
+    elsewhere = condition(training_finished(kube, ns, "other-namespace"), "Failed")
+    assert elsewhere["reason"] == "ForbiddenURI"
+    assert elsewhere["message"].startswith(
+        "spec.dataset.uri: file:///var/lib/mlkube/artifacts/team-b/data.csv is outside this namespace's store"
+    )
 
     no_image = training_finished(kube, ns, "no-image")
     assert condition(no_image, "Failed")["reason"] == "ImagePullFailed"
@@ -102,6 +117,24 @@ def test_bad_specs_end_with_a_reason(
     ready = condition(invalid, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "DigestMismatch")
     assert "0" * 64 in ready["message"]
+    assert real["spec"]["artifact"]["sha256"] not in ready["message"], "never the real digest"
+
+    borrowed = {
+        **real["spec"],
+        "version": 98,
+        "artifact": {
+            **real["spec"]["artifact"],
+            "uri": "file:///var/lib/mlkube/artifacts/team-b/iris/1",
+        },
+    }
+    create(kube, ns, manifest("ModelVersion", "iris-v98", borrowed))
+    forbidden = eventually(
+        lambda: condition(status_of(kube, ns, "modelversions", "iris-v98"), "Ready"),
+        60,
+        "the ModelVersion naming another namespace's artifact to be refused",
+    )
+    assert (forbidden["status"], forbidden["reason"]) == ("False", "ForbiddenURI")
+    assert forbidden["message"].startswith("spec.artifact.uri: ")
 
     create(kube, ns, manifest("Deployment", "tampered", {"modelVersion": "iris-v99"}))
     refused = eventually(

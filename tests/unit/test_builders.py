@@ -115,10 +115,22 @@ def test_pods_run_restricted_with_a_writable_tmp_and_the_artifact_volume() -> No
     assert pod["restartPolicy"] == "Never"
 
 
-def test_object_storage_needs_no_volume_and_passes_the_secret() -> None:
-    s3 = OperatorConfig(artifact_pvc=None, artifact_root="s3://models/prod", s3_secret="s3-creds")
-    trainer = container(build_job(TJ_OWNER, TRAINING, 1, s3))
-    assert trainer["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+def test_object_storage_needs_no_volume_and_passes_the_namespace_secret() -> None:
+    s3 = OperatorConfig(
+        artifact_pvc=None,
+        artifact_root="s3://models/prod",
+        s3_secret="s3-creds",
+        s3_endpoint_url="http://s3.example:8333",
+    )
+    job = build_job(TJ_OWNER, TRAINING, 1, s3)
+    trainer = container(job)
+    assert trainer["envFrom"] == [{"secretRef": {"name": "s3-creds"}}], (
+        "a Secret of the pod's own namespace"
+    )
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert env["AWS_ENDPOINT_URL"] == "http://s3.example:8333"
+    assert env["MLKUBE_ARTIFACT_ROOT"] == "s3://models/prod"
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert [m["mountPath"] for m in trainer["volumeMounts"]] == ["/tmp"]
     assert artifact_pvc("team-a", s3) is None
     pvc = artifact_pvc("team-a", CONFIG)

@@ -96,8 +96,8 @@ def spec_env(spec: ApiModel) -> Manifest:
 
 def storage_env(config: OperatorConfig) -> list[Manifest]:
     env: list[Manifest] = [{"name": "MLKUBE_ARTIFACT_ROOT", "value": config.artifact_root}]
-    if config.s3_secret:
-        env.append({"name": "MLKUBE_S3_SECRET", "value": config.s3_secret})
+    if config.s3_endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": config.s3_endpoint_url})
     return env
 
 
@@ -149,6 +149,8 @@ def pod_spec(container: Manifest, config: OperatorConfig, restart_policy: str) -
         "containers": [{**container, "volumeMounts": mounts}],
         "volumes": pod_volumes,
         "enableServiceLinks": False,
+        # workload pods never talk to the API server: no token to steal from them
+        "automountServiceAccountToken": False,
     }
     if config.service_account:
         spec["serviceAccountName"] = config.service_account
@@ -160,7 +162,7 @@ def artifact_pvc(namespace: str, config: OperatorConfig) -> Manifest | None:
     if not config.artifact_pvc:
         return None
     spec: Manifest = {
-        "accessModes": ["ReadWriteOnce"],
+        "accessModes": [config.artifact_access_mode],
         "resources": {"requests": {"storage": config.artifact_storage_size}},
     }
     if config.artifact_storage_class:

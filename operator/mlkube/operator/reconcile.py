@@ -42,6 +42,7 @@ from mlkube.config import OperatorConfig
 from mlkube.kube import Body, Cluster
 from mlkube.operator import metrics
 from mlkube.retrain import decide_retrain
+from mlkube.tenancy import FORBIDDEN_URI, ForbiddenURI, forbidden_uri
 from mlkube.training import (
     Outcome,
     model_version_manifest,
@@ -170,6 +171,18 @@ class Reconciler:
                 if isinstance(champion, str):
                     self._finish_training(obj, status, "ChampionNotFound", champion, generation)
                     return None
+                forbidden = self._forbidden(
+                    namespace,
+                    {
+                        "spec.dataset.uri": spec.dataset.uri,
+                        "spec.qualityGates.champion.modelVersion": champion[0]
+                        if champion
+                        else None,
+                    },
+                )
+                if forbidden is not None:
+                    self._finish_training(obj, status, FORBIDDEN_URI, forbidden.message, generation)
+                    return None
                 self._ensure_artifact_storage(namespace)
                 self.kube.create(build_job(owner, spec, version, self.config, champion))
                 self.post_event(obj, "Normal", "JobCreated", f"training {spec.model} v{version}")
@@ -210,6 +223,11 @@ class Reconciler:
         meta = obj["metadata"]
         self.post_event(obj, "Warning", reason, message)
         self.kube.patch_status(BY_KIND["TrainingJob"], meta["namespace"], meta["name"], _dump(new))
+
+    def _forbidden(self, namespace: str, uris: dict[str, str | None]) -> ForbiddenURI | None:
+        return forbidden_uri(
+            uris, self.config.artifact_root, namespace, self.config.allowed_uri_prefixes
+        )
 
     def _ensure_artifact_storage(self, namespace: str) -> None:
         claim = artifact_pvc(namespace, self.config)
@@ -271,7 +289,27 @@ class Reconciler:
                 new.conditions, "Approved", "True" if new.approved else "False",
                 approved_reason, approved_message, generation, now,
             )  # fmt: skip
-            if new.verified_sha256 != spec.artifact.sha256 and new.phase != "Invalid":
+            forbidden = self._forbidden(
+                namespace,
+                {
+                    "spec.artifact.uri": spec.artifact.uri,
+                    "spec.referenceSampleUri": spec.reference_sample_uri,
+                },
+            )
+            if forbidden is not None:
+                new.phase, new.verified_sha256 = "Invalid", None
+                new.conditions = set_condition(
+                    new.conditions,
+                    "Ready",
+                    "False",
+                    FORBIDDEN_URI,
+                    forbidden.message,
+                    generation,
+                    now,
+                )
+            elif new.verified_sha256 != spec.artifact.sha256 and (
+                new.phase != "Invalid" or _ready_reason(new.conditions) == FORBIDDEN_URI
+            ):
                 new = self._verify(obj, spec, new, generation, now)
             if new != status:
                 if new.phase != status.phase:
@@ -517,6 +555,9 @@ class Reconciler:
         self, namespace: str, spec: DriftMonitorSpec
     ) -> tuple[str | None, tuple[str, str] | None]:
         if spec.reference.uri:
+            forbidden = self._forbidden(namespace, {"spec.reference.uri": spec.reference.uri})
+            if forbidden is not None:
+                return None, (FORBIDDEN_URI, forbidden.message)
             return spec.reference.uri, None
         version = spec.reference.model_version
         if version is None:
@@ -532,7 +573,13 @@ class Reconciler:
         mv = self.kube.get_object(BY_KIND["ModelVersion"], namespace, version)
         if mv is None or not mv["spec"].get("referenceSampleUri"):
             return None, ("ReferenceNotFound", f"ModelVersion {version} has no reference sample")
-        return str(mv["spec"]["referenceSampleUri"]), None
+        uri = str(mv["spec"]["referenceSampleUri"])
+        forbidden = self._forbidden(
+            namespace, {f"ModelVersion {version} spec.referenceSampleUri": uri}
+        )
+        if forbidden is not None:
+            return None, (FORBIDDEN_URI, forbidden.message)
+        return uri, None
 
     def _collect_runs(
         self, obj: Body, spec: DriftMonitorSpec, status: DriftMonitorStatus, now: datetime
@@ -610,6 +657,10 @@ class Reconciler:
                 "rows_at_last_retrain": logged_rows,
             }
         )
+
+
+def _ready_reason(conditions: list[Condition]) -> str | None:
+    return next((c.reason for c in conditions if c.type == "Ready"), None)
 
 
 def servable(mv: Body, require_approval: bool) -> tuple[str | None, tuple[str, str] | None]:

@@ -143,7 +143,7 @@ def load_verified_model(directory: str, expected_sha256: str | None = None) -> o
     actual = sha256_hex(data)
     if actual != expected:
         raise ArtifactError(
-            f"{join(directory, MODEL_FILE)} has sha256 {actual}, expected {expected}: "
+            f"{join(directory, MODEL_FILE)} does not match its recorded sha256 {expected}: "
             "refusing to load a tampered or corrupted artifact"
         )
     return joblib.load(io.BytesIO(data))

@@ -114,7 +114,9 @@ def _verify(args: argparse.Namespace) -> int:
             result = {
                 "status": "Failed",
                 "reason": "DigestMismatch",
-                "message": f"{args.uri}/{artifacts.MODEL_FILE} has sha256 {actual}, the ModelVersion records {args.sha256}",
+                # never the actual digest: it would tell a reader the digest of an artifact
+                # they only guessed the address of
+                "message": f"{args.uri}/{artifacts.MODEL_FILE} does not match the sha256 the ModelVersion records ({args.sha256})",
             }
     _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
     return 0 if result["status"] == "Verified" else EXIT_PERMANENT
