@@ -13,6 +13,11 @@ METRICS_FILE = "metrics.json"
 LINEAGE_FILE = "lineage.json"
 REFERENCE_FILE = "reference.parquet"
 
+RESERVED_COLUMN_PREFIX = "_mlkube_"
+"""The inference log's own columns start with this; no feature may, so none collides with them."""
+LOG_PREDICTION_COLUMN = f"{RESERVED_COLUMN_PREFIX}prediction"
+LOG_TS_COLUMN = f"{RESERVED_COLUMN_PREFIX}ts"
+
 
 def with_scheme(uri: str) -> str:
     return uri if "://" in uri else f"file://{uri}"

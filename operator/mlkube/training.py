@@ -156,12 +156,17 @@ def model_version_manifest(
         model=spec.model,
         version=version,
         task=result["task"],
-        artifact=Artifact(uri=result["artifactUri"], sha256=result["sha256"]),
+        artifact=Artifact(
+            uri=result["artifactUri"], sha256=result["sha256"], files=result.get("files") or {}
+        ),
         framework=Framework(
             version=framework.get("version", "unknown"),
             python_version=framework.get("pythonVersion"),
         ),
-        input_schema=[Column(name=name, type=type_) for name, type_ in result.get("columns") or []],
+        # [name, type] or [name, type, true] for a column that may be null
+        input_schema=[
+            Column(name=c[0], type=c[1], nullable=bool(c[2:])) for c in result.get("columns") or []
+        ],
         target=spec.target,
         classes=result.get("classes"),
         metrics={str(k): str(v) for k, v in (result.get("metrics") or {}).items()},

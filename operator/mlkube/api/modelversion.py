@@ -17,6 +17,13 @@ ColumnType = Literal["float", "int", "string", "bool"]
 class Artifact(ApiModel):
     uri: str = Field(min_length=1, description="Directory holding model.joblib and its records.")
     sha256: str = Field(pattern=SHA256, description="Digest of model.joblib, verified before load.")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        json_schema_extra={"additionalProperties": {"type": "string", "pattern": SHA256}},
+        description="sha256 of every other file a server or a drift check reads "
+        "(schema.json, reference.parquet, ...), by file name; all verified before Ready.",
+    )
     format: Literal["joblib"] = "joblib"
 
 
@@ -29,6 +36,10 @@ class Framework(ApiModel):
 class Column(ApiModel):
     name: str = Field(min_length=1)
     type: ColumnType
+    nullable: bool = Field(
+        default=False,
+        description="The model was trained to take missing values here: a request may send null.",
+    )
 
 
 class Lineage(ApiModel):

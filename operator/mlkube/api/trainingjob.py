@@ -16,9 +16,11 @@ from mlkube.api.common import (
     cel,
     immutable,
 )
+from mlkube.api.modelversion import ColumnType
 from mlkube.estimators import ESTIMATORS
 
 DATASET_URI = r"^(builtin:[a-z_]+|file://.+|https://.+|s3://.+)$"
+SIGNED_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
 class Dataset(ApiModel):
@@ -60,8 +62,34 @@ class Split(ApiModel):
 
 class ColumnRange(ApiModel):
     column: str = Field(min_length=1)
-    min: str | None = Field(default=None, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
-    max: str | None = Field(default=None, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+    min: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
+    max: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
+
+
+class ColumnTest(ApiModel):
+    """What one column must hold; undeclared columns keep the types the file gives them."""
+
+    model_config = api_config(
+        cel(
+            "!has(self.values) || (has(self.type) && self.type == 'string')",
+            "values must only be given for a column of type string",
+            field_path=".values",
+        ),
+    )
+
+    name: str = Field(min_length=1)
+    type: ColumnType | None = Field(
+        default=None,
+        description="float, int, string or bool; a value that is not one fails the run naming its row.",
+    )
+    allow_missing: bool | None = Field(
+        default=None,
+        description="Whether the column may have missing values (then a request may send null "
+        "for it); default: as dataTests.maxMissingPercent allows.",
+    )
+    values: list[str] | None = Field(
+        default=None, min_length=1, max_length=4096, description="The allowed categories."
+    )
 
 
 class DataTests(ApiModel):
@@ -70,6 +98,55 @@ class DataTests(ApiModel):
     min_rows: int = Field(default=20, ge=1)
     max_missing_percent: int = Field(default=0, ge=0, le=100)
     ranges: list[ColumnRange] = Field(default_factory=list, max_length=256)
+    columns: list[ColumnTest] = Field(
+        default_factory=list,
+        max_length=1024,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Per-column types, missing values and categories, checked before fitting.",
+    )
+
+
+class NumericPreprocessing(ApiModel):
+    """For float and int columns: impute, then scale."""
+
+    model_config = api_config(
+        cel(
+            "!has(self.fillValue) || self.impute == 'Constant'",
+            "fillValue must only be given with impute: Constant",
+            field_path=".fillValue",
+        ),
+    )
+
+    impute: Literal["None", "Mean", "Median", "Constant"] = "Median"
+    fill_value: str | None = Field(
+        default=None, pattern=SIGNED_DECIMAL, description="For impute: Constant; default 0."
+    )
+    scale: Literal["None", "Standard", "MinMax"] = "None"
+
+
+class CategoricalPreprocessing(ApiModel):
+    """For string and bool columns: impute, then encode."""
+
+    model_config = api_config(
+        cel(
+            "!has(self.fillValue) || self.impute == 'Constant'",
+            "fillValue must only be given with impute: Constant",
+            field_path=".fillValue",
+        ),
+    )
+
+    impute: Literal["None", "MostFrequent", "Constant"] = "MostFrequent"
+    fill_value: str | None = Field(
+        default=None, max_length=256, description="For impute: Constant; default 'missing'."
+    )
+    encode: Literal["OneHot", "Ordinal"] = "OneHot"
+
+
+class Preprocessing(ApiModel):
+    """Fitted on the training split only and stored in the artifact: the server applies the same."""
+
+    numeric: NumericPreprocessing = Field(default_factory=NumericPreprocessing)
+    categorical: CategoricalPreprocessing = Field(default_factory=CategoricalPreprocessing)
 
 
 class ChampionGate(ApiModel):
@@ -82,7 +159,7 @@ class ChampionGate(ApiModel):
 class QualityGates(ApiModel):
     min_accuracy: str | None = Field(default=None, pattern=DECIMAL)
     min_f1: str | None = Field(default=None, pattern=DECIMAL)
-    min_r2: str | None = Field(default=None, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+    min_r2: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
     max_rmse: str | None = Field(default=None, pattern=DECIMAL)
     max_mae: str | None = Field(default=None, pattern=DECIMAL)
     champion: ChampionGate | None = None
@@ -111,6 +188,7 @@ class TrainingJobSpec(ApiModel):
     estimator: Estimator = Field(json_schema_extra=immutable("estimator"))
     split: Split = Field(default_factory=Split)
     data_tests: DataTests = Field(default_factory=DataTests)
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     quality_gates: QualityGates = Field(default_factory=QualityGates)
     approval_policy: Literal["Manual", "AutoApproveOnGates"] = Field(
         default="Manual",

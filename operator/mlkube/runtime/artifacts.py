@@ -68,8 +68,11 @@ def read_bytes(uri: str) -> bytes:
     return data
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write through a temporary name and rename, so a reader never sees half a file."""
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write through a temporary name and rename, so a reader never sees half a file.
+
+    Returns the sha256 of what was written, which the ModelVersion records.
+    """
     fs, path = fsspec.core.url_to_fs(with_scheme(uri))
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
@@ -77,10 +80,11 @@ def write_bytes(uri: str, data: bytes) -> None:
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
+    return sha256_hex(data)
 
 
-def write_json(uri: str, value: Any) -> None:
-    write_bytes(uri, json.dumps(value, indent=2, sort_keys=True).encode())
+def write_json(uri: str, value: Any) -> str:
+    return write_bytes(uri, json.dumps(value, indent=2, sort_keys=True).encode())
 
 
 def read_json(uri: str) -> Any:

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from mlkube.api.driftmonitor import DriftMonitorSpec
 from mlkube.api.trainingjob import TrainingJobSpec
-from mlkube.runtime.outcome import EXIT_PERMANENT, RunFailure
+from mlkube.runtime.outcome import EXIT_PERMANENT, RunFailure, one_line
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
@@ -76,7 +77,12 @@ def _train(args: argparse.Namespace) -> int:
         result = train.train(request)
     except RunFailure as failure:
         _write_result(train.termination_message(train.failure_result(failure)), args.result_file)
-        return EXIT_PERMANENT
+        return failure.exit_code
+    except Exception as e:  # a bug of ours: its traceback goes to the log, never to the status
+        traceback.print_exc()
+        internal = RunFailure("InternalError", one_line(e), permanent=False)
+        _write_result(train.termination_message(train.failure_result(internal)), args.result_file)
+        return internal.exit_code
     _write_result(train.termination_message(result), args.result_file)
     return 0
 

@@ -13,8 +13,9 @@ import pandas as pd
 from sklearn import datasets as sk_datasets
 
 from mlkube.api.modelversion import Column, ColumnType
-from mlkube.api.trainingjob import Dataset, DataTests
+from mlkube.api.trainingjob import ColumnRange, Dataset, DataTests
 from mlkube.estimators import BUILTIN_DATASETS
+from mlkube.layout import RESERVED_COLUMN_PREFIX
 from mlkube.runtime.outcome import RunFailure
 
 
@@ -79,49 +80,150 @@ def column_type(series: pd.Series) -> ColumnType:
     return "string"
 
 
+CheckedFrame = tuple[pd.DataFrame, list[Column]]
+
+MOSTLY_NUMERIC = 0.95
+"""An undeclared text column whose values are this share numbers or more is a numeric column
+with a few bad values (a stray ``abc`` in a fee column), not a column of hundreds of categories."""
+
+_BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _fail(message: str) -> RunFailure:
+    return RunFailure("DataValidationFailed", message)
+
+
+def _shown(value: object) -> str:
+    """A cell as the user wrote it: 2.5, not np.float64(2.5)."""
+    item = getattr(value, "item", None)
+    return repr(item() if callable(item) else value)
+
+
+def _coerce(series: pd.Series, declared: ColumnType | None) -> tuple[pd.Series, ColumnType]:
+    """The column in its declared (or inferred) type; a value that is not one names its row."""
+    name = str(series.name)
+    present = series.notna()
+    if declared is None:
+        if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            return series, column_type(series)
+        numbers = pd.to_numeric(series, errors="coerce")
+        parsed = numbers.notna() & present
+        if present.sum() == 0 or parsed.sum() < MOSTLY_NUMERIC * present.sum():
+            return series, "string"
+        declared = "float"
+        hint = f"; if {name!r} is categorical, declare it in dataTests.columns with type: string"
+    else:
+        hint = ""
+    if declared == "string":
+        return series.where(~present, series.astype(str)), "string"
+    if declared == "bool":
+        if pd.api.types.is_bool_dtype(series):
+            return series, "bool"
+        words = series.astype(str).str.strip().str.lower().map(_BOOL_WORDS)
+        bad = present & words.isna()
+        converted = words.where(present)
+    else:
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = present & converted.isna()
+        if declared == "int" and not bad.any():
+            bad = present & (converted % 1 != 0)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        value = _shown(series.iloc[row])
+        raise _fail(f"column {name!r} must be {declared}, but row {row} holds {value}{hint}")
+    if declared == "bool":
+        return converted.astype(bool) if not converted.isna().any() else converted, "bool"
+    return converted, declared
+
+
+def _check_missing(
+    series: pd.Series, allow: bool | None, max_percent: int, is_target: bool
+) -> bool:
+    """Refuse missing values the tests do not allow; True when the column may be missing."""
+    name = str(series.name)
+    missing = series.isna()
+    if is_target or allow is False:
+        if missing.any():
+            row = int(missing.to_numpy().argmax())
+            what = "the target" if is_target else f"column {name!r}"
+            raise _fail(f"{what} has a missing value in row {row}, and it must not")
+        return False
+    if allow:
+        return True
+    percent = float(missing.mean() * 100)
+    if percent > max_percent:
+        row = int(missing.to_numpy().argmax())
+        raise _fail(
+            f"column {name!r} has {percent:.1f}% missing values (the first in row {row}), "
+            f"more than dataTests.maxMissingPercent={max_percent}"
+        )
+    return max_percent > 0
+
+
+def _check_values(series: pd.Series, allowed: list[str]) -> None:
+    bad = series.notna() & ~series.astype(str).isin(allowed)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise _fail(
+            f"column {series.name!r} holds {_shown(series.iloc[row])} in row {row}, which is not one "
+            f"of dataTests.columns values ({', '.join(allowed[:10])}{', ...' if len(allowed) > 10 else ''})"
+        )
+
+
+def _check_range(series: pd.Series, rule: ColumnRange) -> None:
+    if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        raise _fail(f"column {rule.column!r} is not numeric, so it has no range")
+    low, high = series.min(), series.max()
+    if pd.isna(low):  # nothing but missing values: no value is out of range
+        return
+    if rule.min is not None and Decimal(str(low)) < Decimal(rule.min):
+        raise _fail(f"column {rule.column!r} has value {low} below min {rule.min}")
+    if rule.max is not None and Decimal(str(high)) > Decimal(rule.max):
+        raise _fail(f"column {rule.column!r} has value {high} above max {rule.max}")
+
+
 def check_data(
     frame: pd.DataFrame, target: str, features: list[str], tests: DataTests
-) -> list[Column]:
-    """Data tests before fitting; returns the input schema. Each failure names the column."""
-    missing = [c for c in [target, *features] if c not in frame.columns]
-    if missing:
-        raise RunFailure(
-            "DataValidationFailed",
-            f"column {missing[0]!r} is not in the dataset (columns: {', '.join(map(str, frame.columns))})",
+) -> CheckedFrame:
+    """Data tests before fitting: the columns in their types, and the input schema.
+
+    Each failure is a DataValidationFailed naming the column and, where there is one, the row.
+    """
+    absent = [c for c in [target, *features] if c not in frame.columns]
+    if absent:
+        raise _fail(
+            f"column {absent[0]!r} is not in the dataset "
+            f"(columns: {', '.join(map(str, frame.columns))})"
         )
+    reserved = [f for f in features if f.startswith(RESERVED_COLUMN_PREFIX)]
+    if reserved:
+        raise _fail(
+            f"column {reserved[0]!r}: names starting with {RESERVED_COLUMN_PREFIX!r} are "
+            "reserved for the inference log's own columns"
+        )
+    undeclared = [t.name for t in tests.columns if t.name not in (target, *features)]
+    if undeclared:
+        raise _fail(f"dataTests.columns: column {undeclared[0]!r} is not a feature or the target")
     if len(frame) < tests.min_rows:
-        raise RunFailure(
-            "DataValidationFailed",
-            f"dataTests.minRows: the dataset has {len(frame)} rows, fewer than {tests.min_rows}",
+        raise _fail(
+            f"dataTests.minRows: the dataset has {len(frame)} rows, fewer than {tests.min_rows}"
         )
-    missing_percent = frame[[target, *features]].isna().mean() * 100
-    worst = str(missing_percent.idxmax())
-    if missing_percent[worst] > tests.max_missing_percent:
-        raise RunFailure(
-            "DataValidationFailed",
-            f"column {worst!r} has {missing_percent[worst]:.1f}% missing values, more than "
-            f"dataTests.maxMissingPercent={tests.max_missing_percent}",
+    declared = {t.name: t for t in tests.columns}
+    checked: dict[str, pd.Series] = {}
+    columns: list[Column] = []
+    for name in [target, *features]:
+        test = declared.get(name)
+        series, kind = _coerce(frame[name].reset_index(drop=True), test.type if test else None)
+        nullable = _check_missing(
+            series, test.allow_missing if test else None, tests.max_missing_percent, name == target
         )
+        if test is not None and test.values is not None:
+            _check_values(series, test.values)
+        checked[name] = series
+        if name != target:
+            columns.append(Column(name=name, type=kind, nullable=nullable))
     for rule in tests.ranges:
-        if rule.column not in frame.columns:
-            raise RunFailure(
-                "DataValidationFailed",
-                f"dataTests.ranges: column {rule.column!r} is not in the dataset",
-            )
-        values = frame[rule.column]
-        if not pd.api.types.is_numeric_dtype(values):
-            raise RunFailure(
-                "DataValidationFailed", f"column {rule.column!r} is not numeric, so it has no range"
-            )
-        low, high = values.min(), values.max()
-        if rule.min is not None and Decimal(str(low)) < Decimal(rule.min):
-            raise RunFailure(
-                "DataValidationFailed",
-                f"column {rule.column!r} has value {low} below min {rule.min}",
-            )
-        if rule.max is not None and Decimal(str(high)) > Decimal(rule.max):
-            raise RunFailure(
-                "DataValidationFailed",
-                f"column {rule.column!r} has value {high} above max {rule.max}",
-            )
-    return [Column(name=str(c), type=column_type(frame[c])) for c in features]
+        if rule.column not in checked:
+            raise _fail(f"dataTests.ranges: column {rule.column!r} is not a feature or the target")
+        _check_range(checked[rule.column], rule)
+    return pd.DataFrame(checked), columns

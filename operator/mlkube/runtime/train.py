@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -19,6 +22,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.metrics import (
     accuracy_score,
     f1_score,
@@ -28,14 +32,27 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    MinMaxScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    StandardScaler,
+)
 
 from mlkube.api.modelversion import Column
-from mlkube.api.trainingjob import QualityGates, TrainingJobSpec
+from mlkube.api.trainingjob import (
+    CategoricalPreprocessing,
+    NumericPreprocessing,
+    Preprocessing,
+    QualityGates,
+    TrainingJobSpec,
+)
 from mlkube.estimators import ESTIMATORS, Task
 from mlkube.runtime import artifacts
 from mlkube.runtime.datasets import check_data, load_dataset
-from mlkube.runtime.outcome import RunFailure
+from mlkube.runtime.outcome import RunFailure, one_line
+from mlkube.runtime.transforms import as_text
 
 REFERENCE_SAMPLE_ROWS = 5000
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -72,15 +89,124 @@ def _estimator(spec: TrainingJobSpec) -> Any:
         raise RunFailure("InvalidHyperparameters", f"estimator.hyperparameters: {e}") from e
 
 
-def _pipeline(estimator: Any, columns: list[Column]) -> Pipeline:
-    """One-hot encode string and bool columns so any allowlisted estimator can take them."""
+def _numeric_steps(options: NumericPreprocessing) -> Pipeline | str:
+    steps: list[tuple[str, Any]] = []
+    if options.impute != "None":
+        strategy = {"Mean": "mean", "Median": "median", "Constant": "constant"}[options.impute]
+        fill = float(Decimal(options.fill_value or "0"))
+        steps.append(("impute", SimpleImputer(strategy=strategy, fill_value=fill)))
+    if options.scale != "None":
+        steps.append(("scale", StandardScaler() if options.scale == "Standard" else MinMaxScaler()))
+    return Pipeline(steps) if steps else "passthrough"
+
+
+def _categorical_steps(options: CategoricalPreprocessing) -> Pipeline:
+    steps: list[tuple[str, Any]] = [("as_text", FunctionTransformer(as_text))]
+    if options.impute != "None":
+        strategy = "most_frequent" if options.impute == "MostFrequent" else "constant"
+        fill = options.fill_value or "missing"
+        steps.append(("impute", SimpleImputer(strategy=strategy, fill_value=fill)))
+    if options.encode == "OneHot":  # without imputation, a missing value is a category of its own
+        steps.append(("encode", OneHotEncoder(handle_unknown="ignore")))
+    else:
+        steps.append(
+            (
+                "encode",
+                OrdinalEncoder(
+                    handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-2
+                ),
+            )
+        )
+    return Pipeline(steps)
+
+
+def _pipeline(estimator: Any, columns: list[Column], preprocessing: Preprocessing) -> Pipeline:
+    """Impute, scale and encode in front of the estimator, fitted and stored with it.
+
+    Estimators that take no sparse input (HistGradientBoosting*, GaussianNB) get a dense matrix
+    even when one-hot encoding makes many columns (scikit-learn#17260).
+    """
+    numeric = [c.name for c in columns if c.type in ("float", "int")]
     categorical = [c.name for c in columns if c.type in ("string", "bool")]
+    transformers: list[tuple[str, Any, list[str]]] = []
+    if numeric:
+        transformers.append(("numeric", _numeric_steps(preprocessing.numeric), numeric))
+    if categorical:
+        transformers.append(
+            ("categorical", _categorical_steps(preprocessing.categorical), categorical)
+        )
+    tags = estimator.__sklearn_tags__().input_tags
     encode = ColumnTransformer(
-        [("categorical", OneHotEncoder(handle_unknown="ignore"), categorical)],
-        remainder="passthrough",
+        transformers,
+        remainder="drop",
+        sparse_threshold=0.3 if tags.sparse else 0.0,
         verbose_feature_names_out=False,
     )
-    return Pipeline([("encode", encode), ("estimator", estimator)])
+    return Pipeline([("preprocess", encode), ("estimator", estimator)])
+
+
+def _check_missing_handled(spec: TrainingJobSpec, estimator: Any, columns: list[Column]) -> None:
+    """A column that may be missing needs an imputer, unless the estimator takes NaN itself."""
+    if spec.preprocessing.numeric.impute != "None":
+        return
+    if estimator.__sklearn_tags__().input_tags.allow_nan:
+        return
+    nullable = [c.name for c in columns if c.nullable and c.type in ("float", "int")]
+    if nullable:
+        raise RunFailure(
+            "DataValidationFailed",
+            f"column {nullable[0]!r} may have missing values, but preprocessing.numeric.impute "
+            f"is None and {spec.estimator.class_name} does not take missing values; "
+            "choose Mean, Median or Constant",
+        )
+
+
+def _split(
+    spec: TrainingJobSpec, task: Task, x: pd.DataFrame, y: pd.Series
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
+    """The held-out split; a stratified one needs two members of each class and room for all."""
+    stratify = task == "classification" and spec.split.stratify
+    if stratify:
+        counts = y.value_counts()
+        rare = counts[counts < 2]
+        if len(rare):
+            raise RunFailure(
+                "DataValidationFailed",
+                f"class {str(rare.index[0])!r} of target {spec.target!r} has only "
+                f"{int(rare.iloc[0])} member; a stratified split needs at least 2 of each class "
+                "(add rows, drop the class, or set split.stratify: false)",
+            )
+        test_rows = math.ceil(len(y) * spec.split.test_percent / 100)
+        if min(test_rows, len(y) - test_rows) < len(counts):
+            raise RunFailure(
+                "DataValidationFailed",
+                f"split.testPercent: {spec.split.test_percent}% of {len(y)} rows cannot hold one "
+                f"row of each of the {len(counts)} classes on both sides of a stratified split",
+            )
+    parts: list[Any] = train_test_split(
+        x,
+        y,
+        test_size=spec.split.test_percent / 100,
+        random_state=spec.split.seed,
+        stratify=y if stratify else None,
+    )
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+@contextmanager
+def _phase(reason: str, what: str, *, permanent: bool = True) -> Iterator[None]:
+    """Whatever fails inside ends as a RunFailure with `reason` and a one-line message.
+
+    Store and network errors (OSError) are transient: the pod exits so that the Job retries.
+    """
+    try:
+        yield
+    except RunFailure:
+        raise
+    except OSError as e:
+        raise RunFailure(reason, f"{what}: {one_line(e)}", permanent=False) from e
+    except Exception as e:
+        raise RunFailure(reason, f"{what}: {one_line(e)}", permanent=permanent) from e
 
 
 def evaluate(task: Task, model: Any, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
@@ -168,25 +294,22 @@ def train(request: TrainRequest) -> dict[str, Any]:
     """Run the whole training; returns the result document, or raises RunFailure."""
     spec = request.spec
     task = ESTIMATORS[spec.estimator.class_name]
-    loaded = load_dataset(spec.dataset)
-    frame = loaded.frame
-    features = spec.features or [str(c) for c in frame.columns if c != spec.target]
-    columns = check_data(frame, spec.target, features, spec.data_tests)
-    x, y = frame[features], frame[spec.target]
-    stratify = y if task == "classification" and spec.split.stratify else None
-    x_train, x_test, y_train, y_test = train_test_split(
-        x,
-        y,
-        test_size=spec.split.test_percent / 100,
-        random_state=spec.split.seed,
-        stratify=stratify,
-    )
-    model = _pipeline(_estimator(spec), columns)
-    try:
+    with _phase("DatasetNotFound", f"dataset.uri {spec.dataset.uri}"):
+        loaded = load_dataset(spec.dataset)
+    with _phase("DataValidationFailed", "checking the data"):
+        frame = loaded.frame
+        features = spec.features or [str(c) for c in frame.columns if c != spec.target]
+        checked, columns = check_data(frame, spec.target, features, spec.data_tests)
+        x, y = checked[features], checked[spec.target]
+    with _phase("DataValidationFailed", "splitting the data"):
+        x_train, x_test, y_train, y_test = _split(spec, task, x, y)
+    estimator = _estimator(spec)
+    _check_missing_handled(spec, estimator, columns)
+    model = _pipeline(estimator, columns, spec.preprocessing)
+    with _phase("TrainingFailed", f"estimator {spec.estimator.class_name}"):
         model.fit(x_train, y_train)
-    except ValueError as e:
-        raise RunFailure("TrainingFailed", f"estimator {spec.estimator.class_name}: {e}") from e
-    metrics = evaluate(task, model, x_test, y_test)
+    with _phase("EvaluationFailed", "evaluating on the held-out split"):
+        metrics = evaluate(task, model, x_test, y_test)
     failures = gate_failures(spec.quality_gates, metrics)
     champion_failure = _champion_failure(request, task, metrics, x_test, y_test)
     if champion_failure:
@@ -197,21 +320,28 @@ def train(request: TrainRequest) -> dict[str, Any]:
     directory = artifacts.version_uri(
         request.artifact_root, request.namespace, spec.model, request.version
     )
-    digest = artifacts.save_model(directory, model)
     classes = [str(c) for c in model.classes_] if task == "classification" else None
     schema = artifacts.ModelSchema(task=task, target=spec.target, columns=columns, classes=classes)
-    artifacts.write_json(artifacts.join(directory, artifacts.SCHEMA_FILE), schema.to_json())
-    artifacts.write_json(artifacts.join(directory, artifacts.METRICS_FILE), metrics)
-    artifacts.write_json(
-        artifacts.join(directory, artifacts.LINEAGE_FILE), _lineage(request, loaded.digest)
-    )
     sample = x_train.sample(
         n=min(REFERENCE_SAMPLE_ROWS, len(x_train)), random_state=spec.split.seed
     )
-    artifacts.write_bytes(
-        artifacts.join(directory, artifacts.REFERENCE_FILE),
-        sample.reset_index(drop=True).to_parquet(),
-    )
+    with _phase("ArtifactStoreError", f"writing {directory}"):
+        digest = artifacts.save_model(directory, model)
+        files = {
+            artifacts.SCHEMA_FILE: artifacts.write_json(
+                artifacts.join(directory, artifacts.SCHEMA_FILE), schema.to_json()
+            ),
+            artifacts.METRICS_FILE: artifacts.write_json(
+                artifacts.join(directory, artifacts.METRICS_FILE), metrics
+            ),
+            artifacts.LINEAGE_FILE: artifacts.write_json(
+                artifacts.join(directory, artifacts.LINEAGE_FILE), _lineage(request, loaded.digest)
+            ),
+            artifacts.REFERENCE_FILE: artifacts.write_bytes(
+                artifacts.join(directory, artifacts.REFERENCE_FILE),
+                sample.reset_index(drop=True).to_parquet(),
+            ),
+        }
     return {
         "status": "Succeeded",
         "model": spec.model,
@@ -219,10 +349,11 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "task": task,
         "artifactUri": directory,
         "sha256": digest,
+        "files": files,
         "datasetDigest": loaded.digest,
         "metrics": {k: f"{v:.6g}" for k, v in metrics.items()},
         "classes": classes,
-        "columns": [[c.name, c.type] for c in columns],
+        "columns": [[c.name, c.type, *([True] if c.nullable else [])] for c in columns],
         "framework": {"version": sklearn.__version__, "pythonVersion": platform.python_version()},
     }
 
