@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from mlkube.api.modelversion import Column
 from mlkube.layout import MODEL_FILE
 from mlkube.runtime import artifacts
+from mlkube.runtime.inference_log import PREDICTION_COLUMN
 from mlkube.runtime.metrics import PREDICTION_VALUE_BUCKETS, ServingMetrics
 from mlkube.runtime.serve import (
     ENV_FAULT_ERROR_PERCENT,
@@ -34,11 +31,11 @@ from mlkube.runtime.serve import (
     parse_request,
 )
 from mlkube.runtime.serving_cli import SpecError, spec_settings
+from tests.runtime.servers import SERVE_COMMAND, STARTUP_SECONDS, ServerProcess, start_server
 
 pytestmark = pytest.mark.runtime
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-STARTUP_SECONDS = 90.0
 
 
 @dataclass(frozen=True)
@@ -47,73 +44,6 @@ class IrisArtifact:
     sha256: str
     estimator: LogisticRegression
     features: pd.DataFrame
-
-
-@dataclass
-class ServerProcess:
-    """A server subprocess with its output in a file (a pipe could fill up and block it)."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    _log_file: Any = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        if not self._log_file.closed:
-            self._log_file.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"server not ready after {STARTUP_SECONDS} s:\n{self.output()}")
-
-    def stop(self) -> int:
-        """SIGTERM (a graceful shutdown, as the kubelet does), then SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log_file.close()
-        return self.process.returncode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_server(command: list[str], env: dict[str, str], log_path: Path) -> ServerProcess:
-    port = free_port()
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "BENTOML_HOME": str(log_path.parent / "bentoml-home"), **env},
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so stop() reaches every child
-    )
-    return ServerProcess(process, port, log_path, log_file)
-
-
-SERVE_COMMAND = [sys.executable, "-m", "mlkube.runtime.cli", "serve"]  # `mlkube-runtime serve`
 
 
 def model_env(artifact: IrisArtifact, **extra: str) -> dict[str, str]:
@@ -255,10 +185,10 @@ def test_inference_log_holds_inputs_and_predictions(
     assert all("-test-pod-" in s.name for s in segments)
     logged = pd.concat([pq.read_table(s).to_pandas() for s in segments])
     assert set(FEATURES) <= set(logged.columns)
-    assert "prediction" in logged.columns
+    assert PREDICTION_COLUMN in logged.columns
     tail = logged.tail(3)
     np.testing.assert_allclose(tail[FEATURES].to_numpy(), sample.to_numpy())
-    assert tail["prediction"].tolist() == iris_artifact.estimator.predict(sample).tolist()
+    assert tail[PREDICTION_COLUMN].tolist() == iris_artifact.estimator.predict(sample).tolist()
 
 
 def test_tampered_model_refuses_to_start(iris_artifact: IrisArtifact, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import pytest
 from pyarrow.fs import LocalFileSystem
 
 from mlkube.runtime.inference_log import (
+    PREDICTION_COLUMN,
+    TS_COLUMN,
     SegmentWriter,
     Values,
     _read_segments,
@@ -57,9 +59,9 @@ def test_flushes_by_rows_off_the_request_path(tmp_path: Path) -> None:
         writer.append(_batch(60, 60), np.ones(60))
         _wait_for(lambda: len(_segments(tmp_path)) == 1)
         table = pq.read_table(tmp_path / _segments(tmp_path)[0])
-        assert table.column_names == ["x", "colour", "prediction", "ts"]
+        assert table.column_names == ["x", "colour", PREDICTION_COLUMN, TS_COLUMN]
         assert table.num_rows == 120
-        assert str(table.schema.field("ts").type) == "int64"
+        assert str(table.schema.field(TS_COLUMN).type) == "int64"
     finally:
         writer.close()
 
@@ -100,8 +102,8 @@ def test_window_by_rows_opens_only_the_newest_segments(tmp_path: Path) -> None:
             writer.flush()
     for old in _segments(tmp_path)[:3]:
         (tmp_path / old).write_bytes(b"not parquet: must never be opened")
-    table = read_window(str(tmp_path), rows=150, columns=["x", "prediction"])
-    assert table.column_names == ["x", "prediction"]
+    table = read_window(str(tmp_path), rows=150, columns=["x", PREDICTION_COLUMN])
+    assert table.column_names == ["x", PREDICTION_COLUMN]
     assert table.column("x").to_pylist() == list(map(float, range(350, 500)))
 
 
@@ -134,7 +136,7 @@ def test_several_writers_interleave_in_time_order(tmp_path: Path) -> None:
         writer.flush()
     a.close()
     b.close()
-    ts = read_window(str(tmp_path), rows=40).column("ts").to_numpy()
+    ts = read_window(str(tmp_path), rows=40).column(TS_COLUMN).to_numpy()
     assert np.all(np.diff(ts) >= 0)
     assert read_window(str(tmp_path), rows=40).column("x").to_pylist() == list(
         map(float, range(40))
@@ -184,3 +186,15 @@ def test_a_segment_deleted_after_listing_is_skipped(tmp_path: Path) -> None:
     existing = str(tmp_path / _segments(tmp_path)[0])
     table = _read_segments(LocalFileSystem(), [str(tmp_path / "gone.parquet"), existing], None)
     assert table is not None and table.column("x").to_pylist() == [0.0, 1.0, 2.0]
+
+
+def test_feature_names_never_collide_with_the_logs_own_columns(tmp_path: Path) -> None:
+    """Features named like the log's columns keep their values; reserved names are refused."""
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"ts": np.arange(3.0), "prediction": np.full(3, 7.0)}, ["a", "b", "c"])
+        with pytest.raises(ValueError, match="_mlkube_ts"):
+            writer.append({TS_COLUMN: np.zeros(1)}, ["a"])
+    table = read_window(str(tmp_path), rows=3)
+    assert table.column("ts").to_pylist() == [0.0, 1.0, 2.0]
+    assert table.column("prediction").to_pylist() == [7.0, 7.0, 7.0]
+    assert table.column(PREDICTION_COLUMN).to_pylist() == ["a", "b", "c"]

@@ -3,7 +3,8 @@
 A log is a directory URI (any fsspec backend: ``file://``, ``s3://``) holding segments named
 ``<UTC yyyymmddTHHMMSSffffff>-<writer id>-<seq>.parquet``. The timestamp is the append time of the
 segment's newest row, so names sort by time and a reader picks the segments it needs from a listing
-alone. Columns: the request's feature columns, ``prediction`` and ``ts`` (int64 epoch ms).
+alone. Columns: the request's feature columns, ``_mlkube_prediction`` and ``_mlkube_ts`` (int64
+epoch ms); no feature name may start with ``_mlkube_``, so the log's own columns never collide.
 
 Several writers (one per serving pod) may share a directory; their segments interleave by name.
 """
@@ -29,10 +30,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from mlkube.layout import LOG_PREDICTION_COLUMN, LOG_TS_COLUMN, RESERVED_COLUMN_PREFIX
 from mlkube.runtime.artifacts import join, write_bytes
 
-PREDICTION_COLUMN = "prediction"
-TS_COLUMN = "ts"
+PREDICTION_COLUMN = LOG_PREDICTION_COLUMN
+TS_COLUMN = LOG_TS_COLUMN
 SEGMENT_SUFFIX = ".parquet"
 _NAME_TIME_FORMAT = "%Y%m%dT%H%M%S%f"
 _NAME_TIME_LENGTH = 21
@@ -100,6 +102,12 @@ class SegmentWriter:
         self._thread.start()
 
     def append(self, batch: dict[str, Values], predictions: Values) -> None:
+        reserved = [name for name in batch if name.startswith(RESERVED_COLUMN_PREFIX)]
+        if reserved:
+            raise ValueError(
+                f"column {reserved[0]!r}: names starting with {RESERVED_COLUMN_PREFIX!r} "
+                "are the inference log's own"
+            )
         now = time.time()
         rows = len(predictions)
         with self._wake:

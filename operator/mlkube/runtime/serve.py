@@ -23,9 +23,11 @@ HTTP:
 
 - ``POST /predict`` with ``{"instances": [{"col": value, ...}, ...]}`` (rows) or
   ``{"inputs": {"col": [value, ...], ...}}`` (columns). Every schema column must be present,
-  with its type (float accepts integers; int accepts integral numbers). Answer:
+  with its type (float accepts integers; int accepts integral numbers), and ``null`` only in the
+  columns the schema marks ``nullable`` (the model imputes them). Answer:
   ``{"predictions": [...], "probabilities": [[...], ...], "modelVersion": "..."}``, with
-  ``probabilities`` (in the order of the model's ``classes_``) for classifiers only.
+  ``probabilities`` (in the order of the model's ``classes_``) for classifiers that have them.
+  The body is always valid JSON: a prediction that is not a finite number is a 422 naming the row.
   A malformed body is a 400 and a schema violation a 422, both
   ``{"error": "...", "column": "..."}`` naming the column where there is one.
 - ``GET /livez``, ``GET /readyz``, ``GET /metrics``: BentoML's own; the metrics are listed in
@@ -99,6 +101,7 @@ _DTYPES: dict[ColumnType, type[np.generic]] = {
     "string": np.object_,
     "bool": np.bool_,
 }
+_NONE = type(None)
 _PROBE_VALUES: dict[ColumnType, float | int | str | bool] = {
     "float": 0.0,
     "int": 0,
@@ -176,8 +179,15 @@ class RequestError(Exception):
         return {"error": self.message} | ({"column": self.column} if self.column else {})
 
 
-def parse_request(body: bytes, column_types: Mapping[str, ColumnType]) -> dict[str, list[Any]]:
-    """Decode and validate a request body into one list of values per schema column."""
+def parse_request(
+    body: bytes,
+    column_types: Mapping[str, ColumnType],
+    nullable: frozenset[str] = frozenset(),
+) -> dict[str, list[Any]]:
+    """Decode and validate a request body into one list of values per schema column.
+
+    ``null`` is a value only in the `nullable` columns: those the model was trained to impute.
+    """
     try:
         document = from_json(body, allow_inf_nan=False)
     except ValueError as e:
@@ -191,7 +201,7 @@ def parse_request(body: bytes, column_types: Mapping[str, ColumnType]) -> dict[s
     else:
         columns = _check_columnar(document["inputs"], column_types)
     for name, values in columns.items():
-        _check_types(name, column_types[name], values)
+        _check_types(name, column_types[name], values, name in nullable)
     return columns
 
 
@@ -253,11 +263,18 @@ def _check_columnar(inputs: Any, column_types: Mapping[str, ColumnType]) -> dict
     return {name: inputs[name] for name in column_types}
 
 
-def _check_types(name: str, expected: ColumnType, values: list[Any]) -> None:
-    if _all_valid(expected, values):
+def _check_types(name: str, expected: ColumnType, values: list[Any], nullable: bool) -> None:
+    if _all_valid(expected, values, nullable):
         return
     for index, value in enumerate(values):
-        if not _valid(expected, value):
+        if value is None and not nullable:
+            raise RequestError(
+                422,
+                f"column {name!r} must be {expected}, got null in row {index}: the model was "
+                "not trained to take missing values there",
+                name,
+            )
+        if not _valid(expected, value, nullable):
             raise RequestError(
                 422,
                 f"column {name!r} must be {expected}, got {_json_type(value)} {value!r} "
@@ -266,7 +283,9 @@ def _check_types(name: str, expected: ColumnType, values: list[Any]) -> None:
             )
 
 
-def _valid(expected: ColumnType, value: Any) -> bool:
+def _valid(expected: ColumnType, value: Any, nullable: bool) -> bool:
+    if value is None:
+        return nullable
     kind = type(value)
     if kind not in _ACCEPTED[expected]:
         return False
@@ -275,15 +294,18 @@ def _valid(expected: ColumnType, value: Any) -> bool:
     return True
 
 
-def _all_valid(expected: ColumnType, values: list[Any]) -> bool:
+def _all_valid(expected: ColumnType, values: list[Any], nullable: bool) -> bool:
     """`_valid` for every value, at C speed where it matters (floats in float columns)."""
     kinds = set(map(type, values))
+    if nullable and _NONE in kinds:
+        kinds.discard(_NONE)
+        values = [v for v in values if v is not None]
     if not kinds <= _ACCEPTED[expected]:
         return False
     if float not in kinds:
         return True
     if expected == "int":
-        return all(_valid(expected, v) for v in values)
+        return all(_valid(expected, v, nullable) for v in values)
     try:
         return all(map(math.isfinite, values))
     except OverflowError:  # an integer beyond float's range
@@ -302,6 +324,20 @@ _PREDICT_IS_NOT_ARGMAX_PROBA = frozenset({"SVC", "NuSVC"})
 def _final_estimator(model: object) -> object:
     steps = getattr(model, "steps", None)  # a Pipeline
     return steps[-1][1] if steps else model
+
+
+def _check_finite(values: npt.NDArray[Any], what: str) -> None:
+    """JSON (RFC 8259) has no Infinity or NaN: such an answer is refused, naming its row."""
+    if values.dtype.kind != "f" or np.isfinite(values).all():
+        return
+    finite = np.isfinite(values)
+    bad = finite if finite.ndim == 1 else finite.all(axis=1)
+    row = int(np.argmin(bad))
+    raise RequestError(
+        422,
+        f"the model's {what} for row {row} is not a finite number "
+        f"({values[row]!r}): the input is outside what the model can answer",
+    )
 
 
 class Model(Protocol):
@@ -329,12 +365,22 @@ class Predictor:
                 f"the model was fitted on columns {self.feature_order}, "
                 f"but its schema lists {list(self.column_types)}"
             )
-        self.is_classifier = schema.task == "classification" and hasattr(model, "predict_proba")
+        self.nullable = frozenset(c.name for c in schema.columns if c.nullable)
+        # a missing value is NaN in a float array, None in an object one
+        self.dtypes: dict[str, type[np.generic]] = {
+            name: (np.float64 if kind in ("float", "int") else np.object_)
+            if name in self.nullable
+            else _DTYPES[kind]
+            for name, kind in self.column_types.items()
+        }
+        self.is_classifier = schema.task == "classification"
+        # SVC (probability=False) and others answer labels only
+        self.has_probabilities = self.is_classifier and hasattr(model, "predict_proba")
         self.classes = np.asarray(getattr(model, "classes_", []))
         # One model call instead of two: the label is the most probable class, except where
         # probabilities are calibrated apart from the decision (SVC's Platt scaling).
         self.labels_from_probabilities = (
-            self.is_classifier
+            self.has_probabilities
             and len(self.classes) > 0
             and type(_final_estimator(model)).__name__ not in _PREDICT_IS_NOT_ARGMAX_PROBA
         )
@@ -359,9 +405,9 @@ class Predictor:
     def arrays(self, columns: Mapping[str, list[Any]]) -> dict[str, npt.NDArray[Any]]:
         """One array per column in the schema's type: what the model and the log take."""
         arrays: dict[str, npt.NDArray[Any]] = {}
-        for name, kind in self.column_types.items():
+        for name, dtype in self.dtypes.items():
             try:
-                arrays[name] = np.asarray(columns[name], dtype=_DTYPES[kind])
+                arrays[name] = np.asarray(columns[name], dtype=dtype)
             except (OverflowError, ValueError) as e:
                 raise RequestError(422, f"column {name!r}: {e}", name) from None
         return arrays
@@ -373,10 +419,15 @@ class Predictor:
         return pd.DataFrame({name: arrays[name] for name in self.feature_order})
 
     def predict(self, arrays: Mapping[str, npt.NDArray[Any]]) -> Prediction:
+        """The model's answer; a row it answers with a non-finite number is a 422 naming it."""
         features = self._frame(arrays) if self.uses_frame else self._matrix(arrays)
-        if not self.is_classifier:
-            return Prediction(np.asarray(self.model.predict(features)), None)
+        if not self.has_probabilities:
+            values = np.asarray(self.model.predict(features))
+            if not self.is_classifier:
+                _check_finite(values, "prediction")
+            return Prediction(values, None)
         probabilities = np.asarray(self.model.predict_proba(features))  # type: ignore[attr-defined]
+        _check_finite(probabilities, "probabilities")
         values = (
             self.classes[probabilities.argmax(axis=1)]
             if self.labels_from_probabilities
@@ -505,7 +556,10 @@ class MLKubeModelServer:
             ):
                 status, document = 500, {"error": f"injected fault ({ENV_FAULT_ERROR_PERCENT})"}
             else:
-                arrays = self.predictor.arrays(parse_request(body, self.predictor.column_types))
+                predictor = self.predictor
+                arrays = predictor.arrays(
+                    parse_request(body, predictor.column_types, predictor.nullable)
+                )
                 prediction = self.predictor.predict(arrays)
                 status, document = 200, self._answer(prediction)
         except RequestError as e:
@@ -526,10 +580,14 @@ class MLKubeModelServer:
         return answer
 
     def _record(self, arrays: dict[str, npt.NDArray[Any]], prediction: Prediction) -> None:
-        if self.predictor.is_classifier:
-            self.metrics.observe_class_labels(prediction.values)
-        else:
-            self.metrics.observe_values(prediction.values)
+        """Metrics and the inference log, each on its own: one failing never costs the other."""
+        try:
+            if self.predictor.is_classifier:
+                self.metrics.observe_class_labels(prediction.values)
+            else:
+                self.metrics.observe_values(prediction.values)
+        except Exception:
+            logger.exception("prediction metrics update failed")
         if self.inference_log is not None:
             try:
                 batch: dict[str, Values] = dict(arrays)
