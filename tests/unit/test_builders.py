@@ -20,7 +20,7 @@ from mlkube.builders.serving import (
     build_service,
     server_name,
 )
-from mlkube.builders.training import build_job, job_name
+from mlkube.builders.training import build_job, build_verify_job, job_name
 from mlkube.config import OperatorConfig
 
 CONFIG = OperatorConfig(runtime_image="localhost/mlkube-runtime:0.1.0")
@@ -221,3 +221,12 @@ def test_cronjob_never_overlaps_and_checks_the_deployments_log() -> None:
     assert args[args.index("--log") + 1].endswith("/team-a/_inference/iris")
     assert args[args.index("--reference") + 1].endswith("reference.parquet")
     assert checker["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_verify_job_checks_every_recorded_file() -> None:
+    owner = Owner(kind="ModelVersion", name="iris-v1", namespace="ns", uid="u")
+    files = {"schema.json": "e" * 64, "reference.parquet": "f" * 64}
+    job = build_verify_job(owner, "file:///a/ns/iris/1", "c" * 64, CONFIG, files)
+    assert container(job)["args"][-4:] == [
+        "--file", f"reference.parquet={'f' * 64}", "--file", f"schema.json={'e' * 64}",
+    ]  # fmt: skip

@@ -21,7 +21,8 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 RESULT = {
     "status": "Succeeded", "model": "iris", "version": 3, "task": "classification",
     "artifactUri": "file:///var/lib/mlkube/artifacts/ns/iris/3", "sha256": "c" * 64, "datasetDigest": "d" * 64,
-    "metrics": {"accuracy": "0.96"}, "classes": ["0", "1", "2"], "columns": [["a", "float"], ["b", "string"]],
+    "metrics": {"accuracy": "0.96"}, "classes": ["0", "1", "2"], "columns": [["a", "float"], ["b", "string", True]],
+    "files": {"schema.json": "e" * 64, "reference.parquet": "f" * 64},
     "framework": {"version": "1.9.1", "pythonVersion": "3.11.7"},
 }  # fmt: skip
 SPEC = TrainingJobSpec.model_validate(
@@ -143,6 +144,8 @@ def test_registered_version_carries_lineage_and_no_owner() -> None:
     assert spec.lineage.params == {"C": 2}
     assert spec.lineage.dataset_digest == "d" * 64
     assert spec.input_schema[1].type == "string"
+    assert [c.nullable for c in spec.input_schema] == [False, True]
+    assert spec.artifact.files == {"schema.json": "e" * 64, "reference.parquet": "f" * 64}
     assert spec.approval is not None
     assert spec.approval.by == "policy:AutoApproveOnGates"
     assert (

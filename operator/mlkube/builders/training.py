@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mlkube.api.trainingjob import TrainingJobSpec
 from mlkube.builders.common import (
     SPEC_ENV,
@@ -102,13 +104,20 @@ def verify_job_name(model_version: str) -> str:
 
 
 def build_verify_job(
-    owner: Owner, artifact_uri: str, sha256: str, config: OperatorConfig
+    owner: Owner,
+    artifact_uri: str,
+    sha256: str,
+    config: OperatorConfig,
+    files: Mapping[str, str] | None = None,
 ) -> Manifest:
-    """A short Job that checks a ModelVersion's artifact exists and matches its sha256."""
+    """A short Job that checks a ModelVersion's artifact: model.joblib against its sha256, and
+    every other file a server or a drift check reads against the digests in `files`."""
+    digests = dict(files or {})
+    file_args = [arg for name in sorted(digests) for arg in ("--file", f"{name}={digests[name]}")]
     container = runtime_container(
         TRAINER,
         config.runtime_image,
-        ["verify", "--uri", artifact_uri, "--sha256", sha256],
+        ["verify", "--uri", artifact_uri, "--sha256", sha256, *file_args],
         [],
         {"requests": {"cpu": "50m", "memory": "128Mi"}},
         config,

@@ -342,7 +342,9 @@ class Reconciler:
                 self.kube.delete_any("batch/v1", "Job", namespace, verify_job_name(name))
             self._ensure_artifact_storage(namespace)
             self.kube.create(
-                build_verify_job(owner, spec.artifact.uri, spec.artifact.sha256, self.config)
+                build_verify_job(
+                    owner, spec.artifact.uri, spec.artifact.sha256, self.config, spec.artifact.files
+                )
             )
             job = None
         pods = (

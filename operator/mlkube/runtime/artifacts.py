@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +39,12 @@ __all__ = [
     "LINEAGE_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
+    "NEEDED_FILES",
     "REFERENCE_FILE",
     "SCHEMA_FILE",
     "ArtifactError",
     "ModelSchema",
+    "VerifyFailure",
     "inference_log_uri",
     "join",
     "load_schema",
@@ -49,6 +53,7 @@ __all__ = [
     "read_json",
     "save_model",
     "sha256_hex",
+    "verify_version",
     "version_uri",
     "write_bytes",
     "write_json",
@@ -57,6 +62,20 @@ __all__ = [
 
 class ArtifactError(Exception):
     """An artifact is missing, unreadable, or does not match its recorded digest."""
+
+
+class VerifyFailure(ArtifactError):
+    """Why a version directory cannot be served; `reason` becomes the condition's reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+NEEDED_FILES = (SCHEMA_FILE, REFERENCE_FILE)
+"""Besides model.joblib, what a server (the schema) and a drift check (the reference) read."""
+
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def read_bytes(uri: str) -> bytes:
@@ -151,6 +170,42 @@ def load_verified_model(directory: str, expected_sha256: str | None = None) -> o
             "refusing to load a tampered or corrupted artifact"
         )
     return joblib.load(io.BytesIO(data))
+
+
+def verify_version(directory: str, model_sha256: str, files: Mapping[str, str]) -> int:
+    """Check every file a server or a drift check needs is there and matches its digest.
+
+    `files` are the digests the ModelVersion records by file name; the model's and the needed
+    files are checked even when it records none. Returns the bytes checked. A message never
+    holds an actual digest: a reader could learn the digest of an artifact they only guessed.
+    """
+    expected: dict[str, str | None] = {MODEL_FILE: model_sha256}
+    expected |= {name: None for name in NEEDED_FILES} | dict(files)
+    checked = 0
+    for name, digest in expected.items():
+        if not FILE_NAME.match(name):
+            raise VerifyFailure("InvalidArtifact", f"{name!r} is not a file name in {directory}")
+        uri = join(directory, name)
+        try:
+            data = read_bytes(uri)
+        except ArtifactError as e:
+            raise VerifyFailure(
+                "ArtifactNotFound", f"{e}, and servers or drift checks need it"
+            ) from e
+        if digest is not None and sha256_hex(data) != digest:
+            raise VerifyFailure(
+                "DigestMismatch",
+                f"{uri} does not match the sha256 the ModelVersion records ({digest})",
+            )
+        if name == SCHEMA_FILE:
+            try:
+                ModelSchema.from_json(json.loads(data))
+            except (ValueError, KeyError, TypeError) as e:
+                raise VerifyFailure(
+                    "InvalidArtifact", f"{uri} is not an input schema a server can read: {e}"
+                ) from e
+        checked += len(data)
+    return checked
 
 
 def load_schema(directory: str) -> ModelSchema:

@@ -101,29 +101,17 @@ def _drift(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    """Check a ModelVersion's artifact exists and has the recorded digest, without loading it."""
+    """Check a version directory has every file a server or a drift check needs, each with its
+    recorded digest, without loading anything."""
     from mlkube.runtime import artifacts
 
+    files = dict(item.split("=", 1) for item in args.file)
     try:
-        data = artifacts.read_bytes(artifacts.join(args.uri, artifacts.MODEL_FILE))
-    except artifacts.ArtifactError as e:
-        result: dict[str, Any] = {
-            "status": "Failed",
-            "reason": "ArtifactNotFound",
-            "message": str(e),
-        }
+        size = artifacts.verify_version(args.uri, args.sha256, files)
+    except artifacts.VerifyFailure as e:
+        result: dict[str, Any] = {"status": "Failed", "reason": e.reason, "message": str(e)}
     else:
-        actual = artifacts.sha256_hex(data)
-        if actual == args.sha256:
-            result = {"status": "Verified", "sha256": actual, "bytes": len(data)}
-        else:
-            result = {
-                "status": "Failed",
-                "reason": "DigestMismatch",
-                # never the actual digest: it would tell a reader the digest of an artifact
-                # they only guessed the address of
-                "message": f"{args.uri}/{artifacts.MODEL_FILE} does not match the sha256 the ModelVersion records ({args.sha256})",
-            }
+        result = {"status": "Verified", "sha256": args.sha256, "files": len(files), "bytes": size}
     _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
     return 0 if result["status"] == "Verified" else EXIT_PERMANENT
 
@@ -132,6 +120,13 @@ def _serve(args: argparse.Namespace, rest: list[str]) -> int:
     from mlkube.runtime.serving_cli import serve_main
 
     return serve_main(rest)
+
+
+def _file_digest(text: str) -> str:
+    name, _, digest = text.partition("=")
+    if not name or len(digest) != 64:
+        raise argparse.ArgumentTypeError(f"{text!r} must be NAME=SHA256")
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,7 +158,15 @@ def parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check an artifact against its recorded sha256")
     verify.add_argument("--uri", required=True, help="the version directory")
-    verify.add_argument("--sha256", required=True)
+    verify.add_argument("--sha256", required=True, help="of model.joblib")
+    verify.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        type=_file_digest,
+        metavar="NAME=SHA256",
+        help="another file's recorded digest (repeatable)",
+    )
     verify.add_argument("--result-file")
 
     commands.add_parser("serve", help="serve a model version with BentoML", add_help=False)
