@@ -12,8 +12,8 @@ fixture had to start is stopped again (``hack/cluster down``) at the end of the 
 ``hack/cluster up`` before pytest (CI does).
 
 ``namespace`` (function): a fresh namespace ``mlkube-test-<random>``, deleted afterwards.
-``runtime_image`` (session): ``localhost/mlkube-runtime:<version>``, built and loaded into the
-cluster by ``hack/build-images runtime`` (cached; rebuilt only when its inputs change).
+``runtime_image``, ``operator_image`` (session): ``localhost/mlkube-<name>:<version>``, built and
+loaded into the cluster by ``hack/build-images <name>`` (cached; rebuilt only when its inputs change).
 """
 
 from __future__ import annotations
@@ -241,16 +241,28 @@ def namespace(kube_cluster: KubeCluster) -> Iterator[str]:
                 raise
 
 
-@pytest.fixture(scope="session")
-def runtime_image(kube_cluster: KubeCluster) -> str:
-    ref = os.environ.get("MLKUBE_RUNTIME_IMAGE", f"localhost/mlkube-runtime:{project_version()}")
+def built_image(kube_cluster: KubeCluster, name: str) -> str:
+    """``localhost/mlkube-<name>:<version>`` (or ``$MLKUBE_<NAME>_IMAGE``), built and loaded."""
+    ref = os.environ.get(
+        f"MLKUBE_{name.upper()}_IMAGE", f"localhost/mlkube-{name}:{project_version()}"
+    )
     if kube_cluster.backend == "kubeconfig" or os.environ.get("MLKUBE_SKIP_IMAGE_BUILD") == "1":
         return ref  # an external cluster must already have it
     env = dict(os.environ, MLKUBE_CLUSTER_BACKEND=kube_cluster.backend)
-    proc = _run_hack(["build-images", "runtime"], env)
+    proc = _run_hack(["build-images", name], env)
     if proc.returncode != 0:
-        _fail_hack("hack/build-images runtime", proc)
+        _fail_hack(f"hack/build-images {name}", proc)
     return ref
+
+
+@pytest.fixture(scope="session")
+def runtime_image(kube_cluster: KubeCluster) -> str:
+    return built_image(kube_cluster, "runtime")
+
+
+@pytest.fixture(scope="session")
+def operator_image(kube_cluster: KubeCluster) -> str:
+    return built_image(kube_cluster, "operator")
 
 
 def pod_logs(kube_cluster: KubeCluster, namespace: str, name: str) -> str:
