@@ -32,7 +32,10 @@ def wait(what: str, check: Any, timeout: float = 300) -> Any:
         if value:
             return value
         time.sleep(2)
-    sys.exit(f"timed out waiting for {what}; see .work/demo-cluster/operator.log")
+    sys.exit(
+        f"timed out waiting for {what}; see `kubectl -n mlkube-system logs deploy/mlkube-operator`"
+        " (or .work/demo-cluster/operator.log with --operator-on-host)"
+    )
 
 
 def status(cluster: Cluster, kind: str, name: str) -> dict[str, Any]:
@@ -42,10 +45,6 @@ def status(cluster: Cluster, kind: str, name: str) -> dict[str, Any]:
 
 def main() -> None:
     cluster = Cluster()
-    step("CRDs from crds/ (server-side apply)")
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        cluster.apply(yaml.safe_load(path.read_text()))
-    time.sleep(2)
     try:
         cluster.core.create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE))

@@ -17,6 +17,7 @@ from typing import Any
 
 import fsspec
 import joblib
+from fsspec.implementations.local import LocalFileSystem
 
 from mlkube.api.modelversion import Column, ColumnType
 from mlkube.estimators import Task
@@ -93,8 +94,10 @@ def write_bytes(uri: str, data: bytes) -> str:
     Returns the sha256 of what was written, which the ModelVersion records.
     """
     fs, path = fsspec.core.url_to_fs(with_scheme(uri))
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        # only here: object stores have no directories, and s3fs's makedirs probes (or
+        # creates) the bucket, which a key scoped to a prefix may not do
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     tmp = f"{path}.tmp"
     with fs.open(tmp, "wb") as f:
         f.write(data)
