@@ -4,6 +4,7 @@
 #   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl  (k8s.io/kubernetes)
 #   etcd etcdctl                                                                      (go.etcd.io/etcd)
 #   helm                                                                              (helm.sh/helm/v3)
+#   weed (SeaweedFS: the test bed's S3 server, hack/s3)                               (github.com/seaweedfs/seaweedfs)
 #
 # Output: $MLKUBE_BIN_DIR (default ~/.cache/mlkube/k8s-<ver>-etcd-<ver>-helm-<ver>/bin, see below).
 # Already-built binaries are skipped. Usage: hack/build-binaries.sh [--print-bin-dir]
@@ -12,11 +13,13 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
+# SeaweedFS tags no Go-module versions; this pseudo-version is what the module proxy serves
+SEAWEEDFS_VERSION="${SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}"
 
 CACHE_ROOT="${MLKUBE_CACHE:-$HOME/.cache/mlkube}"
 BIN_DIR="${MLKUBE_BIN_DIR:-$CACHE_ROOT/k8s-${K8S_VERSION}/bin}"
 SRC_ROOT="$CACHE_ROOT/src"
-# versions of etcd/helm are recorded in the bin dir; a mismatch rebuilds that tool
+# versions of etcd/helm/weed are recorded in the bin dir; a mismatch rebuilds that tool
 if [[ "${1:-}" == "--print-bin-dir" ]]; then echo "$BIN_DIR"; exit 0; fi
 
 export GOFLAGS="${GOFLAGS:--mod=mod}"
@@ -151,6 +154,45 @@ if ! stamp_ok helm "$HELM_VERSION"; then
   log "helm: built in $(( $(date +%s) - t0 ))s"
 else
   log "helm $HELM_VERSION: present, skipping"
+fi
+
+# ---------------------------------------------------------------- seaweedfs (weed)
+if ! stamp_ok weed "$SEAWEEDFS_VERSION"; then
+  built_any=1
+  wd="$SRC_ROOT/seaweedfs-$SEAWEEDFS_VERSION"
+  mkdir -p "$wd"
+  log "seaweedfs $SEAWEEDFS_VERSION: preparing wrapper module in $wd"
+  # upstream's go.mod has replace lines, which `go install mod@version` refuses and which a
+  # dependency's go.mod does not apply: repeat them (module-to-module ones) in a wrapper module
+  upstream_mod=$(cd "$SRC_ROOT" && GOFLAGS="" go mod download -json "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" \
+    | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+  [[ -f "$upstream_mod" ]] || { echo "build-binaries: could not download github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION go.mod" >&2; exit 1; }
+  replaces=$(awk '/^[[:space:]]*\/\//{next} /^replace[[:space:]]*\(/{b=1;next} b&&/^\)/{b=0;next}
+                  b||/^replace[[:space:]]/{sub(/^(replace)?[[:space:]]+/,""); print "replace " $0}' "$upstream_mod" \
+    | grep -vE '=>[[:space:]]*(\.|/)' || true)
+  if [[ ! -f "$wd/go.mod" ]] || ! grep -q "github.com/seaweedfs/seaweedfs $SEAWEEDFS_VERSION" "$wd/go.mod"; then
+    {
+      echo "module mlkube.local/seaweedfs-build"
+      echo
+      echo "go $(sed -n 's/^go \([0-9.]*\).*/\1/p' "$upstream_mod")"
+      echo
+      echo "require github.com/seaweedfs/seaweedfs $SEAWEEDFS_VERSION"
+      echo
+      echo "$replaces"
+    } > "$wd/go.mod"
+    rm -f "$wd/go.sum"
+  fi
+  # `weed version` prints this commit: the pseudo-version's 12-hex suffix
+  vp=github.com/seaweedfs/seaweedfs/weed/util/version
+  log "seaweedfs: go build weed (~500 modules)"
+  t0=$(date +%s)
+  tmpout="$BIN_DIR/.tmp-weed"; rm -rf "$tmpout"; mkdir -p "$tmpout"
+  (cd "$wd" && go build -trimpath -ldflags "-s -w -X $vp.COMMIT=${SEAWEEDFS_VERSION##*-}" \
+     -o "$tmpout/weed" github.com/seaweedfs/seaweedfs/weed)
+  mv -f "$tmpout/weed" "$BIN_DIR/weed"; rm -rf "$tmpout"; stamp weed "$SEAWEEDFS_VERSION"
+  log "seaweedfs: built weed in $(( $(date +%s) - t0 ))s"
+else
+  log "seaweedfs $SEAWEEDFS_VERSION: present, skipping"
 fi
 
 total=$(( $(date +%s) - START ))

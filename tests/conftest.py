@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.cluster.fixtures", "tests.integration.fixtures"]
+pytest_plugins = ["tests.cluster.fixtures", "tests.integration.fixtures", "tests.s3_fixtures"]
 
 TIERS = {
     "unit": "unit",

@@ -20,6 +20,14 @@ KIND_KUBECONFIG="$MLKUBE_CACHE/kind-${KIND_CLUSTER_NAME}.kubeconfig"
 
 PAUSE_IMAGE="registry.k8s.io/pause:3.10"
 
+# the machine's primary IPv4 address: the local cluster's node IP, which its pods reach too
+mlkube_node_ip() {
+  local ip
+  ip=$(ip -4 -o addr show scope global 2>/dev/null | awk '{split($4,a,"/"); print a[1]; exit}')
+  [[ -n "$ip" ]] || { echo "no global IPv4 address on this machine (needed as the node IP)" >&2; return 1; }
+  echo "$ip"
+}
+
 mlkube_docker_works() {
   command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1
 }
