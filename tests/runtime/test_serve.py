@@ -28,7 +28,7 @@ from mlkube.runtime.serve import (
     ENV_FAULT_ERROR_PERCENT,
     ENV_INFERENCE_LOG_URI,
     Predictor,
-    parse_request,
+    RequestError,
 )
 from mlkube.runtime.serving_cli import SpecError, spec_settings
 from tests.runtime.servers import SERVE_COMMAND, STARTUP_SECONDS, ServerProcess, start_server
@@ -153,7 +153,17 @@ def test_schema_violations_are_4xx_naming_the_column(
     assert repr(column) in response.json()["error"]
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"instances": []}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"instances": []}',
+        b'{"instances": [{"sepal_length": 1e999}]}',
+        b'{"instances": [{"sepal_length": 1' + b"0" * 400 + b"}]}",
+        b'{"instances": [{"sepal_length": NaN}]}',
+    ],
+)
 def test_malformed_bodies_are_400(server: ServerProcess, content: bytes) -> None:
     response = httpx.post(f"{server.url}/predict", content=content)
     assert response.status_code == 400, response.text
@@ -276,11 +286,13 @@ def test_regressor_answers_values_and_fills_the_value_histogram() -> None:
     predictor = Predictor(estimator, schema)
     sample = data.data.iloc[:5]
     body = json.dumps({"instances": sample.to_dict(orient="records")}).encode()
-    prediction = predictor.predict(predictor.arrays(parse_request(body, predictor.column_types)))
+    prediction = predictor.predict(predictor.read(body).features)
     assert prediction.probabilities is None
     np.testing.assert_allclose(prediction.values, estimator.predict(sample))
     registry = CollectorRegistry()
-    ServingMetrics("r1", registry=registry).observe_values(prediction.values)
+    metrics = ServingMetrics("r1", registry=registry)
+    metrics.observe_values(prediction.values)
+    metrics.flush()
     exposition = generate_latest(registry).decode()
     assert 'mlkube_prediction_value_count{model_version="r1"} 5.0' in exposition
     # the batched update matches Histogram.observe value by value
@@ -305,3 +317,31 @@ def test_regressor_answers_values_and_fills_the_value_histogram() -> None:
         if "le" in sample.labels
     }
     assert actual == expected
+
+
+@pytest.mark.parametrize(
+    ("row", "column"),
+    [
+        ({"sepal_length": True}, "sepal_length"),
+        ({"petal_length": "1.4"}, "petal_length"),
+        ({"petal_width": None}, "petal_width"),
+        ({"extra": 1.0}, "extra"),
+    ],
+)
+def test_the_float_matrix_shortcut_refuses_what_the_checks_refuse(
+    iris_artifact: IrisArtifact, row: dict[str, Any], column: str
+) -> None:
+    """All-float schemas skip the value-by-value checks, never their verdicts."""
+    schema = artifacts.load_schema(str(iris_artifact.directory))
+    predictor = Predictor(iris_artifact.estimator, schema)
+    assert predictor.float_matrix
+    good = rows(iris_artifact.features.iloc[:3])
+    inputs = predictor.read(json.dumps({"instances": good}).encode())
+    np.testing.assert_array_equal(inputs.features, iris_artifact.features.iloc[:3].to_numpy())
+    columnar = {k: [r[k] for r in good] for k in FEATURES}
+    by_column = predictor.read(json.dumps({"inputs": columnar}).encode())
+    np.testing.assert_array_equal(by_column.features, inputs.features)
+    assert inputs.arrays["petal_width"].tolist() == columnar["petal_width"]
+    with pytest.raises(RequestError) as caught:
+        predictor.read(json.dumps({"instances": [*good, good[0] | row]}).encode())
+    assert caught.value.column == column

@@ -21,6 +21,7 @@ def server_metrics(
     for status, latency in zip(statuses, latencies_ms, strict=True):
         metrics.observe_request(status, latency / 1000)
     metrics.observe_class_labels(np.array(labels))
+    metrics.flush()
     return generate_latest(registry).decode()
 
 
@@ -55,6 +56,7 @@ def test_regressor_predictions_compare_by_histogram_bucket() -> None:
     registry = CollectorRegistry()
     metrics = ServingMetrics("v1", registry=registry)
     metrics.observe_values(np.array([1.5, 1.5, 150.0]))
+    metrics.flush()
     scrape = Scrape([generate_latest(registry).decode()])
     distribution = scrape.prediction_distribution()
     assert sum(distribution.values()) == 3

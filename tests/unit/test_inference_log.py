@@ -198,3 +198,11 @@ def test_feature_names_never_collide_with_the_logs_own_columns(tmp_path: Path) -
     assert table.column("ts").to_pylist() == [0.0, 1.0, 2.0]
     assert table.column("prediction").to_pylist() == [7.0, 7.0, 7.0]
     assert table.column(PREDICTION_COLUMN).to_pylist() == ["a", "b", "c"]
+
+
+def test_batches_with_different_columns_are_still_written(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"x": np.array([1.0])}, ["a"])
+        writer.append({"x": np.array([2.0]), "y": np.array([3.0])}, ["b"])
+    table = read_window(str(tmp_path), rows=2)
+    assert table.column("y").to_pylist() == [None, 3.0]

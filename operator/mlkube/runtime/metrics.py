@@ -45,7 +45,14 @@ def status_class(status: int) -> str:
 
 
 class ServingMetrics:
-    """The server's metrics for one model version; one instance per process."""
+    """The server's metrics for one model version; one instance per process.
+
+    Requests only append to plain lists; `flush` moves what they gathered into Prometheus, in
+    batches (one update per bucket, not per value). The server flushes before every ``/metrics``
+    answer and about once a second, so scrapes see every request while no request pays for a
+    Prometheus update (in multiprocess mode each one is a locked write to a memory-mapped file).
+    Call the methods from one thread: the server's event loop.
+    """
 
     def __init__(
         self,
@@ -89,34 +96,55 @@ class ServingMetrics:
         self._latency_child = self._latency.labels(model_version)
         self._value_child = self._prediction_value.labels(model_version)
         self._log_errors_child = self._log_errors.labels(model_version)
-        self._requests_by_code = {
-            code: self._requests.labels(code, model_version) for code in ("2xx", "4xx", "5xx")
-        }
+        for code in ("2xx", "4xx", "5xx"):  # every series from the start, zero until it counts
+            self._requests.labels(code, model_version)
+        self._statuses: list[int] = []
+        self._seconds: list[float] = []
+        self._labels: list[npt.NDArray[np.generic]] = []
+        self._values: list[npt.NDArray[np.generic]] = []
 
     def observe_request(self, status: int, seconds: float) -> None:
-        code = status_class(status)
-        child = self._requests_by_code.get(code) or self._requests.labels(code, self.model_version)
-        child.inc()
-        self._latency_child.observe(seconds)
+        self._statuses.append(status)
+        self._seconds.append(seconds)
 
     def observe_class_labels(self, predictions: npt.NDArray[np.generic]) -> None:
-        for label, count in collections.Counter(predictions.tolist()).items():
-            self._predictions.labels(str(label), self.model_version).inc(count)
+        self._labels.append(predictions)
 
     def observe_values(self, predictions: npt.NDArray[np.generic]) -> None:
-        """Histogram.observe for a whole batch: one update per bucket instead of per value.
+        self._values.append(predictions)
 
-        Uses the histogram child's ``_upper_bounds``/``_buckets``/``_sum`` (stable across
-        prometheus_client releases); per-value ``observe`` costs ~3 us each in multiprocess mode.
-        """
-        values = np.asarray(predictions, dtype=np.float64).ravel()
-        values = values[~np.isnan(values)]  # observe() puts NaN in no bucket
-        child = self._value_child
-        # observe() counts a value in the first bucket whose upper bound is >= it
-        positions = np.searchsorted(np.asarray(child._upper_bounds), values, side="left")
-        for bucket, count in zip(*np.unique(positions, return_counts=True), strict=True):
-            child._buckets[int(bucket)].inc(int(count))
-        child._sum.inc(float(values.sum()))
+    def flush(self) -> None:
+        """Everything observed since the last flush, into the Prometheus metrics."""
+        statuses, self._statuses = self._statuses, []
+        seconds, self._seconds = self._seconds, []
+        labels, self._labels = self._labels, []
+        values, self._values = self._values, []
+        for code, count in collections.Counter(map(status_class, statuses)).items():
+            self._requests.labels(code, self.model_version).inc(count)
+        if seconds:
+            _observe_many(self._latency_child, np.asarray(seconds))
+        counts: collections.Counter[object] = collections.Counter()
+        for batch in labels:
+            counts.update(batch.tolist())
+        for label, count in counts.items():
+            self._predictions.labels(str(label), self.model_version).inc(count)
+        if values:
+            _observe_many(self._value_child, np.concatenate([np.ravel(v) for v in values]))
 
     def inference_log_failed(self) -> None:
         self._log_errors_child.inc()
+
+
+def _observe_many(child: Histogram, values: npt.NDArray[np.generic]) -> None:
+    """Histogram.observe for a whole batch: one update per bucket instead of per value.
+
+    Uses the histogram child's ``_upper_bounds``/``_buckets``/``_sum`` (stable across
+    prometheus_client releases); per-value ``observe`` costs ~3 us each in multiprocess mode.
+    """
+    numbers = np.asarray(values, dtype=np.float64)
+    numbers = numbers[~np.isnan(numbers)]  # observe() puts NaN in no bucket
+    # observe() counts a value in the first bucket whose upper bound is >= it
+    positions = np.searchsorted(np.asarray(child._upper_bounds), numbers, side="left")
+    for bucket, count in zip(*np.unique(positions, return_counts=True), strict=True):
+        child._buckets[int(bucket)].inc(int(count))
+    child._sum.inc(float(numbers.sum()))

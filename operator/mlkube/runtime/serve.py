@@ -54,15 +54,16 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any, NoReturn, Protocol
 
 import bentoml
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pandas as pd
 import sklearn
-from pydantic_core import from_json, to_json
 
 from mlkube.api.modelversion import ColumnType
 from mlkube.runtime import artifacts
@@ -81,6 +82,8 @@ ENV_FAULT_ERROR_PERCENT = "MLKUBE_FAULT_ERROR_PERCENT"
 ENV_FAULT_DELAY_MS = "MLKUBE_FAULT_DELAY_MS"
 
 PREDICT_PATH = "/predict"
+METRICS_PATH = "/metrics"
+METRICS_FLUSH_SECONDS = 1.0
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 ASGIScope = MutableMapping[str, Any]
@@ -102,6 +105,7 @@ _DTYPES: dict[ColumnType, type[np.generic]] = {
     "bool": np.bool_,
 }
 _NONE = type(None)
+_NUMBERS = frozenset({float, int})
 _PROBE_VALUES: dict[ColumnType, float | int | str | bool] = {
     "float": 0.0,
     "int": 0,
@@ -188,14 +192,28 @@ def parse_request(
 
     ``null`` is a value only in the `nullable` columns: those the model was trained to impute.
     """
+    return check_request(decode_request(body), column_types, nullable)
+
+
+def decode_request(body: bytes) -> dict[str, Any]:
+    """The JSON document, with exactly one of ``instances`` and ``inputs``."""
     try:
-        document = from_json(body, allow_inf_nan=False)
-    except ValueError as e:
+        document = orjson.loads(body)  # strict RFC 8259: no NaN, no Infinity, nor 1e999
+    except orjson.JSONDecodeError as e:
         raise RequestError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(document, dict) or len(document.keys() & {"instances", "inputs"}) != 1:
         raise RequestError(
             400, 'request body must be {"instances": [{...}, ...]} or {"inputs": {"col": [...]}}'
         )
+    return document
+
+
+def check_request(
+    document: dict[str, Any],
+    column_types: Mapping[str, ColumnType],
+    nullable: frozenset[str] = frozenset(),
+) -> dict[str, list[Any]]:
+    """One list of values per schema column; anything else is a RequestError naming it."""
     if "instances" in document:
         columns = _rows_to_columns(document["instances"], column_types)
     else:
@@ -345,6 +363,14 @@ class Model(Protocol):
 
 
 @dataclass(frozen=True)
+class Inputs:
+    arrays: dict[str, npt.NDArray[Any]]
+    """One array per column: what the inference log takes."""
+    features: npt.NDArray[Any] | pd.DataFrame
+    """What the model takes."""
+
+
+@dataclass(frozen=True)
 class Prediction:
     values: npt.NDArray[Any]
     probabilities: npt.NDArray[np.float64] | None
@@ -385,6 +411,9 @@ class Predictor:
             and type(_final_estimator(model)).__name__ not in _PREDICT_IS_NOT_ARGMAX_PROBA
         )
         self.uses_frame = not self._numeric_matrix_works()
+        # all-float schemas (most numeric models) go from JSON to the model's matrix in one step
+        self.float_matrix = not self.nullable and set(self.column_types.values()) == {"float"}
+        self._row_values = itemgetter(*self.feature_order)
 
     def _numeric_matrix_works(self) -> bool:
         """Numeric inputs go in as a float matrix (fast) when the model accepts one.
@@ -418,9 +447,64 @@ class Predictor:
     def _frame(self, arrays: Mapping[str, npt.NDArray[Any]]) -> pd.DataFrame:
         return pd.DataFrame({name: arrays[name] for name in self.feature_order})
 
-    def predict(self, arrays: Mapping[str, npt.NDArray[Any]]) -> Prediction:
+    def features(self, arrays: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[Any] | pd.DataFrame:
+        return self._frame(arrays) if self.uses_frame else self._matrix(arrays)
+
+    def read(self, body: bytes) -> Inputs:
+        """A request body as the model's input and the log's columns, validated."""
+        document = decode_request(body)
+        matrix = self._valid_float_matrix(document) if self.float_matrix else None
+        if matrix is not None:
+            arrays = {name: matrix[:, i] for i, name in enumerate(self.feature_order)}
+            features = (
+                pd.DataFrame(matrix, columns=self.feature_order) if self.uses_frame else matrix
+            )
+            return Inputs(arrays, features)
+        arrays = self.arrays(check_request(document, self.column_types, self.nullable))
+        return Inputs(arrays, self.features(arrays))
+
+    def _valid_float_matrix(self, document: dict[str, Any]) -> npt.NDArray[np.float64] | None:
+        """The rows as a float matrix in the fitted column order, checked at C speed: numbers
+        only, every column and no other, all finite. None for anything else, which
+        `check_request` then examines value by value to say what is wrong."""
+        names = self.feature_order
+        if "instances" in document:
+            rows = document["instances"]
+            if type(rows) is not list or not rows:
+                return None
+            if set(map(type, rows)) != {dict} or set(map(len, rows)) != {len(names)}:
+                return None
+            try:
+                values = list(map(self._row_values, rows))
+            except KeyError:
+                return None
+            shape = (len(rows), len(names))
+            flat = list(chain.from_iterable(values)) if len(names) > 1 else values
+        else:
+            inputs = document["inputs"]
+            if type(inputs) is not dict or len(inputs) != len(names):
+                return None
+            try:
+                values = [inputs[name] for name in names]
+            except KeyError:
+                return None
+            if {type(v) for v in values} != {list} or len({len(v) for v in values}) != 1:
+                return None
+            shape = (len(names), len(values[0]))
+            flat = list(chain.from_iterable(values))
+        if not set(map(type, flat)) <= _NUMBERS or not shape[0] * shape[1]:
+            return None
+        try:
+            # one flat list converts several times faster than a list of rows
+            matrix = np.array(flat, dtype=np.float64).reshape(shape)
+        except (OverflowError, ValueError):  # an integer beyond float's range
+            return None
+        if not np.isfinite(matrix).all():
+            return None
+        return matrix if "instances" in document else matrix.T
+
+    def predict(self, features: npt.NDArray[Any] | pd.DataFrame) -> Prediction:
         """The model's answer; a row it answers with a non-finite number is a 422 naming it."""
-        features = self._frame(arrays) if self.uses_frame else self._matrix(arrays)
         if not self.has_probabilities:
             values = np.asarray(self.model.predict(features))
             if not self.is_classifier:
@@ -441,7 +525,7 @@ class Predictor:
     def warm_up(self) -> None:
         """One prediction before traffic, so the first request pays no lazy initialisation."""
         try:
-            self.predict(self._probe())
+            self.predict(self.features(self._probe()))
         except Exception as e:  # a probe of zeros may be outside what a pipeline accepts
             logger.info("warm-up prediction skipped: %s", e)
 
@@ -462,8 +546,15 @@ async def _read_body(receive: ASGIReceive) -> bytes:
             return b"".join(chunks)
 
 
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: arrays of objects (string labels) or not contiguous."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 async def _send_json(send: ASGISend, status: int, document: Any) -> None:
-    body = to_json(document)
+    body = orjson.dumps(document, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
     await send(
         {
             "type": "http.response.start",
@@ -488,12 +579,18 @@ class MLKubeService(bentoml.Service[Any]):  # type: ignore[misc]
     def to_asgi(self, is_main: bool = True) -> ASGIApp:
         bentoml_app: ASGIApp = super().to_asgi(is_main=is_main)
 
+        server: MLKubeModelServer | None = None  # looked up once: the lookup is not free
+
         async def app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
+            nonlocal server
             if scope["type"] == "http" and scope["path"] == PREDICT_PATH:
-                server: MLKubeModelServer = bentoml.get_current_service()
+                server = server or bentoml.get_current_service()
                 await server.handle_predict(scope, receive, send)
-            else:
-                await bentoml_app(scope, receive, send)
+                return
+            if scope["type"] == "http" and scope["path"] == METRICS_PATH:
+                server = server or bentoml.get_current_service()
+                server.metrics.flush()
+            await bentoml_app(scope, receive, send)
 
         return app
 
@@ -516,6 +613,7 @@ class MLKubeModelServer:
         self.metrics = ServingMetrics(
             settings.model_version, prediction_buckets=settings.prediction_buckets
         )
+        self._metrics_flushed = time.perf_counter()
         self.inference_log = (
             SegmentWriter(settings.inference_log_uri, settings.pod_name)
             if settings.inference_log_uri
@@ -556,11 +654,9 @@ class MLKubeModelServer:
             ):
                 status, document = 500, {"error": f"injected fault ({ENV_FAULT_ERROR_PERCENT})"}
             else:
-                predictor = self.predictor
-                arrays = predictor.arrays(
-                    parse_request(body, predictor.column_types, predictor.nullable)
-                )
-                prediction = self.predictor.predict(arrays)
+                inputs = self.predictor.read(body)
+                arrays = inputs.arrays
+                prediction = self.predictor.predict(inputs.features)
                 status, document = 200, self._answer(prediction)
         except RequestError as e:
             status, document = e.status, e.body()
@@ -568,14 +664,18 @@ class MLKubeModelServer:
             logger.exception("prediction failed")
             status, document = 500, {"error": "prediction failed; see the server log"}
         await _send_json(send, status, document)
-        self.metrics.observe_request(status, time.perf_counter() - started)
+        finished = time.perf_counter()
+        self.metrics.observe_request(status, finished - started)
         if prediction is not None and arrays is not None:
             self._record(arrays, prediction)
+        if finished - self._metrics_flushed > METRICS_FLUSH_SECONDS:
+            self._metrics_flushed = finished
+            self.metrics.flush()
 
     def _answer(self, prediction: Prediction) -> dict[str, Any]:
-        answer: dict[str, Any] = {"predictions": prediction.values.tolist()}
+        answer: dict[str, Any] = {"predictions": prediction.values}
         if prediction.probabilities is not None:
-            answer["probabilities"] = prediction.probabilities.tolist()
+            answer["probabilities"] = prediction.probabilities
         answer["modelVersion"] = self.settings.model_version
         return answer
 
