@@ -131,6 +131,12 @@ def test_object_storage_needs_no_volume_and_passes_the_namespace_secret() -> Non
     assert env["AWS_ENDPOINT_URL"] == "http://s3.example:8333"
     assert env["MLKUBE_ARTIFACT_ROOT"] == "s3://models/prod"
     assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    server = build_server_deployment(
+        DEP_OWNER, DeploymentSpec(model_version="iris-v2"), "iris-v2", VERSION, 1, s3
+    )
+    serving = server["spec"]["template"]["spec"]["containers"][0]
+    assert serving["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert {"name": "AWS_ENDPOINT_URL", "value": "http://s3.example:8333"} in serving["env"]
     assert [m["mountPath"] for m in trainer["volumeMounts"]] == ["/tmp"]
     assert artifact_pvc("team-a", s3) is None
     pvc = artifact_pvc("team-a", CONFIG)

@@ -18,6 +18,7 @@ from mlkube.builders.common import (
     pod_spec,
     resources,
     restricted_security_context,
+    storage_env,
     storage_env_from,
 )
 from mlkube.config import OperatorConfig
@@ -72,6 +73,7 @@ def build_server_deployment(
         {"name": "BENTOML_HOME", "value": "/tmp/bentoml"},
         {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
         {"name": "HOME", "value": "/tmp"},
+        *storage_env(config),
     ]
     container: Manifest = {
         "name": SERVER,
