@@ -11,6 +11,7 @@ crds: venv  ## regenerate crds/ and the chart's CRDs from the pydantic models
 lint: venv
 	$(PYTHON) -m ruff check operator tests benchmarks hack
 	$(PYTHON) -m ruff format --check operator tests benchmarks hack
+	$(PYTHON) -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())" pyproject.toml
 
 typecheck: venv
 	$(PYTHON) -m mypy

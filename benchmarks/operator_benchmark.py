@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config, watch
 
-from mlkube.kube import Cluster
+from mlkube.controller.kube import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "mlkube.io", "v1alpha1"
@@ -131,7 +131,7 @@ def main() -> None:
     log = (ROOT / ".work").joinpath("operator-benchmark.log")
     log.parent.mkdir(exist_ok=True)
     operator = subprocess.Popen(
-        [str(Path(sys.executable).with_name("kopf")), "run", "--standalone", "-n", ns, "-m", "mlkube.operator.main"],
+        [str(Path(sys.executable).with_name("kopf")), "run", "--standalone", "-n", ns, "-m", "mlkube.controller.main"],
         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

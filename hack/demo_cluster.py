@@ -14,7 +14,7 @@ from kubernetes import client
 from sklearn.datasets import load_iris
 
 from mlkube.api.crdgen import BY_KIND, KINDS
-from mlkube.kube import Cluster
+from mlkube.controller.kube import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "mlkube-demo"

@@ -13,14 +13,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from mlkube import __version__
-from mlkube.actions import ACTION_ANNOTATION, action_value, managed_by_gitops
 from mlkube.api.common import GROUP
 from mlkube.api.crdgen import BY_KIND, KINDS, Kind
-from mlkube.canary import Action
-from mlkube.conditions import timestamp
+from mlkube.core.actions import ACTION_ANNOTATION, action_value, managed_by_gitops
+from mlkube.core.canary import Action
+from mlkube.core.conditions import timestamp
 
 if TYPE_CHECKING:
-    from mlkube.kube import Cluster
+    from mlkube.controller.kube import Cluster
 
 _PART = re.compile(r"[^.\[]+(?:\[[^\]]*\])?")
 _FILTER = re.compile(r'^(?P<list>\w+)\[\?\(@\.(?P<key>\w+)=="(?P<value>[^"]*)"\)\]$')
@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"mlkube {__version__}")
     try:
-        from mlkube.kube import Cluster  # needs the kubernetes client, which `version` does not
+        from mlkube.controller.kube import (
+            Cluster,  # needs the kubernetes client, which `version` does not
+        )
 
         cluster = Cluster(args.kubeconfig, args.context)
     except Exception as e:  # no kubeconfig: say so plainly rather than with a traceback

@@ -196,7 +196,7 @@ def test_operator_image_starts_and_answers_its_liveness_probe_as_any_uid(
             "--standalone",
             f"--namespace={restricted_namespace}",
             "-m",
-            "mlkube.operator.main",
+            "mlkube.controller.main",
             f"--liveness=http://0.0.0.0:{HEALTH_PORT}/healthz",
         ],
         "readinessProbe": {

@@ -107,7 +107,7 @@ def start_operator(namespace: str, image: str, kubeconfig: str) -> KopfRunner:
     os.environ["MLKUBE_RUNTIME_IMAGE"] = image
     os.environ["MLKUBE_METRICS_PORT"] = "0"
     runner = KopfRunner(
-        ["run", "--standalone", "--namespace", namespace, "-m", "mlkube.operator.main"]
+        ["run", "--standalone", "--namespace", namespace, "-m", "mlkube.controller.main"]
     )
     runner.__enter__()
     return runner

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from scipy.spatial.distance import jensenshannon
 
-from mlkube.analysis import Scrape, canary_metrics, histogram_quantile, jensen_shannon_distance
+from mlkube.core.analysis import Scrape, canary_metrics, histogram_quantile, jensen_shannon_distance
 from mlkube.runtime.metrics import ServingMetrics
 
 

@@ -22,19 +22,19 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from mlkube.actions import ACTION_ANNOTATION, action_value, pending_action
 from mlkube.api.common import ApiModel
 from mlkube.api.crdgen import KINDS
 from mlkube.api.deployment import Deployment, DeploymentSpec, DeploymentStatus
 from mlkube.api.driftmonitor import DriftMonitor
 from mlkube.api.modelversion import Approval, ModelVersion
 from mlkube.api.trainingjob import TrainingJob, TrainingJobStatus
-from mlkube.canary import ACTIONS, Observation, decide
-from mlkube.conditions import timestamp
-from mlkube.training import Outcome, training_status
+from mlkube.core.actions import ACTION_ANNOTATION, action_value, pending_action
+from mlkube.core.canary import ACTIONS, Observation, decide
+from mlkube.core.conditions import timestamp
+from mlkube.core.training import Outcome, training_status
 
 if TYPE_CHECKING:
-    from mlkube.canary import Action
+    from mlkube.core.canary import Action
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOMIZATIONS = ROOT / "charts/argocd/resource_customizations/mlkube.io"

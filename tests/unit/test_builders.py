@@ -65,19 +65,29 @@ def test_job_is_named_owned_and_deterministic() -> None:
     assert job["metadata"]["labels"]["mlkube.io/model"] == "iris"
 
 
-def test_job_carries_deadline_backoff_ttl_and_suspend() -> None:
+def test_job_carries_deadline_backoff_and_suspend() -> None:
     job = build_job(TJ_OWNER, TRAINING, 1, CONFIG)["spec"]
-    assert (job["backoffLimit"], job["activeDeadlineSeconds"], job["ttlSecondsAfterFinished"]) == (
-        2,
-        900,
-        600,
-    )
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (2, 900)
+    assert "ttlSecondsAfterFinished" not in job, "the operator deletes it once its result is read"
     assert job["suspend"] is False
     suspended = TRAINING.model_copy(update={"suspend": True})
     assert build_job(TJ_OWNER, suspended, 1, CONFIG)["spec"]["suspend"] is True
     rule = job["podFailurePolicy"]["rules"][0]
     assert rule["action"] == "FailJob"
     assert rule["onExitCodes"]["values"] == [3], "permanent failures are not retried"
+
+
+def test_suspending_never_changes_the_immutable_pod_template() -> None:
+    suspended = TRAINING.model_copy(update={"suspend": True})
+    running = build_job(TJ_OWNER, TRAINING, 1, CONFIG)["spec"]["template"]
+    assert build_job(TJ_OWNER, suspended, 1, CONFIG)["spec"]["template"] == running
+
+
+def test_a_cronjob_name_leaves_room_for_the_run_suffix() -> None:
+    name = cronjob_name("fraud-transactions-eu-west-1-gradient-boost-watch")
+    assert len(name) <= 52
+    assert name.endswith("-drift")
+    assert cronjob_name("iris") == "iris-drift"
 
 
 def test_trainer_gets_the_spec_version_and_a_termination_message() -> None:

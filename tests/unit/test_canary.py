@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
-from mlkube.canary import (
+from mlkube.core.canary import (
     CanaryMetrics,
     Decision,
     Observation,
@@ -14,7 +14,7 @@ from mlkube.canary import (
     evaluate_analysis,
     split_replicas,
 )
-from mlkube.conditions import condition_status
+from mlkube.core.conditions import condition_status
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 HEALTHY = CanaryMetrics(requests=100, errors=0, p95_latency_ms=20.0, prediction_shift=0.01)

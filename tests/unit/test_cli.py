@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from mlkube.actions import ACTION_ANNOTATION, action_value, managed_by_gitops, pending_action
 from mlkube.api.crdgen import KINDS
 from mlkube.cli import (
     canary_progress,
@@ -14,6 +13,7 @@ from mlkube.cli import (
     rows_for,
     table,
 )
+from mlkube.core.actions import ACTION_ANNOTATION, action_value, managed_by_gitops, pending_action
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 DEPLOYMENT = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
-from mlkube.operator.reconcile import fold_drift_run, servable
+from mlkube.core.drift import fold_drift_run
+from mlkube.core.serving import servable
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus, DriftRun
-from mlkube.retrain import decide_retrain
+from mlkube.core.retrain import decide_retrain
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 TEMPLATE = {

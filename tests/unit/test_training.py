@@ -9,7 +9,7 @@ from typing import Any
 from mlkube.api.modelversion import ModelVersionSpec
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import Owner
-from mlkube.training import (
+from mlkube.core.training import (
     model_version_manifest,
     next_version,
     termination_result,

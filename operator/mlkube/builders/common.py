@@ -43,13 +43,14 @@ class Owner:
         }
 
 
-def child_name(base: str, suffix: str) -> str:
-    """`<base>-<suffix>`, shortened with a hash when over 63 characters: deterministic, unique."""
+def child_name(base: str, suffix: str, limit: int = MAX_NAME) -> str:
+    """`<base>-<suffix>`, shortened with a hash when over `limit` characters: deterministic,
+    unique."""
     name = f"{base}-{suffix}"
-    if len(name) <= MAX_NAME:
+    if len(name) <= limit:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    keep = MAX_NAME - len(suffix) - len(digest) - 2
+    keep = limit - len(suffix) - len(digest) - 2
     return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
 
 
@@ -89,9 +90,11 @@ def resources(spec: ResourcesModel | None, default_requests: dict[str, str]) -> 
     return spec.to_api()
 
 
-def spec_env(spec: ApiModel) -> Manifest:
-    """The custom resource's spec, handed to the runtime as it was applied."""
-    return {"name": SPEC_ENV, "value": json.dumps(spec.to_api(), sort_keys=True)}
+def spec_env(spec: ApiModel, exclude: set[str] | None = None) -> Manifest:
+    """The custom resource's spec, handed to the runtime as it was applied (less `exclude`: fields
+    that may change while the pod template must not, such as `suspend`)."""
+    value = {k: v for k, v in spec.to_api().items() if k not in (exclude or set())}
+    return {"name": SPEC_ENV, "value": json.dumps(value, sort_keys=True)}
 
 
 def storage_env(config: OperatorConfig) -> list[Manifest]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mlkube.api.driftmonitor import DriftMonitorSpec
 from mlkube.builders.common import (
+    MANAGED_BY,
     SPEC_ENV,
     Manifest,
     Owner,
@@ -18,10 +19,12 @@ from mlkube.config import OperatorConfig
 from mlkube.layout import inference_log_uri
 
 CHECKER = "drift"
+CRONJOB_NAME_LIMIT = 52
+"""The CronJob controller appends an 11-character suffix to name each run's Job."""
 
 
 def cronjob_name(monitor: str) -> str:
-    return child_name(monitor, "drift")
+    return child_name(monitor, "drift", CRONJOB_NAME_LIMIT)
 
 
 def build_cronjob(
@@ -61,7 +64,7 @@ def build_cronjob(
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
             "jobTemplate": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": {**MANAGED_BY, **labels}},
                 "spec": {
                     "backoffLimit": 0,
                     "activeDeadlineSeconds": 1800,

@@ -41,7 +41,11 @@ def build_job(
     config: OperatorConfig,
     champion: tuple[str, str] | None = None,
 ) -> Manifest:
-    """The Job that trains `version` of the model; `champion` is (artifact URI, sha256) to beat."""
+    """The Job that trains `version` of the model; `champion` is (artifact URI, sha256) to beat.
+
+    Its pod template never depends on `suspend` (a Job's template is immutable, and suspending is
+    forwarded as a patch of `spec.suspend` alone); it has no ttlSecondsAfterFinished because the
+    operator deletes it only after reading its result."""
     image = spec.image or config.runtime_image
     args = [
         "train",
@@ -57,7 +61,7 @@ def build_job(
         image,
         args,
         [
-            spec_env(spec),
+            spec_env(spec, exclude={"suspend"}),
             {"name": "MLKUBE_TRAININGJOB", "value": owner.name},
             {"name": "MLKUBE_IMAGE", "value": image},
         ],
@@ -86,8 +90,6 @@ def build_job(
             "spec": pod_spec(container, config, restart_policy="Never"),
         },
     }
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -22,7 +22,7 @@ from mlkube.api.deployment import (
     DeploymentSpec,
     DeploymentStatus,
 )
-from mlkube.conditions import condition_status, parse_timestamp, set_condition, timestamp
+from mlkube.core.conditions import condition_status, parse_timestamp, set_condition, timestamp
 
 WAIT_FOR_PODS_SECONDS = 5.0
 WAIT_FOR_TARGET_SECONDS = 5.0

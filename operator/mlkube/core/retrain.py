@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus, DriftRun
-from mlkube.conditions import parse_timestamp
+from mlkube.core.conditions import parse_timestamp
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from mlkube.canary import ACTIONS, Action
-from mlkube.conditions import timestamp
+from mlkube.core.canary import ACTIONS, Action
+from mlkube.core.conditions import timestamp
 
 ACTION_ANNOTATION = "mlkube.io/action"
 GITOPS_MARKERS = {

@@ -27,6 +27,16 @@ DRIFT_DETECTED = Gauge(
     "mlkube_drift_detected", "1 when the last run found drift.", ["namespace", "driftmonitor"]
 )
 MODEL_VERSIONS = Gauge("mlkube_model_versions", "ModelVersions by phase.", ["namespace", "phase"])
+API_REQUESTS = Counter("mlkube_operator_api_requests", "Requests to the API server.", ["method"])
+QUEUE_DEPTH = Gauge("mlkube_operator_queue_depth", "Keys waiting in the work queue.")
+QUEUE_RETRIES = Counter(
+    "mlkube_operator_queue_retries", "Reconciles put back with backoff, by error kind.", ["error"]
+)
+RECONCILE_DEADLINES = Counter(
+    "mlkube_operator_reconcile_deadlines_exceeded",
+    "Reconciles that ran past their deadline.",
+    ["kind"],
+)
 
 
 @contextmanager

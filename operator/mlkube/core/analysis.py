@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlkube.canary import CanaryMetrics
+from mlkube.core.canary import CanaryMetrics
 
 REQUESTS = "mlkube_requests"
 LATENCY = "mlkube_request_duration_seconds"

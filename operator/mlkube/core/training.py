@@ -23,7 +23,7 @@ from mlkube.api.modelversion import (
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import MANAGED_BY, Manifest, Owner
 from mlkube.builders.training import TRAINER
-from mlkube.conditions import set_condition, timestamp
+from mlkube.core.conditions import set_condition, timestamp
 
 IMAGE_PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 JOB_FAILURE_REASONS = {

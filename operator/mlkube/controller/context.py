@@ -1,0 +1,229 @@
+"""What every per-kind reconciler shares: the API client, the watch-fed caches, the clock, events,
+the work queue, and the few chores common to all kinds (reading an object, writing its status,
+turning a refused spec into a condition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from mlkube.api.common import Condition, ConditionStatus, StatusBase
+from mlkube.api.crdgen import BY_KIND
+from mlkube.builders.common import artifact_pvc
+from mlkube.config import OperatorConfig
+from mlkube.controller.cache import Body, Store
+from mlkube.controller.errors import ApiError, Forbidden, Invalid
+from mlkube.controller.kube import Cluster
+from mlkube.controller.queue import Key
+from mlkube.core.conditions import set_condition
+from mlkube.tenancy import ForbiddenURI, forbidden_uri
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+StatusT = TypeVar("StatusT", bound=StatusBase)
+Clock = Callable[[], datetime]
+EventSink = Callable[[Body, str, str, str], None]
+"""(object, type, reason, message) -> posts a Kubernetes Event."""
+Enqueue = Callable[[Key, float | None], None]
+APPLY_MEMO_SECONDS = 300.0
+"""An unchanged manifest is re-applied this often (repairs hand edits) instead of every reconcile."""
+INVALID_SPEC = "InvalidSpec"
+"""The reason for a spec the API server, the models or a child's admission refused."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def dump(model: BaseModel) -> Body:
+    """A status for a merge patch: camelCase, and None where a field must be cleared."""
+    return model.model_dump(by_alias=True, mode="json")
+
+
+def describe(error: ApiError, child: Body) -> str:
+    """The API server's refusal of a child, naming the child: a message a user can act on."""
+    meta = child.get("metadata") or {}
+    return f"{child.get('kind')} {meta.get('name')}: {error.message}"
+
+
+@dataclass(frozen=True)
+class Caches:
+    """Our four kinds (whole bodies) and the children decisions read (slim bodies)."""
+
+    objects: dict[str, Store] = field(default_factory=lambda: {kind: Store() for kind in BY_KIND})
+    jobs: Store = field(
+        default_factory=lambda: Store(
+            slim_bodies=True,
+            index=("mlkube.io/trainingjob", "mlkube.io/modelversion", "mlkube.io/driftmonitor"),
+        )
+    )
+    servers: Store = field(
+        default_factory=lambda: Store(slim_bodies=True, index=("mlkube.io/deployment",))
+    )
+
+
+@dataclass(frozen=True)
+class Read(Generic[SpecT, StatusT]):
+    obj: Body
+    spec: SpecT
+    status: StatusT
+
+    @property
+    def namespace(self) -> str:
+        return str(self.obj["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def generation(self) -> int | None:
+        generation = self.obj["metadata"].get("generation")
+        return None if generation is None else int(generation)
+
+
+class Context:
+    def __init__(
+        self,
+        kube: Cluster,
+        config: OperatorConfig,
+        caches: Caches | None = None,
+        clock: Clock = utc_now,
+        post_event: EventSink | None = None,
+        enqueue: Enqueue | None = None,
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.caches = caches or Caches()
+        self.clock = clock
+        self.post_event: EventSink = post_event or kube.post_event
+        self.enqueue: Enqueue = enqueue or (lambda key, delay: None)
+        self._storage_ready: set[str] = set()
+        self._storage_lock = threading.Lock()
+        self._applied: dict[tuple[str, str, str, str], tuple[str, float]] = {}
+
+    # -- our objects ---------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> Body | None:
+        """From the watch-fed cache; the API server only when the cache has not seen it (yet)."""
+        store = self.caches.objects[kind]
+        cached = store.get(namespace, name)
+        if cached is not None:
+            return cached
+        fresh = self.kube.get_object(BY_KIND[kind], namespace, name)
+        return None if fresh is None else store.put(fresh)
+
+    def read(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        spec_model: type[SpecT],
+        status_model: type[StatusT],
+    ) -> Read[SpecT, StatusT] | None:
+        """The object, parsed; None when it is gone, being deleted, or its spec is invalid (then
+        marked with an InvalidSpec condition)."""
+        obj = self.get(kind, namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        status = status_model.model_validate(obj.get("status") or {})
+        try:
+            spec = spec_model.model_validate(obj["spec"])
+        except ValidationError as e:
+            message = "; ".join(
+                f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+            )
+            self.invalid(kind, obj, status, message)
+            return None
+        return Read(obj, spec, status)
+
+    def write_status(self, kind: str, obj: Body, status: BaseModel) -> None:
+        """Patch the status subresource and keep the cache at least as new as the write."""
+        meta = obj["metadata"]
+        written = self.kube.patch_status(
+            BY_KIND[kind], meta["namespace"], meta["name"], dump(status)
+        )
+        self.caches.objects[kind].put(written)
+
+    def invalid(
+        self, kind: str, obj: Body, status: StatusBase, message: str, condition: str = "Ready"
+    ) -> None:
+        """A spec that cannot work as written: `<condition>` False (True for `Failed`) with
+        reason InvalidSpec and the refusal's own words; nothing retries it hot."""
+        generation = obj["metadata"].get("generation")
+        value: ConditionStatus = "True" if condition == "Failed" else "False"
+        previous = next((c for c in status.conditions if c.type == condition), None)
+        new = status.model_copy(deep=True)
+        new.observed_generation = generation
+        new.conditions = set_condition(
+            new.conditions, condition, value, INVALID_SPEC, message, generation, self.clock()
+        )
+        if previous is None or (previous.reason, previous.message) != (INVALID_SPEC, message):
+            self.post_event(obj, "Warning", INVALID_SPEC, message)
+        if new != status:
+            self.write_status(kind, obj, new)
+
+    # -- chores ----------------------------------------------------------------------------------
+
+    def forbidden(self, namespace: str, uris: dict[str, str | None]) -> ForbiddenURI | None:
+        return forbidden_uri(
+            uris, self.config.artifact_root, namespace, self.config.allowed_uri_prefixes
+        )
+
+    def ensure_artifact_storage(self, namespace: str) -> None:
+        """The namespace's artifact claim, created once per operator process."""
+        claim = artifact_pvc(namespace, self.config)
+        if claim is None or namespace in self._storage_ready:
+            return
+        self.kube.create(claim)
+        with self._storage_lock:
+            self._storage_ready.add(namespace)
+
+    def apply(self, manifest: Body, force: bool = False) -> None:
+        """Server-side apply, skipped when this process applied the same manifest lately."""
+        meta = manifest["metadata"]
+        key = (manifest["apiVersion"], manifest["kind"], meta.get("namespace", ""), meta["name"])
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        last = self._applied.get(key)
+        if (
+            not force
+            and last
+            and last[0] == digest
+            and time.monotonic() - last[1] < APPLY_MEMO_SECONDS
+        ):
+            return
+        result = self.kube.apply(manifest)
+        if manifest["kind"] == "Deployment" and manifest["apiVersion"] == "apps/v1":
+            self.caches.servers.put(result)
+        self._applied[key] = (digest, time.monotonic())
+
+    def forget_applied(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self._applied.pop((api_version, kind, namespace, name), None)
+
+    def write_children(
+        self,
+        kind: str,
+        r: Read[SpecT, StatusT],
+        write: Callable[[], None],
+        condition: str = "Ready",
+    ) -> None:
+        """Run `write` (creates and applies of children); a child the API server refuses as
+        written becomes an InvalidSpec condition with its message, then the error goes on to the
+        work queue, which backs off until the spec changes."""
+        try:
+            write()
+        except (Invalid, Forbidden) as e:
+            self.invalid(kind, r.obj, r.status, e.message, condition)
+            raise
+
+
+def ready_reason(conditions: list[Condition]) -> str | None:
+    return next((c.reason for c in conditions if c.type == "Ready"), None)

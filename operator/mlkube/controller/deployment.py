@@ -1,0 +1,148 @@
+"""Deployment (mlkube.io) reconciler: observe, let `core.canary.decide` choose, write the result.
+
+Observations come from the caches (ModelVersions, the per-version apps/v1 Deployments) and from
+the canary's pods' /metrics (scraped with a timeout and a size cap). Events on the apps/v1
+Deployments put their owner in the work queue, so pods becoming ready move a rollout on at once.
+"""
+
+from __future__ import annotations
+
+from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
+from mlkube.api.modelversion import ModelVersionSpec
+from mlkube.builders.common import Owner
+from mlkube.builders.serving import (
+    DEPLOYMENT_LABEL,
+    TRAFFIC_LABEL,
+    VERSION_LABEL,
+    build_autoscaler,
+    build_httproute,
+    build_server_deployment,
+    build_service,
+    server_name,
+)
+from mlkube.controller import metrics
+from mlkube.controller.cache import Body
+from mlkube.controller.context import Context, Read
+from mlkube.core.actions import pending_action
+from mlkube.core.analysis import canary_metrics
+from mlkube.core.canary import Decision, Observation, decide
+from mlkube.core.serving import resolve_target
+
+KIND = "Deployment"
+FOLLOW_LATEST_SECONDS = 60.0
+"""A safety net: a newly approved version wakes Deployments following latestApproved at once."""
+
+Read_ = Read[DeploymentSpec, DeploymentStatus]
+
+
+class DeploymentReconciler:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def __call__(self, namespace: str, name: str) -> float | None:
+        """Returns seconds until the rollout wants another look (None: nothing pending)."""
+        with metrics.reconciling(KIND):
+            read = self.ctx.read(KIND, namespace, name, DeploymentSpec, DeploymentStatus)
+            if read is None:
+                return None
+            return self._reconcile(read)
+
+    def _scrape(self, r: Read_, version: str | None) -> list[str]:
+        if version is None:
+            return []
+        selector = f"{DEPLOYMENT_LABEL}={r.name},{VERSION_LABEL}={version}"
+        pods = self.ctx.kube.list_of("v1", "Pod", r.namespace, selector)
+        texts = [
+            self.ctx.kube.scrape(r.namespace, p["metadata"]["name"], r.spec.port) for p in pods
+        ]
+        return [t for t in texts if t]
+
+    def _reconcile(self, r: Read_) -> float | None:
+        ctx, spec, status = self.ctx, r.spec, r.status
+        versions = {
+            mv["metadata"]["name"]: mv
+            for mv in ctx.caches.objects["ModelVersion"].list(r.namespace)
+        }
+        target, problem = resolve_target(spec, versions)
+        children = ctx.caches.servers.list(r.namespace, {DEPLOYMENT_LABEL: r.name})
+        ready = {
+            c["metadata"]["labels"][VERSION_LABEL]: int(
+                (c.get("status") or {}).get("readyReplicas") or 0
+            )
+            for c in children
+        }
+        metrics_now = None
+        if status.canary_version:
+            metrics_now = canary_metrics(
+                self._scrape(r, status.canary_version), self._scrape(r, status.stable_version)
+            )
+        action = pending_action(r.obj["metadata"].get("annotations") or {}, status.handled_action)
+        observation = Observation(
+            target=target,
+            target_problem=problem,
+            ready_replicas=ready,
+            metrics=metrics_now,
+            action=action[0] if action else None,
+            action_id=action[1] if action else None,
+        )
+        decision = decide(spec, status, observation, ctx.clock(), r.generation)
+        ctx.write_children(KIND, r, lambda: self._apply(r, decision, versions, children))
+        decision.status.service_name = r.name
+        decision.status.ready_replicas = ready.get(decision.status.stable_version or "", 0)
+        for event in decision.events:
+            ctx.post_event(r.obj, event.type, event.reason, event.message)
+        if decision.status != status:
+            ctx.write_status(KIND, r.obj, decision.status)
+        metrics.CANARY_WEIGHT.labels(r.namespace, r.name).set(decision.status.canary_weight or 0)
+        metrics.CANARY_STEP.labels(r.namespace, r.name).set(decision.status.current_step or 0)
+        waits = [decision.requeue_after, FOLLOW_LATEST_SECONDS if spec.latest_approved else None]
+        return min((w for w in waits if w is not None), default=None)
+
+    def _apply(
+        self, r: Read_, decision: Decision, versions: dict[str, Body], children: list[Body]
+    ) -> None:
+        ctx, spec = self.ctx, r.spec
+        owner = Owner.from_body(KIND, r.obj)
+        for version, workload in decision.workloads.items():
+            mv = versions.get(version)
+            if mv is None:
+                continue
+            mv_spec = ModelVersionSpec.model_validate(mv["spec"])
+            manifest = build_server_deployment(
+                owner, spec, version, mv_spec, workload.replicas, ctx.config
+            )
+            current = ctx.caches.servers.get(r.namespace, manifest["metadata"]["name"])
+            drifted = (
+                current is None or (current.get("spec") or {}).get("replicas") != workload.replicas
+            )
+            ctx.apply(manifest, force=drifted)
+            self._label_traffic(r, version, workload.traffic, current)
+        for child in children:
+            version = child["metadata"]["labels"][VERSION_LABEL]
+            if version not in decision.workloads:
+                ctx.kube.delete("apps/v1", "Deployment", r.namespace, child["metadata"]["name"])
+                ctx.forget_applied("apps/v1", "Deployment", r.namespace, child["metadata"]["name"])
+                if spec.traffic == "GatewayAPI":
+                    ctx.kube.delete("v1", "Service", r.namespace, server_name(r.name, version))
+        ctx.apply(build_service(owner, spec))
+        if spec.traffic == "GatewayAPI" and decision.weights:
+            for version in decision.weights:
+                ctx.apply(build_service(owner, spec, version))
+            ctx.apply(build_httproute(owner, spec, decision.weights))
+        stable = decision.status.stable_version
+        autoscaler = build_autoscaler(owner, spec, stable) if stable else None
+        if autoscaler is not None:
+            ctx.apply(autoscaler)
+
+    def _label_traffic(self, r: Read_, version: str, traffic: bool, current: Body | None) -> None:
+        """Pods of a version take requests only while it should: the Service selects the label."""
+        if current is not None and not (current.get("status") or {}).get("replicas"):
+            return  # no pods to label; new ones start with the template's label
+        selector = f"{DEPLOYMENT_LABEL}={r.name},{VERSION_LABEL}={version}"
+        wanted = "on" if traffic else "off"
+        for pod in self.ctx.kube.list_of("v1", "Pod", r.namespace, selector):
+            if pod["metadata"].get("labels", {}).get(TRAFFIC_LABEL) != wanted:
+                self.ctx.kube.patch(
+                    "v1", "Pod", r.namespace, pod["metadata"]["name"],
+                    {"metadata": {"labels": {TRAFFIC_LABEL: wanted}}},
+                )  # fmt: skip

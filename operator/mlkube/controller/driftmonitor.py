@@ -1,0 +1,184 @@
+"""DriftMonitor reconciler: keep the CronJob pointed at the reference sample, fold each finished
+run into status exactly once, and retrain when `core.retrain` says so.
+
+Exactly once: a run is folded into status (which remembers its Job by name) and that status is
+written before the run's Job is labelled recorded. A crash in between leaves an unlabelled Job
+whose name is already in the history, so it is only labelled; the retrain TrainingJob has a
+deterministic name, so creating it twice is a 409.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from mlkube.api.common import API_VERSION
+from mlkube.api.crdgen import BY_KIND
+from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
+from mlkube.builders.common import MANAGED_BY, Owner, child_name
+from mlkube.builders.monitoring import CHECKER, build_cronjob, cronjob_name
+from mlkube.controller import metrics
+from mlkube.controller.context import Context, Read
+from mlkube.core.conditions import set_condition, timestamp
+from mlkube.core.drift import fold_drift_run
+from mlkube.core.retrain import decide_retrain
+from mlkube.core.training import termination_result
+from mlkube.tenancy import FORBIDDEN_URI
+
+KIND = "DriftMonitor"
+POLL_SECONDS = 60.0
+"""A safety net: the drift Jobs' own events bring each finished run in at once."""
+RECORDED_LABEL = "mlkube.io/recorded"
+"""On a drift Job whose result is in the DriftMonitor's status."""
+
+Read_ = Read[DriftMonitorSpec, DriftMonitorStatus]
+
+
+class DriftMonitorReconciler:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def __call__(self, namespace: str, name: str) -> float | None:
+        with metrics.reconciling(KIND):
+            read = self.ctx.read(KIND, namespace, name, DriftMonitorSpec, DriftMonitorStatus)
+            if read is None:
+                return None
+            return self._reconcile(read)
+
+    def _reconcile(self, r: Read_) -> float | None:
+        ctx, spec = self.ctx, r.spec
+        now = ctx.clock()
+        new = r.status.model_copy(deep=True)
+        new.observed_generation = r.generation
+        reference, problem = self._reference(r)
+        recorded: list[str] = []
+        if reference is None:
+            assert problem is not None
+            new.conditions = set_condition(
+                new.conditions, "Ready", "False", problem[0], problem[1], r.generation, now
+            )
+        else:
+            owner = Owner.from_body(KIND, r.obj)
+
+            def write() -> None:
+                ctx.ensure_artifact_storage(r.namespace)
+                ctx.apply(build_cronjob(owner, spec, reference, ctx.config))
+
+            ctx.write_children(KIND, r, write)
+            new.cron_job_name = cronjob_name(r.name)
+            new.conditions = set_condition(
+                new.conditions, "Ready", "True", "Scheduled", f"checking on {spec.schedule}",
+                r.generation, now,
+            )  # fmt: skip
+            new, recorded = self._collect_runs(r, new, now)
+        if new != r.status:
+            ctx.write_status(KIND, r.obj, new)
+        for job in recorded:
+            patched = ctx.kube.patch(
+                "batch/v1",
+                "Job",
+                r.namespace,
+                job,
+                {"metadata": {"labels": {RECORDED_LABEL: "true"}}},
+            )
+            ctx.caches.jobs.put(patched)
+        return POLL_SECONDS
+
+    def _reference(self, r: Read_) -> tuple[str | None, tuple[str, str] | None]:
+        ctx, spec = self.ctx, r.spec
+        if spec.reference.uri:
+            forbidden = ctx.forbidden(r.namespace, {"spec.reference.uri": spec.reference.uri})
+            if forbidden is not None:
+                return None, (FORBIDDEN_URI, forbidden.message)
+            return spec.reference.uri, None
+        version = spec.reference.model_version
+        if version is None:
+            deployment = ctx.get("Deployment", r.namespace, spec.deployment)
+            if deployment is None:
+                return None, ("DeploymentNotFound", f"Deployment {spec.deployment} does not exist")
+            version = (deployment.get("status") or {}).get("stableVersion")
+            if not version:
+                return None, (
+                    "WaitingForDeployment",
+                    f"Deployment {spec.deployment} serves no version yet",
+                )
+        mv = ctx.get("ModelVersion", r.namespace, version)
+        if mv is None or not mv["spec"].get("referenceSampleUri"):
+            return None, ("ReferenceNotFound", f"ModelVersion {version} has no reference sample")
+        uri = str(mv["spec"]["referenceSampleUri"])
+        forbidden = ctx.forbidden(
+            r.namespace, {f"ModelVersion {version} spec.referenceSampleUri": uri}
+        )
+        if forbidden is not None:
+            return None, (FORBIDDEN_URI, forbidden.message)
+        return uri, None
+
+    def _collect_runs(
+        self, r: Read_, status: DriftMonitorStatus, now: datetime
+    ) -> tuple[DriftMonitorStatus, list[str]]:
+        """Every finished drift Job not yet recorded, folded in; returns the Jobs to label."""
+        ctx, spec = self.ctx, r.spec
+        jobs = [
+            j
+            for j in ctx.caches.jobs.list(r.namespace, {"mlkube.io/driftmonitor": r.name})
+            if RECORDED_LABEL not in (j["metadata"].get("labels") or {})
+            and (
+                (j.get("status") or {}).get("completionTime")
+                or (j.get("status") or {}).get("failed")
+            )
+        ]
+        recorded = []
+        for job in sorted(jobs, key=lambda j: j["metadata"].get("creationTimestamp", "")):
+            name = job["metadata"]["name"]
+            recorded.append(name)
+            if any(run.job == name for run in status.history):
+                continue
+            pods = ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={name}")
+            result = termination_result(pods, CHECKER) or {}
+            status = fold_drift_run(status, result, name, spec, now)
+            run = status.last_run
+            assert run is not None
+            metrics.DRIFT_SHARE.labels(r.namespace, r.name).set(float(run.drift_share or 0))
+            metrics.DRIFT_DETECTED.labels(r.namespace, r.name).set(
+                1 if run.verdict == "Drift" else 0
+            )
+            for column in status.columns:
+                metrics.DRIFT_STATISTIC.labels(r.namespace, r.name, column.name).set(
+                    float(column.statistic)
+                )
+            if run.verdict == "Drift":
+                ctx.post_event(
+                    r.obj, "Warning", "DriftDetected", f"drift in {', '.join(run.drifted_columns)}"
+                )
+            rows = int(result.get("loggedRows") or 0)
+            decision = decide_retrain(spec, status, run, rows, now)
+            status.consecutive_detections = decision.consecutive_detections
+            if decision.retrain:
+                status = self._retrain(r, status, rows, now)
+        return status, recorded
+
+    def _retrain(
+        self, r: Read_, status: DriftMonitorStatus, logged_rows: int, now: datetime
+    ) -> DriftMonitorStatus:
+        assert r.spec.action.retrain is not None
+        number = status.retrain_count + 1
+        job = child_name(r.name, f"retrain-{number}")
+        manifest = {
+            "apiVersion": API_VERSION,
+            "kind": "TrainingJob",
+            "metadata": {
+                "name": job,
+                "namespace": r.namespace,
+                "labels": {**MANAGED_BY, "mlkube.io/driftmonitor": r.name},
+            },
+            "spec": r.spec.action.retrain.template.to_api(),
+        }
+        if self.ctx.kube.create_custom(BY_KIND["TrainingJob"], manifest):
+            self.ctx.post_event(r.obj, "Normal", "Retraining", f"created TrainingJob {job}")
+        return status.model_copy(
+            update={
+                "retrain_count": number,
+                "last_retrain_job": job,
+                "last_retrain_time": timestamp(now),
+                "rows_at_last_retrain": logged_rows,
+            }
+        )

@@ -1,0 +1,284 @@
+"""The one module that talks to the Kubernetes API, as plain JSON over the official client's
+connection pool (no discovery round trips, no model classes to build and throw away).
+
+Every request has a timeout, every failure becomes one of `mlkube.controller.errors`' kinds, and
+children are written with server-side apply under one field manager, so applying the same
+manifest twice is a no-op and a restarted operator never creates anything twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+from urllib.parse import quote, urlencode
+
+import urllib3
+from kubernetes import client, config
+
+from mlkube.api.common import API_VERSION, GROUP, VERSION
+from mlkube.api.crdgen import KINDS, Kind
+from mlkube.controller.errors import ApiError, Conflict, NotFound, Temporary, classify
+from mlkube.controller.metrics import API_REQUESTS
+
+Body = dict[str, Any]
+FIELD_MANAGER = "mlkube-operator"
+REQUEST_TIMEOUT = (5.0, 30.0)
+"""(connect, read) seconds for every request: no call can hang a reconcile."""
+SCRAPE_TIMEOUT = (2.0, 3.0)
+SCRAPE_MAX_BYTES = 1 << 20
+"""A pod's /metrics larger than this is not ours to parse."""
+logger = logging.getLogger("mlkube.kube")
+
+_PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "Pod"): "pods",
+    ("v1", "Service"): "services",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("v1", "Event"): "events",
+    ("v1", "Namespace"): "namespaces",
+    ("batch/v1", "Job"): "jobs",
+    ("batch/v1", "CronJob"): "cronjobs",
+    ("apps/v1", "Deployment"): "deployments",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
+    **{(API_VERSION, kind.kind): kind.plural for kind in KINDS},
+}
+_CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition"}
+
+
+def load_config(kubeconfig: str | None = None, context: str | None = None) -> None:
+    """In a pod, the service account; elsewhere, the kubeconfig."""
+    if kubeconfig is None and context is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return
+        except config.ConfigException:
+            pass
+    config.load_kube_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
+
+
+def resource_path(
+    api_version: str,
+    kind: str,
+    namespace: str | None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    plural = _PLURALS[(api_version, kind)]
+    parts = ["/api/v1" if api_version == "v1" else f"/apis/{api_version}"]
+    if namespace is not None and kind not in _CLUSTER_SCOPED:
+        parts.append(f"namespaces/{quote(namespace)}")
+    parts.append(plural)
+    if name is not None:
+        parts.append(quote(name))
+    if subresource is not None:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+class Cluster:
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
+        load_config(kubeconfig, context)
+        self.api = client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
+        """The typed client, for scripts (hack/, benchmarks/); the operator never needs it."""
+
+    # -- the one request path ---------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        max_bytes: int | None = None,
+    ) -> Any:
+        """JSON in, JSON out (text when the answer is not JSON); failures raised as ApiError."""
+        API_REQUESTS.labels(method).inc()
+        url_path = f"{path}?{urlencode(query)}" if query else path
+        headers = {"Accept": "application/json, */*", "Content-Type": content_type}
+        method, url, headers, _, _ = self.api.param_serialize(
+            method, url_path, header_params=headers, auth_settings=["BearerToken"]
+        )
+        payload = json.dumps(body) if body is not None else None
+        try:
+            response = self.api.rest_client.pool_manager.request(
+                method,
+                url,
+                body=payload,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+                preload_content=False,
+            )
+            try:
+                data = response.read(max_bytes) if max_bytes else response.read()
+                truncated = bool(max_bytes) and response.read(1) != b""
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.HTTPError as e:
+            raise Temporary(0, type(e).__name__, str(e)) from e
+        if response.status >= 300:
+            raise classify(response.status, response.reason or "", data, response.headers)
+        if truncated:
+            raise Temporary(response.status, "TooLarge", f"answer larger than {max_bytes} bytes")
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data.decode(errors="replace")
+
+    # -- any kind ---------------------------------------------------------------------------
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Body | None:
+        try:
+            return cast(
+                Body, self.request("GET", resource_path(api_version, kind, namespace, name))
+            )
+        except NotFound:
+            return None
+
+    def list_of(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[Body]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        result = self.request("GET", resource_path(api_version, kind, namespace), query=query)
+        return cast(list[Body], result.get("items") or [])
+
+    def create(self, manifest: Body) -> bool:
+        """Create once; False when it already exists (a 409 is success)."""
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+        try:
+            self.request("POST", path, manifest)
+        except Conflict:
+            return False
+        return True
+
+    def apply(self, manifest: Body) -> Body:
+        """Server-side apply: create or converge, idempotent."""
+        meta = manifest["metadata"]
+        path = resource_path(
+            manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]
+        )
+        return cast(
+            Body,
+            self.request(
+                "PATCH",
+                path,
+                manifest,
+                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                content_type="application/apply-patch+yaml",
+            ),
+        )
+
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: Body,
+        subresource: str | None = None,
+    ) -> Body:
+        """A JSON merge patch (of the status subresource with `subresource="status"`)."""
+        path = resource_path(api_version, kind, namespace, name, subresource)
+        return cast(
+            Body, self.request("PATCH", path, patch, content_type="application/merge-patch+json")
+        )
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            self.request(
+                "DELETE",
+                resource_path(api_version, kind, namespace, name),
+                {"propagationPolicy": "Background"},
+            )
+
+    # -- mlkube objects ----------------------------------------------------------------------
+
+    def get_object(self, kind: Kind, namespace: str, name: str) -> Body | None:
+        return self.get(API_VERSION, kind.kind, namespace, name)
+
+    def list_objects(
+        self, kind: Kind, namespace: str | None, label_selector: str = ""
+    ) -> list[Body]:
+        return self.list_of(API_VERSION, kind.kind, namespace, label_selector)
+
+    def patch_object(self, kind: Kind, namespace: str, name: str, body: Body) -> Body:
+        return self.patch(API_VERSION, kind.kind, namespace, name, body)
+
+    def patch_status(self, kind: Kind, namespace: str, name: str, status: Body) -> Body:
+        """The object as it is after the patch (callers keep their cache up to date with it)."""
+        return self.patch(API_VERSION, kind.kind, namespace, name, {"status": status}, "status")
+
+    def create_custom(self, kind: Kind, manifest: Body) -> bool:
+        """Create an mlkube object; False when one of that name exists (a 409 is success)."""
+        return self.create({"apiVersion": API_VERSION, "kind": kind.kind, **manifest})
+
+    # -- events, pods ---------------------------------------------------------------------------
+
+    def post_event(self, obj: Body, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about `obj`, as `kubectl describe` shows them."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event: Body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", API_VERSION),
+                "kind": obj.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.create(event)
+        except ApiError as e:  # an Event is a courtesy: losing one must not stop a reconcile
+            logger.warning("could not post event %s on %s: %s", reason, meta["name"], e)
+
+    def scrape(self, namespace: str, pod: str, port: int, path: str = "metrics") -> str | None:
+        """A pod's HTTP endpoint through the API server's pod proxy (works in and out of cluster),
+        with a short timeout and a size cap: a hung or chatty pod costs seconds, never a reconcile."""
+        proxy = f"{resource_path('v1', 'Pod', namespace, f'{pod}:{port}', 'proxy')}/{path}"
+        try:
+            text = self.request("GET", proxy, timeout=SCRAPE_TIMEOUT, max_bytes=SCRAPE_MAX_BYTES)
+        except ApiError as e:
+            logger.info("no metrics from %s/%s: %s", namespace, pod, e)
+            return None
+        return text if isinstance(text, str) else json.dumps(text)
+
+    def pod_logs(self, namespace: str, label_selector: str) -> dict[str, str]:
+        """Logs of every pod matching the selector, by pod name."""
+        logs = {}
+        for pod in self.list_of("v1", "Pod", namespace, label_selector):
+            name = pod["metadata"]["name"]
+            logs[name] = str(
+                self.request("GET", resource_path("v1", "Pod", namespace, name, "log")) or ""
+            )
+        return logs
+
+    def server_version(self) -> str:
+        return str(self.request("GET", "/version")["gitVersion"])
+
+
+__all__ = ["API_VERSION", "GROUP", "VERSION", "Body", "Cluster", "load_config"]

@@ -1,0 +1,151 @@
+"""kopf wiring, nothing else. Run with `kopf run --all-namespaces -m mlkube.controller.main`
+(the operator image's command).
+
+Every watch event feeds the caches and puts a key in the work queue: our four kinds enqueue
+themselves when their spec, annotations or deletion changed (not on our own status writes);
+Jobs and apps/v1 Deployments enqueue the object that owns them. Only `on.event` handlers are used,
+so kopf writes nothing onto any object (no progress or diff-base annotations, no finalizers), and
+kopf's own retries never run: the work queue is the one place that retries.
+
+Kinds are always selected by group, so `deployments.mlkube.io` is never confused with apps/v1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, cast
+
+import kopf
+from prometheus_client import start_http_server
+
+from mlkube.api.common import GROUP, VERSION
+from mlkube.api.crdgen import KINDS
+from mlkube.config import OperatorConfig
+from mlkube.controller.cache import Body
+from mlkube.controller.context import Context
+from mlkube.controller.deployment import DeploymentReconciler
+from mlkube.controller.driftmonitor import DriftMonitorReconciler
+from mlkube.controller.kube import Cluster
+from mlkube.controller.modelversion import ModelVersionReconciler
+from mlkube.controller.queue import Key, WorkQueue
+from mlkube.controller.trainingjob import TrainingJobReconciler
+
+METRICS_PORT = int(os.environ.get("MLKUBE_METRICS_PORT", "8080"))
+WORKERS = int(os.environ.get("MLKUBE_WORKERS", "16"))
+MANAGED = {"app.kubernetes.io/managed-by": "mlkube"}
+OWNER_LABELS = {
+    "mlkube.io/trainingjob": "TrainingJob",
+    "mlkube.io/modelversion": "ModelVersion",
+    "mlkube.io/driftmonitor": "DriftMonitor",
+}
+"""A Job's label naming the object it belongs to."""
+
+
+class Operator:
+    """The process-wide pieces, made at start-up."""
+
+    def __init__(self) -> None:
+        self.queue = WorkQueue(self.reconcile, workers=WORKERS)
+        self.ctx = Context(Cluster(), OperatorConfig.from_env(), enqueue=self.queue.add)
+        self.reconcilers: dict[str, Callable[[str, str], float | None]] = {
+            "TrainingJob": TrainingJobReconciler(self.ctx),
+            "ModelVersion": ModelVersionReconciler(self.ctx),
+            "Deployment": DeploymentReconciler(self.ctx),
+            "DriftMonitor": DriftMonitorReconciler(self.ctx),
+        }
+        self.seen: dict[Key, tuple[Any, ...]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def reconcile(self, key: Key) -> float | None:
+        kind, namespace, name = key
+        return self.reconcilers[kind](namespace, name)
+
+    def object_event(self, kind: str, event_type: str | None, body: Body) -> None:
+        """Cache the object; enqueue it unless only its status moved (our own write)."""
+        meta = body.get("metadata") or {}
+        key = (kind, meta.get("namespace") or "", meta["name"])
+        kept = self.ctx.caches.objects[kind].observe(event_type, body)
+        if kept is None:
+            self.seen.pop(key, None)
+            return
+        fingerprint = (
+            meta.get("generation"),
+            tuple(sorted((meta.get("annotations") or {}).items())),
+            meta.get("deletionTimestamp"),
+        )
+        if self.seen.get(key) != fingerprint:
+            self.seen[key] = fingerprint
+            self.queue.add(key)
+
+    def child_event(self, body: Body, owners: dict[str, str]) -> None:
+        """A child changed: its owner (named by one of `owners`' labels) takes a look."""
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        for label, kind in owners.items():
+            owner = labels.get(label)
+            if owner:
+                self.queue.add((kind, meta.get("namespace") or "", owner))
+
+
+_operator: Operator | None = None
+
+
+def operator() -> Operator:
+    global _operator  # noqa: PLW0603 - one per process, made at start-up
+    if _operator is None:
+        _operator = Operator()
+    return _operator
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Watch streams that cannot hang; the work queue started."""
+    settings.persistence.finalizer = "mlkube.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="mlkube.io", v1=False
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="mlkube.io", key="last-handled-configuration", v1=False
+    )
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 30
+    settings.posting.level = logging.WARNING
+    if METRICS_PORT:
+        start_http_server(METRICS_PORT)
+    op = operator()
+    op.task = asyncio.create_task(op.queue.serve())
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    op = operator()
+    if op.task is not None:
+        op.task.cancel()
+
+
+def _watch_kind(kind: str, plural: str) -> None:
+    @kopf.on.event(GROUP, VERSION, plural, id=f"{kind.lower()}-changed")
+    async def changed(event: kopf.RawEvent, **_: Any) -> None:
+        operator().object_event(kind, event.get("type"), cast(Body, event["object"]))
+
+
+for _kind in KINDS:
+    _watch_kind(_kind.kind, _kind.plural)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_changed(event: kopf.RawEvent, **_: Any) -> None:
+    op, body = operator(), cast(Body, event["object"])
+    op.ctx.caches.jobs.observe(event.get("type"), body)
+    op.child_event(body, OWNER_LABELS)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def server_changed(event: kopf.RawEvent, **_: Any) -> None:
+    op, body = operator(), cast(Body, event["object"])
+    op.ctx.caches.servers.observe(event.get("type"), body)
+    op.child_event(body, {"mlkube.io/deployment": "Deployment"})

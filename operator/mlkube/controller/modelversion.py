@@ -1,0 +1,142 @@
+"""ModelVersion reconciler: mirror the approval, verify the artifact's digest with a short Job.
+
+When a version's readiness or approval changes, the Deployments that could serve it are put in the
+work queue at once rather than noticing on their next poll.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from mlkube.api.common import ConditionStatus
+from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
+from mlkube.builders.common import Owner
+from mlkube.builders.training import build_verify_job, verify_job_name
+from mlkube.controller import metrics
+from mlkube.controller.context import Context, Read, ready_reason
+from mlkube.core.conditions import set_condition
+from mlkube.core.training import termination_result
+from mlkube.tenancy import FORBIDDEN_URI
+
+KIND = "ModelVersion"
+VERIFY_POLL_SECONDS = 5.0
+
+Read_ = Read[ModelVersionSpec, ModelVersionStatus]
+
+
+class ModelVersionReconciler:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def __call__(self, namespace: str, name: str) -> float | None:
+        """Returns seconds until verification wants another look (None: settled)."""
+        with metrics.reconciling(KIND):
+            read = self.ctx.read(KIND, namespace, name, ModelVersionSpec, ModelVersionStatus)
+            if read is None:
+                return None
+            return self._reconcile(read)
+
+    def _reconcile(self, r: Read_) -> float | None:
+        ctx, spec, status = self.ctx, r.spec, r.status
+        now = ctx.clock()
+        new = status.model_copy(deep=True)
+        new.observed_generation = r.generation
+        approval = spec.approval
+        new.approved = bool(approval and approval.approved)
+        approved_reason, approved_message = (
+            ("Approved", f"approved by {approval.by}")
+            if approval and approval.approved
+            else ("Rejected", f"rejected by {approval.by}")
+            if approval
+            else ("AwaitingApproval", f"run `mlkube approve {r.name}`")
+        )
+        new.conditions = set_condition(
+            new.conditions, "Approved", "True" if new.approved else "False",
+            approved_reason, approved_message, r.generation, now,
+        )  # fmt: skip
+        forbidden = ctx.forbidden(
+            r.namespace,
+            {
+                "spec.artifact.uri": spec.artifact.uri,
+                "spec.referenceSampleUri": spec.reference_sample_uri,
+            },
+        )
+        if forbidden is not None:
+            new.phase, new.verified_sha256 = "Invalid", None
+            new.conditions = set_condition(
+                new.conditions, "Ready", "False", FORBIDDEN_URI, forbidden.message,
+                r.generation, now,
+            )  # fmt: skip
+        elif new.verified_sha256 != spec.artifact.sha256 and (
+            new.phase != "Invalid" or ready_reason(new.conditions) == FORBIDDEN_URI
+        ):
+            new = self._verify(r, new, now)
+        if new != status:
+            if new.phase != status.phase:
+                ctx.post_event(
+                    r.obj, "Normal" if new.phase == "Ready" else "Warning",
+                    new.conditions[-1].reason if new.conditions else "", str(new.phase),
+                )  # fmt: skip
+            ctx.write_status(KIND, r.obj, new)
+            if (new.phase, new.approved) != (status.phase, status.approved):
+                self._wake_deployments(r)
+        self._count_versions(r.namespace)
+        return VERIFY_POLL_SECONDS if new.phase == "Pending" else None
+
+    def _verify(self, r: Read_, status: ModelVersionStatus, now: datetime) -> ModelVersionStatus:
+        """Check the artifact with a verify Job (the operator does not mount the store)."""
+        ctx, spec = self.ctx, r.spec
+        name = verify_job_name(r.name)
+        job = ctx.caches.jobs.get(r.namespace, name)
+        digest = (job or {}).get("metadata", {}).get("annotations", {}).get("mlkube.io/sha256")
+        if job is None or digest != spec.artifact.sha256:
+            if job is not None:
+                ctx.kube.delete("batch/v1", "Job", r.namespace, name)
+            ctx.ensure_artifact_storage(r.namespace)
+            owner = Owner.from_body(KIND, r.obj)
+            ctx.kube.create(
+                build_verify_job(
+                    owner, spec.artifact.uri, spec.artifact.sha256, ctx.config, spec.artifact.files
+                )
+            )
+            job = None
+        finished = job is not None and (
+            (job.get("status") or {}).get("succeeded") or (job.get("status") or {}).get("failed")
+        )
+        pods = ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={name}") if finished else []
+        result = termination_result(pods) if finished else None
+        s = status.model_copy(deep=True)
+        ready: ConditionStatus
+        if result is None:
+            s.phase = "Pending"
+            reason, message, ready = "Verifying", "checking the artifact's sha256", "Unknown"
+        elif result.get("status") == "Verified":
+            s.phase, s.verified_sha256 = "Ready", spec.artifact.sha256
+            reason, message, ready = (
+                "ArtifactVerified",
+                f"{spec.artifact.uri} matches its sha256",
+                "True",
+            )
+        else:
+            s.phase = "Invalid"
+            reason = str(result.get("reason", "VerifyFailed"))
+            message, ready = str(result.get("message", "")), "False"
+        s.conditions = set_condition(
+            s.conditions, "Ready", ready, reason, message, r.generation, now
+        )
+        return s
+
+    def _wake_deployments(self, r: Read_) -> None:
+        for deployment in self.ctx.caches.objects["Deployment"].list(r.namespace):
+            spec = deployment.get("spec") or {}
+            if spec.get("modelVersion") == r.name or spec.get("model") == r.spec.model:
+                self.ctx.enqueue(("Deployment", r.namespace, deployment["metadata"]["name"]), 0)
+
+    def _count_versions(self, namespace: str) -> None:
+        counts = Counter(
+            str((mv.get("status") or {}).get("phase") or "Pending")
+            for mv in self.ctx.caches.objects[KIND].list(namespace)
+        )
+        for phase in ("Pending", "Ready", "Invalid"):
+            metrics.MODEL_VERSIONS.labels(namespace, phase).set(counts.get(phase, 0))
