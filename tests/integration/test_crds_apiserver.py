@@ -42,6 +42,20 @@ def canary(*steps: dict[str, Any]) -> dict[str, Any]:
     return {"canary": {"steps": list(steps)}}
 
 
+def named(kind: str, name: str) -> dict[str, Any]:
+    manifest = copy.deepcopy(EXAMPLES[kind])
+    manifest["metadata"]["name"] = name
+    return manifest
+
+
+def analysis(**thresholds: Any) -> dict[str, Any]:
+    return {"canary": {"steps": [{"setWeight": 100}], "analysis": thresholds}}
+
+
+RIDGE = {"className": "sklearn.linear_model.Ridge"}
+IRIS_COLUMNS = [{"name": "sepal_length_cm", "type": "float"}]
+
+
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))
 def test_every_example_is_accepted(kube_cluster: KubeCluster, namespace: str, kind: str) -> None:
     created = create(kube_cluster, namespace, example(kind))
@@ -141,6 +155,89 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.artifact.sha256",
     ),
     ("version zero", example("ModelVersion", version=0), "spec.version"),
+    # -- names every generated child name and label must fit ----------------------------------
+    (
+        "a TrainingJob name longer than a label value",
+        named(
+            "TrainingJob", "churn-propensity-histgradientboosting-weekly-retrain-2026-q3-run-0001"
+        ),
+        "metadata.name must be at most 63 characters",
+    ),
+    (
+        "a DriftMonitor name longer than a label value",
+        named("DriftMonitor", "fraud-transactions-eu-west-1-gradient-boost-watch-for-the-q3-team"),
+        "metadata.name must be at most 63 characters",
+    ),
+    (
+        "a Deployment name its Service cannot take",
+        named("Deployment", "1st-iris"),
+        "metadata.name must start with a letter",
+    ),
+    # -- quantities and cron ranges -----------------------------------------------------------
+    (
+        "a cpu request that is not a quantity",
+        example("TrainingJob", resources={"requests": {"cpu": "lots"}}),
+        "spec.resources.requests.cpu",
+    ),
+    (
+        "a memory limit that is not a quantity",
+        example("Deployment", resources={"limits": {"memory": "1 GB"}}),
+        "spec.resources.limits.memory",
+    ),
+    (
+        "minute 61",
+        example("DriftMonitor", schedule="61 * * * *"),
+        "schedule must be a five-field cron expression (minute 0-59",
+    ),
+    ("hour 24", example("DriftMonitor", schedule="0 24 * * *"), "schedule must be a five-field"),
+    ("month 13", example("DriftMonitor", schedule="0 0 1 13 *"), "schedule must be a five-field"),
+    # -- what only a typo produces ------------------------------------------------------------
+    (
+        "a prediction shift above 1",
+        example("Deployment", strategy=analysis(maxPredictionShift="1.5")),
+        "maxPredictionShift must be at most 1",
+    ),
+    (
+        "an error rate above 100 percent",
+        example("Deployment", strategy=analysis(maxErrorRatePercent="150")),
+        "maxErrorRatePercent must be at most 100",
+    ),
+    ("a p-value above 1", example("DriftMonitor", pValue="2"), "pValue must be at most 1"),
+    (
+        "a drift share above 1",
+        example("DriftMonitor", driftShare="1.5"),
+        "driftShare must be at most 1",
+    ),
+    (
+        "an accuracy above 1",
+        example("TrainingJob", qualityGates={"minAccuracy": "90"}),
+        "minAccuracy must be at most 1",
+    ),
+    (
+        "minAccuracy on a regressor",
+        example("TrainingJob", estimator=RIDGE, qualityGates={"minAccuracy": "0.9"}),
+        "qualityGates.minAccuracy must only be set for a classification estimator",
+    ),
+    (
+        "maxRmse on a classifier",
+        example("TrainingJob", qualityGates={"maxRmse": "0.5"}),
+        "qualityGates.maxRmse must only be set for a regression estimator",
+    ),
+    (
+        "a data-test range with min over max",
+        example("TrainingJob", dataTests={"ranges": [{"column": "a", "min": "10", "max": "1"}]}),
+        "a data-test range's min must not exceed its max",
+    ),
+    (
+        "a column named twice in an input schema",
+        example("ModelVersion", inputSchema=IRIS_COLUMNS * 2),
+        "spec.inputSchema[1]: Duplicate value",
+    ),
+    (
+        "a feature named twice",
+        example("TrainingJob", features=["petal_length_cm", "petal_length_cm"]),
+        "spec.features[1]: Duplicate value",
+    ),
     ("an unknown stage", example("ModelVersion", stage="Live"), "spec.stage: Unsupported value"),
 ]
 
@@ -152,6 +249,25 @@ def test_bad_specs_are_refused_naming_the_field(
     kube_cluster: KubeCluster, namespace: str, manifest: dict[str, Any], message: str
 ) -> None:
     assert message in rejection(kube_cluster, namespace, manifest)
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes"),
+    [
+        ("DriftMonitor", {"schedule": "59 23 31 12 7"}),
+        ("DriftMonitor", {"schedule": "*/5 0-23 * jan-dec MON-FRI"}),
+        (
+            "TrainingJob",
+            {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 2}}},
+        ),
+        ("TrainingJob", {"estimator": RIDGE, "qualityGates": {"minR2": "-0.5", "maxRmse": "3"}}),
+        ("Deployment", {"strategy": analysis(maxPredictionShift="1", maxErrorRatePercent="100")}),
+    ],
+)
+def test_values_at_their_bounds_are_accepted(
+    kube_cluster: KubeCluster, namespace: str, kind: str, changes: dict[str, Any]
+) -> None:
+    create(kube_cluster, namespace, example(kind, **changes), dry_run=True)
 
 
 @pytest.mark.parametrize(

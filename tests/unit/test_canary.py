@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
+from mlkube.core.analysis import CanaryMetrics
 from mlkube.core.canary import (
-    CanaryMetrics,
     Decision,
     Observation,
     Workload,
@@ -81,11 +81,14 @@ def test_new_version_walks_the_steps_and_is_promoted() -> None:
     assert d.status.canary_version == "iris-v2"
     assert d.status.canary_weight == 25
     assert d.status.current_step == 0
-    assert d.workloads == {"iris-v1": Workload(3, True), "iris-v2": Workload(1, True)}
+    assert d.workloads == {"iris-v1": Workload(4, True), "iris-v2": Workload(1, True)}, (
+        "canary pods first: the stable keeps its capacity until they are ready"
+    )
     assert [e.reason for e in d.events] == ["CanaryStarted"]
 
-    d = step(s, d.status, T0 + timedelta(seconds=5), ready={"iris-v1": 3, "iris-v2": 1})
+    d = step(s, d.status, T0 + timedelta(seconds=5), ready={"iris-v1": 4, "iris-v2": 1})
     assert d.status.current_step == 1, "canary pods ready: on to the pause"
+    assert d.workloads["iris-v1"] == Workload(3, True)
     assert d.requeue_after == 60
 
     d = step(s, d.status, T0 + timedelta(seconds=30))
@@ -364,3 +367,144 @@ def test_gateway_weights_follow_the_canary_step() -> None:
     s = spec(traffic="GatewayAPI", gateway={"name": "gw"})
     d = step(s, DeploymentStatus(stable_version="iris-v1"), T0)
     assert d.weights == {"iris-v1": 75, "iris-v2": 25}
+
+
+def test_a_canary_that_never_becomes_ready_rolls_back_at_its_progress_deadline() -> None:
+    s = spec(replicas=2)
+    d = step(s, stable_on("iris-v1"), T0, ready={"iris-v1": 2})
+    assert d.workloads["iris-v1"] == Workload(2, True), "the stable keeps both pods"
+    d = step(s, d.status, T0 + timedelta(seconds=599), ready={"iris-v1": 2, "iris-v2": 0})
+    assert d.status.canary_version == "iris-v2"
+    assert d.workloads["iris-v1"] == Workload(2, True)
+    assert d.requeue_after is not None
+    assert d.requeue_after <= 5
+    d = step(s, d.status, T0 + timedelta(seconds=600), ready={"iris-v1": 2, "iris-v2": 0})
+    assert d.status.canary_version is None
+    assert d.status.aborted_version == "iris-v2"
+    assert d.status.phase == "Degraded"
+    degraded = next(c for c in d.status.conditions if c.type == "Degraded")
+    assert degraded.reason == "ProgressDeadlineExceeded"
+    assert "0 of 1 canary pods ready after 600s" in degraded.message
+    assert ("ProgressDeadlineExceeded", "Warning") in [(e.reason, e.type) for e in d.events]
+    assert d.workloads == {"iris-v1": Workload(2, True)}
+
+
+def test_the_progress_deadline_is_a_spec_field() -> None:
+    s = spec(strategy={"canary": {"steps": [{"setWeight": 100}], "progressDeadlineSeconds": 30}})
+    d = step(s, stable_on("iris-v1"), T0, ready={"iris-v1": 4})
+    d = step(s, d.status, T0 + timedelta(seconds=31), ready={"iris-v1": 4, "iris-v2": 3})
+    assert d.status.aborted_version == "iris-v2"
+
+
+def test_no_gateway_weight_moves_to_a_canary_without_ready_pods() -> None:
+    s = spec(traffic="GatewayAPI", gateway={"name": "gw"})
+    d = step(s, DeploymentStatus(stable_version="iris-v1"), T0, ready={"iris-v1": 4})
+    assert d.status.canary_weight == 25
+    assert d.weights == {"iris-v1": 100, "iris-v2": 0}
+    d = step(s, d.status, T0 + timedelta(seconds=5), ready={"iris-v1": 4, "iris-v2": 1})
+    assert d.weights == {"iris-v1": 75, "iris-v2": 25}
+
+
+AUTOSCALED = {"autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
+
+
+def test_with_autoscaling_the_live_stable_count_is_kept_and_sizes_the_canary() -> None:
+    s = spec(replicas=2, **AUTOSCALED)
+    healthy = step(s, stable_on("iris-v1"), T0, target="iris-v1", ready={"iris-v1": 4},
+                   live_replicas={"iris-v1": 4})  # fmt: skip
+    assert healthy.workloads == {"iris-v1": Workload(4, True, autoscaled=True)}, (
+        "scaled to 4 by hand or by the HPA: left alone"
+    )
+    d = step(s, stable_on("iris-v1"), T0, ready={"iris-v1": 4}, live_replicas={"iris-v1": 4})
+    assert d.workloads == {
+        "iris-v1": Workload(4, True, autoscaled=True),
+        "iris-v2": Workload(2, True),
+    }, "25% of 6 pods: 2 canary pods next to the HPA's 4"
+
+
+def test_a_promoted_version_starts_with_at_least_the_old_stables_count() -> None:
+    s = spec(replicas=2, strategy={"canary": {"steps": [{"setWeight": 100}]}}, **AUTOSCALED)
+    status = DeploymentStatus(stable_version="iris-v1", canary_version="iris-v2", current_step=1,
+                              canary_weight=100, step_started_at="2026-11-27T12:00:00Z")  # fmt: skip
+    d = step(s, status, T0, ready={"iris-v1": 5, "iris-v2": 5},
+             live_replicas={"iris-v1": 5, "iris-v2": 5})  # fmt: skip
+    assert d.status.stable_version == "iris-v2"
+    assert d.workloads["iris-v2"] == Workload(5, True, autoscaled=True)
+    assert d.workloads["iris-v1"] == Workload(5, traffic=False)
+
+
+def test_the_scale_down_is_scheduled_by_the_promotion_itself() -> None:
+    s = spec(strategy={"canary": {"steps": [], "scaleDownDelaySeconds": 120}})
+    d = step(s, stable_on("iris-v1"), T0, ready={"iris-v1": 4, "iris-v2": 4})
+    assert d.status.stable_version == "iris-v2"
+    assert d.status.previous_stable_version == "iris-v1"
+    assert d.requeue_after == 120, "nothing else would bring the pinned Deployment back"
+
+
+IRIS = frozenset({"sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"})
+
+
+def test_a_version_needing_new_input_columns_is_refused_before_any_traffic() -> None:
+    columns = {"iris-v1": IRIS, "iris-v2": IRIS | {"petal_area"}}
+    d = step(spec(), stable_on("iris-v1"), T0, input_columns=columns)
+    assert d.status.canary_version is None
+    assert d.status.phase == "Degraded"
+    degraded = next(c for c in d.status.conditions if c.type == "Degraded")
+    assert degraded.reason == "SchemaIncompatible"
+    assert "petal_area" in degraded.message
+    assert [e.reason for e in d.events] == ["SchemaIncompatible"]
+    again = step(spec(), d.status, T0 + timedelta(seconds=5), input_columns=columns)
+    assert again.events == [], "said once"
+    assert set(d.workloads) == {"iris-v1"}
+
+
+def test_schema_changes_roll_out_when_the_spec_allows_them() -> None:
+    columns = {"iris-v1": IRIS, "iris-v2": IRIS | {"petal_area"}}
+    s = spec(strategy={"canary": {"steps": [{"setWeight": 50}, {"setWeight": 100}],
+                                  "allowSchemaChanges": True}})  # fmt: skip
+    d = step(s, stable_on("iris-v1"), T0, ready={"iris-v1": 4}, input_columns=columns)
+    assert d.status.canary_version == "iris-v2"
+    fewer = {"iris-v1": IRIS, "iris-v2": IRIS - {"petal_width_cm"}}
+    assert (
+        step(spec(), stable_on("iris-v1"), T0, input_columns=fewer).status.canary_version
+        == "iris-v2"
+    )
+
+
+def pod(requests: int, errors: int = 0) -> dict[str, float]:
+    return {"requests|2xx": requests - errors, "requests|5xx": errors, "label|0": requests - errors}
+
+
+def test_a_failure_long_ago_is_not_held_against_the_next_window() -> None:
+    analysis = {"minRequestCount": 20, "intervalSeconds": 30, "failureLimit": 2}
+    steps = [{"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}]
+    s = spec(strategy={"canary": {"steps": steps, "analysis": analysis}})
+    status = DeploymentStatus(
+        stable_version="iris-v1",
+        canary_version="iris-v2",
+        current_step=1,
+        canary_weight=50,
+        step_started_at="2026-11-27T12:00:00Z",
+    )
+    bad = {"canary/p": pod(100, 50), "stable/q": pod(100)}
+    d = step(s, status, T0, counters=bad)
+    assert d.status.last_analysis is not None
+    assert d.status.last_analysis.result == "Failed"
+    assert d.status.analysis_failures == 1
+    assert d.status.analysis_baseline == bad
+    recovered = {"canary/p": pod(200, 50), "stable/q": pod(200)}
+    d = step(s, d.status, T0 + timedelta(seconds=30), counters=recovered)
+    assert d.status.stable_version == "iris-v2", "100 new requests, none failed: promoted"
+
+
+def test_an_indefinite_pause_keeps_analysing_in_the_background() -> None:
+    s = spec(strategy={"canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}],
+                                  "analysis": {"minRequestCount": 20, "intervalSeconds": 30}}})  # fmt: skip
+    status = DeploymentStatus(stable_version="iris-v1", canary_version="iris-v2", current_step=1,
+                              canary_weight=50, step_started_at="2026-11-27T12:00:00Z")  # fmt: skip
+    d = step(s, status, T0, counters={"canary/p": pod(10), "stable/q": pod(10)})
+    assert d.status.phase == "Paused"
+    assert d.requeue_after == 30, "it comes back to look"
+    d = step(s, d.status, T0 + timedelta(seconds=30),
+             counters={"canary/p": pod(100, 60), "stable/q": pod(100)})  # fmt: skip
+    assert d.status.aborted_version == "iris-v2"

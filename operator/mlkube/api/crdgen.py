@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from mlkube.api.common import GROUP, VERSION, ApiModel
+from mlkube.api.common import GROUP, VERSION, ApiModel, JsonDict, cel
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
@@ -35,6 +35,8 @@ class Kind:
     spec: type[BaseModel]
     status: type[BaseModel]
     columns: list[dict[str, Any]] = field(default_factory=list)
+    name_rules: list[JsonDict] = field(default_factory=list)
+    """CEL rules on metadata.name beyond the 63-character limit every kind has."""
 
     @property
     def crd_name(self) -> str:
@@ -45,6 +47,10 @@ def _condition(type_: str) -> str:
     return f'.status.conditions[?(@.type=="{type_}")].status'
 
 
+NAME_FITS_A_LABEL = cel(
+    "self.metadata.name.size() <= 63",
+    "metadata.name must be at most 63 characters: it is a label value on every child",
+)
 AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
 KINDS: list[Kind] = [
@@ -97,6 +103,12 @@ KINDS: list[Kind] = [
             {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
             {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
             AGE,
+        ],
+        name_rules=[
+            cel(
+                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                "metadata.name must start with a letter: it names the Deployment's Service",
+            )
         ],
     ),
     Kind(
@@ -197,6 +209,7 @@ def crd(kind: Kind) -> JsonSchema:
     schema: JsonSchema = {
         "type": "object",
         "required": ["spec"],
+        "x-kubernetes-validations": [NAME_FITS_A_LABEL, *kind.name_rules],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},

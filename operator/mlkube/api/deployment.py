@@ -14,6 +14,7 @@ from mlkube.api.common import (
     Resources,
     StatusBase,
     api_config,
+    at_most,
     cel,
     validations,
 )
@@ -49,11 +50,14 @@ class Analysis(ApiModel):
 
     interval_seconds: int = Field(default=30, ge=1, description="Between background analyses.")
     min_request_count: int = Field(default=20, ge=0)
-    max_error_rate_percent: str = Field(default="5", pattern=DECIMAL)
+    max_error_rate_percent: str = Field(
+        default="5", pattern=DECIMAL, json_schema_extra=at_most(100, "maxErrorRatePercent")
+    )
     max_p95_latency_ms: int = Field(default=500, ge=1)
     max_prediction_shift: str = Field(
         default="0.25",
         pattern=DECIMAL,
+        json_schema_extra=at_most(1, "maxPredictionShift"),
         description="Largest Jensen-Shannon distance between canary and stable predictions.",
     )
     failure_limit: int = Field(default=1, ge=1, description="Failed analyses that abort a rollout.")
@@ -87,6 +91,17 @@ class Canary(ApiModel):
     analysis: Analysis = Field(default_factory=Analysis)
     scale_down_delay_seconds: int = Field(
         default=300, ge=0, description="The old stable stays warm this long after a promotion."
+    )
+    progress_deadline_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="A canary step waiting this long for ready pods rolls back "
+        "(ProgressDeadlineExceeded).",
+    )
+    allow_schema_changes: bool = Field(
+        default=False,
+        description="Roll out a version that needs input columns the stable did not "
+        "(refused as SchemaIncompatible otherwise: production requests would lack them).",
     )
 
 
@@ -177,6 +192,11 @@ class DeploymentStatus(StatusBase):
     analysis_failures: int = Field(default=0, ge=0)
     analysis_inconclusive: int = Field(default=0, ge=0)
     last_analysis: AnalysisResult | None = None
+    analysis_baseline: dict[str, dict[str, float]] | None = Field(
+        default=None,
+        description="Each pod's counters at the last conclusive analysis (`canary/<pod>`, "
+        "`stable/<pod>`): the next one judges only the requests since.",
+    )
     aborted_version: str | None = Field(
         default=None, description="A version rolled back; not retried until `mlkube retry`."
     )

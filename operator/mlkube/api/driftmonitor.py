@@ -13,17 +13,36 @@ from mlkube.api.common import (
     Resources,
     StatusBase,
     api_config,
+    at_most,
     cel,
+    unique_by,
 )
 from mlkube.api.trainingjob import TrainingJobSpec
 
-_CRON_FIELD = (
-    r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*"
+_MONTHS = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
+_DAYS = "SUN|MON|TUE|WED|THU|FRI|SAT"
+_CRON_VALUES = (
+    "[0-5]?[0-9]",  # minute 0-59
+    "[01]?[0-9]|2[0-3]",  # hour 0-23
+    "0?[1-9]|[12][0-9]|3[01]",  # day of month 1-31
+    f"0?[1-9]|1[0-2]|{_MONTHS}|{_MONTHS.lower()}",  # month 1-12
+    f"0?[0-7]|{_DAYS}|{_DAYS.lower()}",  # day of week 0-7
 )
+
+
+def _cron_field(values: str) -> str:
+    """One field: `*` or a value or range, with an optional step, comma-separated."""
+    item = rf"(\*|({values})(-({values}))?)(/[0-9]+)?"
+    return rf"{item}(,{item})*"
+
+
 CRON_PATTERN = (
-    r"^(@(yearly|annually|monthly|weekly|daily|hourly)|" + r"\s+".join([_CRON_FIELD] * 5) + ")$"
+    r"^(@(yearly|annually|monthly|weekly|daily|hourly)|"
+    + r"\s+".join(_cron_field(v) for v in _CRON_VALUES)
+    + ")$"
 )
-"""Five cron fields or a macro; checked by the API server through the CEL rule below."""
+"""Five cron fields, each within its range (minute 0-59, hour 0-23, day 1-31, month 1-12,
+weekday 0-7), or a macro; checked by the API server through the CEL rule below."""
 CRON_RULE = "self.matches('" + CRON_PATTERN.replace("\\", "\\\\") + "')"
 
 NumericTest = Literal["KS", "Wasserstein", "PSI"]
@@ -89,7 +108,8 @@ class DriftMonitorSpec(ApiModel):
             "x-kubernetes-validations": [
                 cel(
                     CRON_RULE,
-                    "schedule must be a five-field cron expression or @hourly-style macro",
+                    "schedule must be a five-field cron expression (minute 0-59, hour 0-23, "
+                    "day 1-31, month 1-12, weekday 0-7) or an @hourly-style macro",
                 )
             ]
         },
@@ -104,15 +124,18 @@ class DriftMonitorSpec(ApiModel):
     )
     numeric_test: NumericTest = "KS"
     categorical_test: CategoricalTest = "ChiSquared"
-    p_value: str = Field(default="0.05", pattern=DECIMAL)
+    p_value: str = Field(default="0.05", pattern=DECIMAL, json_schema_extra=at_most(1, "pValue"))
     distance_threshold: str = Field(default="0.1", pattern=DECIMAL)
     drift_share: str = Field(
         default="0.5",
         pattern=DECIMAL,
+        json_schema_extra=at_most(1, "driftShare"),
         description="Share of drifted columns that is dataset drift.",
     )
     min_rows: int = Field(default=100, ge=1)
-    columns: list[ColumnOverride] = Field(default_factory=list, max_length=1024)
+    columns: list[ColumnOverride] = Field(
+        default_factory=list, max_length=1024, json_schema_extra=unique_by("name")
+    )
     action: Action = Field(default_factory=Action)
     history_limit: int = Field(default=10, ge=1, le=100)
     resources: Resources | None = None

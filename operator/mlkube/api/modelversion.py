@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mlkube.api.common import DNS_LABEL, ApiModel, StatusBase, immutable
+from mlkube.api.common import DNS_LABEL, ApiModel, StatusBase, immutable, unique_by
 from mlkube.estimators import Task
 
 SHA256 = r"^[a-f0-9]{64}$"
@@ -68,7 +68,9 @@ class ModelVersionSpec(ApiModel):
     task: Task
     artifact: Artifact = Field(json_schema_extra=immutable("artifact"))
     framework: Framework
-    input_schema: list[Column] = Field(min_length=1, max_length=1024)
+    input_schema: list[Column] = Field(
+        min_length=1, max_length=1024, json_schema_extra=unique_by("name")
+    )
     target: str | None = None
     classes: list[str] | None = Field(default=None, description="Class labels of a classifier.")
     metrics: dict[str, str] = Field(default_factory=dict)

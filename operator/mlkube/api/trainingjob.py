@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import Field, JsonValue, field_validator
@@ -10,11 +11,14 @@ from mlkube.api.common import (
     DECIMAL,
     DNS_LABEL,
     ApiModel,
+    JsonDict,
     Resources,
     StatusBase,
     api_config,
+    at_most,
     cel,
     immutable,
+    unique_by,
 )
 from mlkube.api.modelversion import ColumnType
 from mlkube.estimators import ESTIMATORS
@@ -61,6 +65,14 @@ class Split(ApiModel):
 
 
 class ColumnRange(ApiModel):
+    model_config = api_config(
+        cel(
+            "!has(self.min) || !has(self.max) || double(self.min) <= double(self.max)",
+            "a data-test range's min must not exceed its max",
+            field_path=".min",
+        )
+    )
+
     column: str = Field(min_length=1)
     min: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
     max: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
@@ -97,11 +109,13 @@ class DataTests(ApiModel):
 
     min_rows: int = Field(default=20, ge=1)
     max_missing_percent: int = Field(default=0, ge=0, le=100)
-    ranges: list[ColumnRange] = Field(default_factory=list, max_length=256)
+    ranges: list[ColumnRange] = Field(
+        default_factory=list, max_length=256, json_schema_extra=unique_by("column")
+    )
     columns: list[ColumnTest] = Field(
         default_factory=list,
         max_length=1024,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        json_schema_extra=unique_by("name"),
         description="Per-column types, missing values and categories, checked before fitting.",
     )
 
@@ -157,12 +171,37 @@ class ChampionGate(ApiModel):
 
 
 class QualityGates(ApiModel):
-    min_accuracy: str | None = Field(default=None, pattern=DECIMAL)
-    min_f1: str | None = Field(default=None, pattern=DECIMAL)
+    min_accuracy: str | None = Field(
+        default=None, pattern=DECIMAL, json_schema_extra=at_most(1, "minAccuracy")
+    )
+    min_f1: str | None = Field(default=None, pattern=DECIMAL, json_schema_extra=at_most(1, "minF1"))
     min_r2: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
     max_rmse: str | None = Field(default=None, pattern=DECIMAL)
     max_mae: str | None = Field(default=None, pattern=DECIMAL)
     champion: ChampionGate | None = None
+
+
+def _gates_fit_the_task() -> list[JsonDict]:
+    """A gate for the other task can never pass or fail: it is a typo, refused at admission."""
+    tasks: dict[str, list[JsonValue]] = {"classification": [], "regression": []}
+    for name, task in sorted(ESTIMATORS.items()):
+        tasks[task].append(name)
+    rules = []
+    for task, gates in (
+        ("classification", ("minAccuracy", "minF1")),
+        ("regression", ("minR2", "maxRmse", "maxMae")),
+    ):
+        allowed = json.dumps(tasks[task])
+        for gate in gates:
+            rules.append(
+                cel(
+                    f"!has(self.qualityGates) || !has(self.qualityGates.{gate}) || "
+                    f"self.estimator.className in {allowed}",
+                    f"qualityGates.{gate} must only be set for a {task} estimator",
+                    field_path=f".qualityGates.{gate}",
+                )
+            )
+    return rules
 
 
 class TrainingJobSpec(ApiModel):
@@ -172,6 +211,7 @@ class TrainingJobSpec(ApiModel):
             "features must not contain the target column",
             field_path=".features",
         ),
+        *_gates_fit_the_task(),
     )
 
     model: str = Field(
@@ -183,7 +223,10 @@ class TrainingJobSpec(ApiModel):
     dataset: Dataset = Field(json_schema_extra=immutable("dataset"))
     target: str = Field(default="target", min_length=1)
     features: list[str] | None = Field(
-        default=None, max_length=1024, description="Feature columns; default: all but the target."
+        default=None,
+        max_length=1024,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Feature columns; default: all but the target.",
     )
     estimator: Estimator = Field(json_schema_extra=immutable("estimator"))
     split: Split = Field(default_factory=Split)

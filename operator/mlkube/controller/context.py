@@ -109,6 +109,7 @@ class Context:
         self._storage_ready: set[str] = set()
         self._storage_lock = threading.Lock()
         self._applied: dict[tuple[str, str, str, str], tuple[str, float]] = {}
+        self._asked: set[tuple[str, str, str, str]] = set()
 
     # -- our objects ---------------------------------------------------------------------------
 
@@ -187,11 +188,21 @@ class Context:
         with self._storage_lock:
             self._storage_ready.add(namespace)
 
-    def apply(self, manifest: Body, force: bool = False) -> None:
-        """Server-side apply, skipped when this process applied the same manifest lately."""
+    def apply(
+        self, manifest: Body, force: bool = False, ignore: tuple[str, str] | None = None
+    ) -> None:
+        """Server-side apply, skipped when this process applied the same manifest lately;
+        `ignore` names a (section, field) whose changes alone never cause an apply."""
         meta = manifest["metadata"]
         key = (manifest["apiVersion"], manifest["kind"], meta.get("namespace", ""), meta["name"])
-        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        compared = manifest
+        if ignore is not None:
+            section, field_ = ignore
+            compared = {
+                **manifest,
+                section: {k: v for k, v in manifest[section].items() if k != field_},
+            }
+        digest = hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()
         last = self._applied.get(key)
         if (
             not force
@@ -207,6 +218,14 @@ class Context:
 
     def forget_applied(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self._applied.pop((api_version, kind, namespace, name), None)
+
+    def first_look_or_applied(self, kind: tuple[str, str], namespace: str, name: str) -> bool:
+        """True the first time this process asks about a child, or when it applied one: the
+        cheap way to know a child that should not exist may (still) exist."""
+        key = (*kind, namespace, name)
+        first = key not in self._asked
+        self._asked.add(key)
+        return first or key in self._applied
 
     def write_children(
         self,

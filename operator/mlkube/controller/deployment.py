@@ -24,11 +24,12 @@ from mlkube.controller import metrics
 from mlkube.controller.cache import Body
 from mlkube.controller.context import Context, Read
 from mlkube.core.actions import pending_action
-from mlkube.core.analysis import canary_metrics
+from mlkube.core.analysis import Counters, parse_counters
 from mlkube.core.canary import Decision, Observation, decide
 from mlkube.core.serving import resolve_target
 
 KIND = "Deployment"
+AUTOSCALER = ("autoscaling/v2", "HorizontalPodAutoscaler")
 FOLLOW_LATEST_SECONDS = 60.0
 """A safety net: a newly approved version wakes Deployments following latestApproved at once."""
 
@@ -47,15 +48,18 @@ class DeploymentReconciler:
                 return None
             return self._reconcile(read)
 
-    def _scrape(self, r: Read_, version: str | None) -> list[str]:
+    def _scrape(self, r: Read_, role: str, version: str | None) -> dict[str, Counters]:
+        """Each ready pod's counters, keyed `<role>/<pod>`; a pod that does not answer in time is
+        left out of this look (never waited for)."""
         if version is None:
-            return []
+            return {}
         selector = f"{DEPLOYMENT_LABEL}={r.name},{VERSION_LABEL}={version}"
-        pods = self.ctx.kube.list_of("v1", "Pod", r.namespace, selector)
-        texts = [
-            self.ctx.kube.scrape(r.namespace, p["metadata"]["name"], r.spec.port) for p in pods
-        ]
-        return [t for t in texts if t]
+        counters = {}
+        for pod in self.ctx.kube.list_of("v1", "Pod", r.namespace, selector):
+            text = self.ctx.kube.scrape(r.namespace, pod["metadata"]["name"], r.spec.port)
+            if text:
+                counters[f"{role}/{pod['metadata']['name']}"] = parse_counters(text)
+        return counters
 
     def _reconcile(self, r: Read_) -> float | None:
         ctx, spec, status = self.ctx, r.spec, r.status
@@ -71,19 +75,33 @@ class DeploymentReconciler:
             )
             for c in children
         }
-        metrics_now = None
-        if status.canary_version:
-            metrics_now = canary_metrics(
-                self._scrape(r, status.canary_version), self._scrape(r, status.stable_version)
+        live = {
+            c["metadata"]["labels"][VERSION_LABEL]: int((c.get("spec") or {}).get("replicas") or 0)
+            for c in children
+        }
+        columns = {
+            version: frozenset(
+                col["name"] for col in versions[version]["spec"].get("inputSchema") or []
             )
+            for version in (status.stable_version, target)
+            if version is not None and version in versions
+        }
+        counters = None
+        if status.canary_version:
+            counters = {
+                **self._scrape(r, "canary", status.canary_version),
+                **self._scrape(r, "stable", status.stable_version),
+            }
         action = pending_action(r.obj["metadata"].get("annotations") or {}, status.handled_action)
         observation = Observation(
             target=target,
             target_problem=problem,
             ready_replicas=ready,
-            metrics=metrics_now,
+            counters=counters,
             action=action[0] if action else None,
             action_id=action[1] if action else None,
+            live_replicas=live,
+            input_columns=columns,
         )
         decision = decide(spec, status, observation, ctx.clock(), r.generation)
         ctx.write_children(KIND, r, lambda: self._apply(r, decision, versions, children))
@@ -112,10 +130,12 @@ class DeploymentReconciler:
                 owner, spec, version, mv_spec, workload.replicas, ctx.config
             )
             current = ctx.caches.servers.get(r.namespace, manifest["metadata"]["name"])
-            drifted = (
-                current is None or (current.get("spec") or {}).get("replicas") != workload.replicas
-            )
-            ctx.apply(manifest, force=drifted)
+            live = None if current is None else (current.get("spec") or {}).get("replicas")
+            if workload.autoscaled:
+                # the HPA owns replicas: re-applied only when the rest changes, with the live count
+                ctx.apply(manifest, ignore=("spec", "replicas"))
+            else:
+                ctx.apply(manifest, force=live != workload.replicas)
             self._label_traffic(r, version, workload.traffic, current)
         for child in children:
             version = child["metadata"]["labels"][VERSION_LABEL]
@@ -133,6 +153,10 @@ class DeploymentReconciler:
         autoscaler = build_autoscaler(owner, spec, stable) if stable else None
         if autoscaler is not None:
             ctx.apply(autoscaler)
+        elif ctx.first_look_or_applied(AUTOSCALER, r.namespace, r.name):
+            # autoscaling removed (or never there): no HPA may keep scaling the stable
+            ctx.kube.delete(*AUTOSCALER, r.namespace, r.name)
+            ctx.forget_applied(*AUTOSCALER, r.namespace, r.name)
 
     def _label_traffic(self, r: Read_, version: str, traffic: bool, current: Body | None) -> None:
         """Pods of a version take requests only while it should: the Service selects the label."""

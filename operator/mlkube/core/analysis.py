@@ -8,42 +8,85 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
-
-from mlkube.core.canary import CanaryMetrics
 
 REQUESTS = "mlkube_requests"
 LATENCY = "mlkube_request_duration_seconds"
 PREDICTED_LABELS = "mlkube_predictions"
 PREDICTED_VALUES = "mlkube_prediction_value"
+_SERIES = {
+    f"{REQUESTS}_total": ("requests", "code"),
+    f"{LATENCY}_bucket": ("latency", "le"),
+    f"{PREDICTED_LABELS}_total": ("label", "label"),
+    f"{PREDICTED_VALUES}_bucket": ("value", "le"),
+}
+
+Counters = dict[str, float]
+"""One pod's counters that analysis needs, flat: `requests|2xx`, `latency|0.05`, `label|setosa`."""
+
+
+@dataclass(frozen=True)
+class CanaryMetrics:
+    """What the canary's pods served in the window analysed."""
+
+    requests: int
+    errors: int
+    p95_latency_ms: float | None = None
+    prediction_shift: float | None = None
+    """Jensen-Shannon distance between canary and stable prediction distributions."""
+
+
+def parse_counters(text: str) -> Counters:
+    counters: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series = _SERIES.get(sample.name)
+            if series is not None:
+                key = f"{series[0]}|{sample.labels.get(series[1], '')}"
+                counters[key] = counters.get(key, 0.0) + sample.value
+    return counters
+
+
+def window(now: Mapping[str, Counters], baseline: Mapping[str, Counters] | None) -> Counters:
+    """What each pod counted since `baseline`, summed. A pod whose counters went down restarted:
+    everything it counted since is new. A pod not in the baseline is new altogether."""
+    total: dict[str, float] = {}
+    for pod, current in now.items():
+        before = (baseline or {}).get(pod) or {}
+        if any(current.get(key, 0.0) < value for key, value in before.items()):
+            before = {}
+        for key, value in current.items():
+            total[key] = total.get(key, 0.0) + value - before.get(key, 0.0)
+    return total
 
 
 class Scrape:
     """The series of one or more pods' /metrics that canary analysis needs, summed over pods."""
 
-    def __init__(self, texts: Iterable[str]) -> None:
+    def __init__(self, texts: Iterable[str] = (), counters: Counters | None = None) -> None:
         self.requests_by_code: Counter[str] = Counter()
         self.latency_buckets: Counter[float] = Counter()
         self.labels: Counter[str] = Counter()
         self.value_buckets: Counter[float] = Counter()
         for text in texts:
-            self._add(text)
+            self._add(parse_counters(text))
+        if counters:
+            self._add(counters)
 
-    def _add(self, text: str) -> None:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if family.name == REQUESTS and sample.name == f"{REQUESTS}_total":
-                    self.requests_by_code[sample.labels.get("code", "")] += int(sample.value)
-                elif family.name == LATENCY and sample.name == f"{LATENCY}_bucket":
-                    self.latency_buckets[float(sample.labels["le"])] += int(sample.value)
-                elif family.name == PREDICTED_LABELS and sample.name == f"{PREDICTED_LABELS}_total":
-                    self.labels[sample.labels.get("label", "")] += int(sample.value)
-                elif (
-                    family.name == PREDICTED_VALUES and sample.name == f"{PREDICTED_VALUES}_bucket"
-                ):
-                    self.value_buckets[float(sample.labels["le"])] += int(sample.value)
+    def _add(self, counters: Counters) -> None:
+        for key, value in counters.items():
+            series, label = key.split("|", 1)
+            if series == "requests":
+                self.requests_by_code[label] += int(value)
+            elif series == "latency":
+                self.latency_buckets[float(label)] += int(value)
+            elif series == "label":
+                self.labels[label] += int(value)
+            else:
+                self.value_buckets[float(label)] += int(value)
 
     @property
     def requests(self) -> int:
@@ -52,6 +95,10 @@ class Scrape:
     @property
     def server_errors(self) -> int:
         return self.requests_by_code.get("5xx", 0)
+
+    @property
+    def client_errors(self) -> int:
+        return self.requests_by_code.get("4xx", 0)
 
     def prediction_distribution(self) -> Counter[str]:
         """Class labels for classifiers; per-bucket counts of predicted values for regressors."""
@@ -100,12 +147,27 @@ def jensen_shannon_distance(left: Counter[str], right: Counter[str]) -> float | 
     return math.sqrt(max(divergence, 0.0))
 
 
+def excess_client_errors(canary: Scrape, stable: Scrape) -> int:
+    """4xx answers beyond the stable's own 4xx rate: the same bad clients hit both versions, but a
+    canary refusing what the stable accepts (a new required column, say) serves nothing."""
+    expected = canary.requests * stable.client_errors / stable.requests if stable.requests else 0
+    return max(0, canary.client_errors - math.floor(expected))
+
+
 def canary_metrics(canary_texts: Iterable[str], stable_texts: Iterable[str]) -> CanaryMetrics:
-    canary, stable = Scrape(canary_texts), Scrape(stable_texts)
+    return figures(Scrape(canary_texts), Scrape(stable_texts))
+
+
+def window_metrics(canary: Counters, stable: Counters) -> CanaryMetrics:
+    """The figures for one analysis window (see `window`)."""
+    return figures(Scrape(counters=canary), Scrape(counters=stable))
+
+
+def figures(canary: Scrape, stable: Scrape) -> CanaryMetrics:
     p95 = histogram_quantile(0.95, canary.latency_buckets)
     return CanaryMetrics(
         requests=canary.requests,
-        errors=canary.server_errors,
+        errors=canary.server_errors + excess_client_errors(canary, stable),
         p95_latency_ms=None if p95 is None else p95 * 1000,
         prediction_shift=jensen_shannon_distance(
             canary.prediction_distribution(), stable.prediction_distribution()

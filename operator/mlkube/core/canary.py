@@ -22,6 +22,7 @@ from mlkube.api.deployment import (
     DeploymentSpec,
     DeploymentStatus,
 )
+from mlkube.core.analysis import CanaryMetrics, Counters, window, window_metrics
 from mlkube.core.conditions import condition_status, parse_timestamp, set_condition, timestamp
 
 WAIT_FOR_PODS_SECONDS = 5.0
@@ -32,17 +33,6 @@ ACTIONS: tuple[Action, ...] = ("promote", "promote-full", "abort", "retry", "rol
 
 
 @dataclass(frozen=True)
-class CanaryMetrics:
-    """What the canary's pods served since it started, read from their /metrics."""
-
-    requests: int
-    errors: int
-    p95_latency_ms: float | None = None
-    prediction_shift: float | None = None
-    """Jensen-Shannon distance between canary and stable prediction distributions."""
-
-
-@dataclass(frozen=True)
 class Observation:
     target: str | None
     """The ModelVersion the spec asks for, once it exists, is ready and (if required) approved."""
@@ -50,16 +40,25 @@ class Observation:
     """(reason, message) when there is no servable target."""
     ready_replicas: dict[str, int] = field(default_factory=dict)
     metrics: CanaryMetrics | None = None
+    """Figures already computed (tests); with `counters`, the window since the last analysis."""
+    counters: dict[str, Counters] | None = None
+    """Each pod's counters now, keyed `canary/<pod>` and `stable/<pod>`."""
     action: Action | None = None
     """A CLI action not yet carried out."""
     action_id: str | None = None
     """The annotation value that carried the action, stored once it is handled."""
+    live_replicas: dict[str, int] = field(default_factory=dict)
+    """`spec.replicas` of each version's workload as it is now (an HPA may have changed it)."""
+    input_columns: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Input schema column names per version, for the stable and the target."""
 
 
 @dataclass(frozen=True)
 class Workload:
     replicas: int
     traffic: bool
+    autoscaled: bool = False
+    """The HPA owns `replicas` (the value here is the live one, never a change)."""
 
 
 @dataclass(frozen=True)
@@ -129,14 +128,32 @@ def evaluate_analysis(
     return figures.model_copy(update={"message": f"{metrics.requests} requests within thresholds"})
 
 
-def split_replicas(spec: DeploymentSpec, weight: int) -> tuple[int, int]:
-    """(stable, canary) pod counts for a canary weight; stable keeps at least one pod."""
-    total = spec.replicas
-    canary = 0 if weight == 0 or total == 0 else max(1, math.ceil(total * weight / 100))
+def split_replicas(spec: DeploymentSpec, weight: int, total: int | None = None) -> tuple[int, int]:
+    """(stable, canary) pod counts for a canary weight; stable keeps at least one pod.
+
+    With autoscaling the HPA owns the stable's count (`total`, the live one) and the canary is
+    sized from it so the pod ratio still approximates the weight."""
+    total = spec.replicas if total is None else total
+    if weight == 0 or total == 0:
+        return total, 0
+    if spec.autoscaling is not None:
+        share = (
+            total
+            if weight >= 100 or spec.traffic == "GatewayAPI"
+            else total * weight / (100 - weight)
+        )
+        return total, max(1, math.ceil(share if weight < 100 else total))
+    canary = max(1, math.ceil(total * weight / 100))
     if spec.traffic == "GatewayAPI":
         return total, canary
-    stable = total if total == 0 else max(1, total - canary)
-    return stable, canary
+    return max(1, total - canary), canary
+
+
+def missing_columns(obs: Observation, stable: str | None, target: str) -> list[str]:
+    """Input columns the target needs that the stable's requests never carried."""
+    if stable is None or stable not in obs.input_columns or target not in obs.input_columns:
+        return []
+    return sorted(obs.input_columns[target] - obs.input_columns[stable])
 
 
 class _Machine:
@@ -157,6 +174,8 @@ class _Machine:
         self.now = now
         self.events: list[Event] = []
         self.requeue: list[float] = []
+        self.promoted_from: str | None = None
+        """The stable replaced in this decision: the new one starts with at least its pods."""
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -168,6 +187,30 @@ class _Machine:
 
     def _since(self, at: str | None) -> float:
         return 0.0 if at is None else (self.now - parse_timestamp(at)).total_seconds()
+
+    def _stable_total(self) -> int:
+        """The stable's pod count: the spec's, or with autoscaling the live one (HPA-owned)."""
+        autoscaling = self.spec.autoscaling
+        if autoscaling is None:
+            return self.spec.replicas
+        stable = self.status.stable_version or ""
+        return max(self.obs.live_replicas.get(stable, 0), autoscaling.min_replicas)
+
+    def _split(self, weight: int) -> tuple[int, int]:
+        return split_replicas(self.spec, weight, self._stable_total())
+
+    def _wait_for_pods(self, canary: str, desired: int) -> None:
+        """Wait for the canary's pods, within the progress deadline; past it, roll back."""
+        deadline = self.spec.strategy.canary.progress_deadline_seconds
+        waited = self._since(self.status.step_started_at)
+        if waited >= deadline:
+            ready = self.obs.ready_replicas.get(canary, 0)
+            self.roll_back(
+                "ProgressDeadlineExceeded",
+                f"{ready} of {desired} canary pods ready after {deadline}s (progressDeadlineSeconds)",
+            )
+            return
+        self._wait(min(WAIT_FOR_PODS_SECONDS, deadline - waited))
 
     def _step(self) -> CanaryStep | None:
         steps = self.spec.strategy.canary.steps
@@ -191,6 +234,8 @@ class _Machine:
         s.analysis_failures = 0
         s.analysis_inconclusive = 0
         s.last_analysis = None
+        # the stable's figures are compared from here on; the canary's pods count from zero
+        s.analysis_baseline = self._counters("stable/")
         if replaced:
             self.events.append(Event("CanaryReplaced", f"canary {replaced} replaced by {target}"))
         self.events.append(
@@ -204,14 +249,17 @@ class _Machine:
         s.current_step = None
         s.step_started_at = None
         s.analysis_inconclusive = 0
+        s.analysis_baseline = None
 
     def promote(self) -> None:
         s = self.status
         promoted = s.canary_version
         delay = self.spec.strategy.canary.scale_down_delay_seconds
+        self.promoted_from = s.stable_version
         if delay > 0 and s.stable_version:
             s.previous_stable_version = s.stable_version
             s.scale_down_at = timestamp(self.now + timedelta(seconds=delay))
+            self._wait(delay)  # the scale-down is due then, whatever else happens meanwhile
         s.stable_version = promoted
         s.analysis_failures = 0
         self.drop_canary()
@@ -221,7 +269,8 @@ class _Machine:
         s = self.status
         s.aborted_version = s.canary_version
         self.drop_canary()
-        self.events.append(Event("RolledBack", f"{s.aborted_version}: {message}", "Warning"))
+        event = reason if reason == "ProgressDeadlineExceeded" else "RolledBack"
+        self.events.append(Event(event, f"{s.aborted_version}: {message}", "Warning"))
         self._degrade(
             reason, f"rolled back {s.aborted_version}: {message}; {s.stable_version} serves"
         )
@@ -232,6 +281,22 @@ class _Machine:
         s.conditions = set_condition(
             s.conditions, "Degraded", "True", reason, message, self.generation, self.now
         )
+
+    def _refuse_schema(self, target: str, missing: list[str]) -> None:
+        s = self.status
+        message = (
+            f"{target} needs input columns {', '.join(missing)} that requests to "
+            f"{s.stable_version} do not carry; set strategy.canary.allowSchemaChanges to roll it out"
+        )
+        if s.canary_version:
+            self.drop_canary()
+        already = next(
+            (c for c in s.conditions if c.type == "Degraded" and c.reason == "SchemaIncompatible"),
+            None,
+        )
+        if already is None or already.message != message:
+            self.events.append(Event("SchemaIncompatible", message, "Warning"))
+        self._degrade("SchemaIncompatible", message)
 
     def instant_rollback(self) -> None:
         """Back to the warm previous stable; the spec's version is then held as aborted."""
@@ -256,11 +321,32 @@ class _Machine:
 
     # -- the step machine ------------------------------------------------------------------
 
+    def _counters(self, prefix: str = "") -> dict[str, Counters] | None:
+        counters = self.obs.counters
+        if counters is None:
+            return None
+        return {pod: c for pod, c in counters.items() if pod.startswith(prefix)}
+
+    def _metrics(self) -> CanaryMetrics | None:
+        """The figures since the last conclusive analysis (counter resets survived)."""
+        now = self.obs.counters
+        if now is None:
+            return self.obs.metrics
+        baseline = self.status.analysis_baseline
+
+        def since(prefix: str) -> Counters:
+            return window({k: v for k, v in now.items() if k.startswith(prefix)}, baseline)
+
+        return window_metrics(since("canary/"), since("stable/"))
+
     def analyse(self, min_requests: int | None, step: int | None) -> AnalysisResult:
         analysis = self.spec.strategy.canary.analysis
-        result = evaluate_analysis(analysis, self.obs.metrics, self.now, min_requests)
+        result = evaluate_analysis(analysis, self._metrics(), self.now, min_requests)
         result.step = step
         self.status.last_analysis = result
+        if result.result != "Inconclusive" and self.obs.counters is not None:
+            # the next analysis judges only the requests after this one
+            self.status.analysis_baseline = dict(self.obs.counters)
         if result.result == "Failed":
             self.status.analysis_failures += 1
             if self.status.analysis_failures >= analysis.failure_limit:
@@ -279,7 +365,7 @@ class _Machine:
         analysis = self.spec.strategy.canary.analysis
         last = self.status.last_analysis
         due = last is None or self._since(last.at) >= analysis.interval_seconds
-        metrics = self.obs.metrics
+        metrics = self._metrics()
         if due and metrics is not None and metrics.requests >= analysis.min_request_count:
             self.analyse(None, None)
 
@@ -289,23 +375,24 @@ class _Machine:
             step = self._step()
             if step is None:
                 canary = self.status.canary_version
-                _, desired = split_replicas(self.spec, 100)
+                _, desired = self._split(100)
                 if not self._available(canary, desired):
                     self.status.canary_weight = 100
-                    self._wait(WAIT_FOR_PODS_SECONDS)
+                    self._wait_for_pods(canary, desired)
                     return
                 self.promote()
                 return
             if step.set_weight is not None:
                 self.status.canary_weight = step.set_weight
-                _, desired = split_replicas(self.spec, step.set_weight)
+                _, desired = self._split(step.set_weight)
                 if not self._available(self.status.canary_version, desired):
-                    self._wait(WAIT_FOR_PODS_SECONDS)
+                    self._wait_for_pods(self.status.canary_version, desired)
                     return
                 self._advance()
             elif step.pause is not None:
                 if step.pause.seconds is None:
                     self.status.phase = "Paused"
+                    self._wait(analysis.interval_seconds)  # the background analysis goes on
                     return
                 left = step.pause.seconds - self._since(self.status.step_started_at)
                 if left > 0:
@@ -392,6 +479,12 @@ class _Machine:
                 self._degrade(
                     "RolledBack", f"{target} was rolled back; run `mlkube retry` to try it again"
                 )
+        elif (
+            s.canary_version != target
+            and not self.spec.strategy.canary.allow_schema_changes
+            and (missing := missing_columns(obs, s.stable_version, target))
+        ):
+            self._refuse_schema(target, missing)
         else:
             if s.canary_version != target:
                 self.start_canary(target)
@@ -418,25 +511,41 @@ class _Machine:
         )
 
     def _workloads(self) -> dict[str, Workload]:
-        s = self.status
+        """Pods per version. The canary's pods come first: the stable gives up only as many pods
+        as the canary has ready, so it keeps its full capacity while a canary cannot start."""
+        s, obs = self.status, self.obs
+        autoscaled = self.spec.autoscaling is not None
         workloads: dict[str, Workload] = {}
         if s.previous_stable_version:
-            workloads[s.previous_stable_version] = Workload(self.spec.replicas, traffic=False)
+            warm = obs.live_replicas.get(s.previous_stable_version) if autoscaled else None
+            workloads[s.previous_stable_version] = Workload(
+                self.spec.replicas if warm is None else warm, traffic=False
+            )
         weight = (s.canary_weight or 0) if s.canary_version else 0
-        stable_replicas, canary_replicas = split_replicas(self.spec, weight)
+        total = self._stable_total()
+        stable_replicas, canary_replicas = split_replicas(self.spec, weight, total)
+        if s.canary_version and not autoscaled:
+            ready_canary = min(obs.ready_replicas.get(s.canary_version, 0), canary_replicas)
+            stable_replicas = max(stable_replicas, min(total, total - ready_canary))
         if s.stable_version:
-            workloads[s.stable_version] = Workload(stable_replicas, traffic=True)
+            if autoscaled and self.promoted_from:
+                before = obs.live_replicas.get(self.promoted_from, 0)
+                stable_replicas = max(obs.live_replicas.get(s.stable_version, 0), before, total)
+            workloads[s.stable_version] = Workload(stable_replicas, True, autoscaled=autoscaled)
         if s.canary_version:
             workloads[s.canary_version] = Workload(canary_replicas, traffic=True)
         return workloads
 
     def _weights(self) -> dict[str, int]:
+        """Route weights; no weight moves to a canary without a ready pod behind it."""
         s = self.status
         if not s.stable_version:
             return {}
         if not s.canary_version:
             return {s.stable_version: 100}
         weight = s.canary_weight or 0
+        if self.obs.ready_replicas.get(s.canary_version, 0) == 0:
+            weight = 0
         return {s.stable_version: 100 - weight, s.canary_version: weight}
 
     def _finish_status(self) -> None:
@@ -445,9 +554,7 @@ class _Machine:
         stable_ready = (
             bool(s.stable_version) and self.obs.ready_replicas.get(s.stable_version or "", 0) > 0
         )
-        desired_stable, _ = split_replicas(
-            self.spec, (s.canary_weight or 0) if s.canary_version else 0
-        )
+        desired_stable, _ = self._split((s.canary_weight or 0) if s.canary_version else 0)
         stable_available = s.stable_version is not None and self._available(
             s.stable_version, desired_stable
         )
