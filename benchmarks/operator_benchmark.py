@@ -1,7 +1,7 @@
-"""The operator under load on the real cluster: 200 suspended TrainingJobs and 200 Deployments with
-0 replicas applied at once. Prints time to first child (p50/p95), time until every object has
-settled, the operator's peak RSS, and API requests (the operator's own, and the API server's count
-for all clients). A baseline for later work, not a test.
+"""The operator under load on the real cluster: N suspended TrainingJobs and N Deployments with
+0 replicas applied at once (`--count`, default 200). Prints time to first child (p50/p95), time
+until every object has settled, the operator's peak RSS, and API requests (the operator's own, per
+object, and the API server's count for all clients). A measurement, not a test.
 
     KUBECONFIG=$(hack/cluster up) hack/build-images && .venv/bin/python benchmarks/operator_benchmark.py
 """
@@ -225,7 +225,9 @@ def main() -> None:
             f"{'Deployments (0 replicas)':34}{percentiles(dep_latency):>34}{settle_dep:>12.1f} s   ({len(dep_latency)} apps/v1)"
         )
         print(f"\noperator peak RSS                 {rss:8.1f} MB")
-        print(f"API requests by mlkube's client   {own:8.0f}")
+        print(
+            f"API requests by mlkube's client   {own:8.0f}   ({own / (2 * args.count + 1):.1f} per object)"
+        )
         print(
             f"API requests, all clients         {everyone:8.0f}   (API server's apiserver_request_total delta)"
         )

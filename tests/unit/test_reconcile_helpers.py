@@ -1,4 +1,4 @@
-"""The pure helpers inside the operator's reconcilers."""
+"""The pure helpers the reconcilers use: what may be served, how drift runs fold into status."""
 
 from __future__ import annotations
 
@@ -72,3 +72,12 @@ def test_a_run_without_a_result_is_an_error_not_a_verdict() -> None:
     )
     assert status.last_run is not None
     assert status.last_run.verdict == "Error"
+
+
+def test_a_run_is_folded_exactly_once() -> None:
+    spec = DriftMonitorSpec(deployment="iris")
+    result = {"verdict": "Drift", "rows": 500, "driftShare": "1", "driftedColumns": ["a"]}
+    once = fold_drift_run(DriftMonitorStatus(), result, "job-0", spec, NOW)
+    twice = fold_drift_run(once, result, "job-0", spec, NOW)
+    assert twice == once
+    assert len(twice.history) == 1

@@ -160,8 +160,8 @@ class DeploymentReconciler:
 
     def _label_traffic(self, r: Read_, version: str, traffic: bool, current: Body | None) -> None:
         """Pods of a version take requests only while it should: the Service selects the label."""
-        if current is not None and not (current.get("status") or {}).get("replicas"):
-            return  # no pods to label; new ones start with the template's label
+        if current is None or not (current.get("status") or {}).get("replicas"):
+            return  # no pods to label (yet); new ones start with the template's label
         selector = f"{DEPLOYMENT_LABEL}={r.name},{VERSION_LABEL}={version}"
         wanted = "on" if traffic else "off"
         for pod in self.ctx.kube.list_of("v1", "Pod", r.namespace, selector):

@@ -94,9 +94,7 @@ _operator: Operator | None = None
 
 
 def operator() -> Operator:
-    global _operator  # noqa: PLW0603 - one per process, made at start-up
-    if _operator is None:
-        _operator = Operator()
+    assert _operator is not None, "made by the startup handler, before any watch event"
     return _operator
 
 
@@ -114,10 +112,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING
+    # a line per watch event is noise at 1,000 objects; our own loggers say what matters
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if METRICS_PORT:
         start_http_server(METRICS_PORT)
-    op = operator()
-    op.task = asyncio.create_task(op.queue.serve())
+    global _operator  # noqa: PLW0603 - one per run: a restarted operator starts afresh
+    _operator = Operator()
+    _operator.task = asyncio.create_task(_operator.queue.serve())
 
 
 @kopf.on.cleanup()

@@ -1,0 +1,144 @@
+"""Rollouts that fail safe, on the real cluster with real server pods (issue 8, items 3 and 4):
+a canary that cannot start rolls back at its deadline without costing the stable a pod, and an
+HPA-managed stable is never scaled by the operator."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+from kubernetes import client
+
+from tests.cluster.fixtures import KubeCluster
+from tests.integration.fixtures import (
+    GROUP,
+    VERSION,
+    condition,
+    create,
+    eventually,
+    status_of,
+    training_finished,
+)
+
+pytestmark = pytest.mark.usefixtures("crds")
+
+
+def manifest(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def trained(kube: KubeCluster, ns: str, name: str) -> str:
+    spec = {
+        "model": "iris",
+        "dataset": {"uri": "builtin:iris"},
+        "estimator": {"className": "sklearn.naive_bayes.GaussianNB"},
+        "approvalPolicy": "AutoApproveOnGates",
+    }
+    create(kube, ns, manifest("TrainingJob", name, spec))
+    done = training_finished(kube, ns, name)
+    assert done["phase"] == "Succeeded", done
+    version = str(done["modelVersion"])
+    eventually(
+        lambda: (
+            condition(status_of(kube, ns, "modelversions", version), "Ready").get("status")
+            == "True"
+        ),
+        120,
+        f"{version} to be verified",
+    )
+    return version
+
+
+def hpas(kube: KubeCluster) -> Any:
+    return client.AutoscalingV2Api(kube.api_client)
+
+
+def replicas(kube: KubeCluster, ns: str, name: str) -> tuple[int, int]:
+    d = kube.apps.read_namespaced_deployment(name, ns)
+    return d.spec.replicas, d.status.ready_replicas or 0
+
+
+@pytest.mark.timeout(900)
+def test_rollouts_fail_safe_and_leave_the_hpa_alone(
+    kube_cluster: KubeCluster, operator_namespace: str, operator: dict[str, KopfRunner]
+) -> None:
+    kube, ns = kube_cluster, operator_namespace
+    v1, v2 = trained(kube, ns, "iris-a"), trained(kube, ns, "iris-b")
+
+    # -- a canary whose pods can never start (a quota admits no more pods) -------------------
+    steps = [{"setWeight": 50}, {"pause": {"seconds": 5}}, {"analysis": {}}, {"setWeight": 100}]
+    create(kube, ns, manifest("Deployment", "safe", {
+        "modelVersion": v1, "replicas": 2,
+        "strategy": {"canary": {"steps": steps, "progressDeadlineSeconds": 30}},
+    }))  # fmt: skip
+    eventually(
+        lambda: status_of(kube, ns, "deployments", "safe").get("phase") == "Healthy",
+        240,
+        "the stable to serve with 2 pods",
+    )
+    kube.core.create_namespaced_resource_quota(
+        ns, {"metadata": {"name": "no-more-pods"}, "spec": {"hard": {"pods": "2"}}}
+    )
+    try:
+        time.sleep(2)
+        kube.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, "deployments", "safe", {"spec": {"modelVersion": v2}}
+        )
+        stable_counts = set()
+
+        def rolled_back() -> dict[str, Any] | None:
+            stable_counts.add(replicas(kube, ns, f"safe-{v1}"))
+            s = status_of(kube, ns, "deployments", "safe")
+            return s if s.get("abortedVersion") == v2 else None
+
+        degraded = eventually(rolled_back, 120, "the canary to hit its progress deadline")
+        assert stable_counts == {(2, 2)}, f"the stable kept both pods throughout: {stable_counts}"
+        reason = condition(degraded, "Degraded")
+        assert reason["reason"] == "ProgressDeadlineExceeded"
+        assert "after 30s" in reason["message"]
+        assert degraded["stableVersion"] == v1
+        events = kube.core.list_namespaced_event(
+            ns, field_selector="involvedObject.name=safe"
+        ).items
+        assert any(e.type == "Warning" and e.reason == "ProgressDeadlineExceeded" for e in events)
+        eventually(
+            lambda: f"safe-{v2}" not in {d.metadata.name for d in kube.apps.list_namespaced_deployment(ns).items},
+            60,
+            "the canary's pods to be removed",
+        )  # fmt: skip
+    finally:
+        kube.core.delete_namespaced_resource_quota("no-more-pods", ns)
+
+    # -- the HPA owns the stable's replicas --------------------------------------------------
+    create(kube, ns, manifest("Deployment", "scaled", {
+        "modelVersion": v1, "replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
+    }))  # fmt: skip
+    eventually(
+        lambda: status_of(kube, ns, "deployments", "scaled").get("phase") == "Healthy",
+        240,
+        "the autoscaled Deployment to serve",
+    )
+    assert hpas(kube).read_namespaced_horizontal_pod_autoscaler("scaled", ns)
+    kube.apps.patch_namespaced_deployment_scale(f"scaled-{v1}", ns, {"spec": {"replicas": 4}})
+    # a spec edit makes the operator reconcile (and re-apply) while the count is 4
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "deployments", "scaled",
+        {"spec": {"resources": {"requests": {"cpu": "50m", "memory": "200Mi"}}}},
+    )  # fmt: skip
+    time.sleep(25)
+    assert replicas(kube, ns, f"scaled-{v1}")[0] == 4, "scaling by hand is not undone"
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "deployments", "scaled", {"spec": {"autoscaling": None}}
+    )
+    eventually(
+        lambda: not hpas(kube).list_namespaced_horizontal_pod_autoscaler(ns).items,
+        60,
+        "the HPA to be removed with autoscaling",
+    )
