@@ -219,13 +219,15 @@ class Context:
     def forget_applied(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self._applied.pop((api_version, kind, namespace, name), None)
 
-    def first_look_or_applied(self, kind: tuple[str, str], namespace: str, name: str) -> bool:
-        """True the first time this process asks about a child, or when it applied one: the
-        cheap way to know a child that should not exist may (still) exist."""
+    def may_exist(
+        self, kind: tuple[str, str], namespace: str, name: str, owner_is_new: bool
+    ) -> bool:
+        """Whether a child that should not exist may (still) exist: this process applied it, or
+        it is the first look since start-up at an owner reconciled before (by an earlier run)."""
         key = (*kind, namespace, name)
         first = key not in self._asked
         self._asked.add(key)
-        return first or key in self._applied
+        return (first and not owner_is_new) or key in self._applied
 
     def write_children(
         self,

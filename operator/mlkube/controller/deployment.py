@@ -153,8 +153,10 @@ class DeploymentReconciler:
         autoscaler = build_autoscaler(owner, spec, stable) if stable else None
         if autoscaler is not None:
             ctx.apply(autoscaler)
-        elif ctx.first_look_or_applied(AUTOSCALER, r.namespace, r.name):
-            # autoscaling removed (or never there): no HPA may keep scaling the stable
+        elif ctx.may_exist(
+            AUTOSCALER, r.namespace, r.name, owner_is_new=r.status.observed_generation is None
+        ):
+            # autoscaling removed: no HPA may keep scaling the stable
             ctx.kube.delete(*AUTOSCALER, r.namespace, r.name)
             ctx.forget_applied(*AUTOSCALER, r.namespace, r.name)
 

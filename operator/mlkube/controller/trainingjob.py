@@ -1,7 +1,7 @@
 """TrainingJob reconciler: claim a version, run the training Job, read its result, register it.
 
-The version is written to status before the Job exists, so a retry (or a refused Job) never claims
-another one. `suspend` is forwarded to the Job alone (batch/v1 semantics, so a queue such as Kueue
+A claimed version is kept per TrainingJob in memory, then carried by the Job's annotation and the
+status written after it is created (or refused), so a retry never claims another one. `suspend` is forwarded to the Job alone (batch/v1 semantics, so a queue such as Kueue
 can admit TrainingJobs); the pod template never changes after creation. The Job is deleted by the
 operator `ttlSecondsAfterFinished` after its result is in status, never before.
 """
@@ -46,6 +46,8 @@ class VersionClaims:
         self._ctx = ctx
         self._lock = threading.Lock()
         self._last: dict[tuple[str, str], int] = {}
+        self._by_claimant: dict[str, int] = {}
+        """Claims by TrainingJob uid, until the Job's annotation or the status carries them."""
 
     def _existing(self, namespace: str, model: str, claimant: str) -> list[int]:
         kube, caches = self._ctx.kube, self._ctx.caches.objects
@@ -61,9 +63,11 @@ class VersionClaims:
                 taken.append(int(version))
         return taken
 
-    def claim(self, namespace: str, model: str, claimant: str) -> int:
+    def claim(self, namespace: str, model: str, claimant: str, uid: str) -> int:
         key = (namespace, model)
         with self._lock:
+            if uid in self._by_claimant:
+                return self._by_claimant[uid]
             if key not in self._last:
                 self._last[key] = next_version(self._existing(namespace, model, claimant)) - 1
             version = self._last[key] + 1
@@ -71,6 +75,7 @@ class VersionClaims:
             while versions.get(namespace, model_version_name(model, version)) is not None:
                 version += 1  # registered by hand since the first claim
             self._last[key] = version
+            self._by_claimant[uid] = version
             return version
 
 
@@ -133,19 +138,13 @@ class TrainingJobReconciler:
         return self._clean_up(r, job) if new.phase in ("Succeeded", "Failed") else None
 
     def _version(self, r: Read_, job: Body | None) -> int:
-        """The version this TrainingJob trains: in status, on its Job, or newly claimed (and then
-        written to status at once, before anything can fail)."""
+        """The version this TrainingJob trains: in status, on its Job, or claimed (once per
+        TrainingJob: a retry after a failed create asks again and gets the same one)."""
         if r.status.version is not None:
             return r.status.version
         if job is not None:
             return int(job["metadata"]["annotations"]["mlkube.io/model-version"])
-        version = self.claims.claim(r.namespace, r.spec.model, r.name)
-        claimed = r.status.model_copy(
-            update={"version": version, "phase": r.status.phase or "Pending"}
-        )
-        claimed.observed_generation = r.generation
-        self.ctx.write_status(KIND, r.obj, claimed)
-        return version
+        return self.claims.claim(r.namespace, r.spec.model, r.name, r.obj["metadata"]["uid"])
 
     def _create(self, r: Read_, version: int) -> Body | None:
         """Create the Job; None when the TrainingJob cannot train (status says why)."""
