@@ -114,6 +114,7 @@ class Cluster:
                 body=payload,
                 headers=headers,
                 timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+                retries=False,  # the work queue is the one place that retries
                 preload_content=False,
             )
             try:
