@@ -87,7 +87,11 @@ def test_rollouts_fail_safe_and_leave_the_hpa_alone(
         ns, {"metadata": {"name": "no-more-pods"}, "spec": {"hard": {"pods": "2"}}}
     )
     try:
-        time.sleep(2)
+        eventually(
+            lambda: (kube.core.read_namespaced_resource_quota("no-more-pods", ns).status.used or {}).get("pods") == "2",
+            60,
+            "the quota to count the stable's pods (until then it admits any pod)",
+        )  # fmt: skip
         kube.custom.patch_namespaced_custom_object(
             GROUP, VERSION, ns, "deployments", "safe", {"spec": {"modelVersion": v2}}
         )
