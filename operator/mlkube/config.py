@@ -30,7 +30,28 @@ class OperatorConfig:
     allowed_uri_prefixes: tuple[str, ...] = ()
     """URI prefixes every namespace may read besides ``<root>/<namespace>/`` (shared datasets)."""
     service_account: str | None = None
+    """The ServiceAccount of workload pods (IRSA / Workload Identity); None: the namespace's default."""
     image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    """Secrets in each workload namespace for pulling the runtime image from a private registry."""
+    workload_run_as_user: int | None = 65532
+    """The uid (and gid, fsGroup) of workload pods; None lets the platform choose one, as
+    OpenShift's restricted SCC does."""
+
+    def __post_init__(self) -> None:
+        """Refuse a prefix that would open every namespace's store to every namespace.
+
+        Raises:
+            ValueError: an allowed prefix contains the artifact root or lies inside it.
+        """
+        root = self.artifact_root.rstrip("/") + "/"
+        for prefix in self.allowed_uri_prefixes:
+            shared = prefix.rstrip("/") + "/"
+            if root.startswith(shared) or shared.startswith(root):
+                raise ValueError(
+                    f"allowed URI prefix {prefix} overlaps the artifact root {self.artifact_root}: "
+                    "list only prefixes outside the root (MLKUBE_ALLOWED_URI_PREFIXES)"
+                )
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -48,12 +69,21 @@ class OperatorConfig:
             artifact_storage_class=os.environ.get("MLKUBE_ARTIFACT_STORAGE_CLASS") or None,
             artifact_access_mode=os.environ.get("MLKUBE_ARTIFACT_ACCESS_MODE")
             or cls.artifact_access_mode,
-            s3_secret=os.environ.get("MLKUBE_S3_SECRET") or None,
+            # a storage key only where there is object storage: PVC mode asks for no Secret
+            s3_secret=(os.environ.get("MLKUBE_S3_SECRET") or None) if object_storage else None,
             s3_endpoint_url=os.environ.get("MLKUBE_S3_ENDPOINT_URL") or None,
-            allowed_uri_prefixes=tuple(
-                p.strip()
-                for p in os.environ.get("MLKUBE_ALLOWED_URI_PREFIXES", "").split(",")
-                if p.strip()
-            ),
+            allowed_uri_prefixes=_names(os.environ.get("MLKUBE_ALLOWED_URI_PREFIXES", "")),
             service_account=os.environ.get("MLKUBE_WORKLOAD_SERVICE_ACCOUNT") or None,
+            image_pull_policy=os.environ.get("MLKUBE_IMAGE_PULL_POLICY") or cls.image_pull_policy,
+            image_pull_secrets=_names(os.environ.get("MLKUBE_IMAGE_PULL_SECRETS", "")),
+            workload_run_as_user=_uid(os.environ.get("MLKUBE_WORKLOAD_RUN_AS_USER", "65532")),
         )
+
+
+def _names(value: str) -> tuple[str, ...]:
+    """A comma-separated list, as the chart joins one."""
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _uid(value: str) -> int | None:
+    return int(value) if value.strip() else None

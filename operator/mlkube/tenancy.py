@@ -3,20 +3,21 @@
 A workload pod reads and writes the store with its namespace's credentials (object storage) or its
 namespace's claim (PVC), but a spec could still name any path. So every URI a user writes must lie
 under ``<root>/<namespace>/`` or under one of the extra prefixes the platform team allows (the
-chart's ``artifacts.allowedURIPrefixes``). Bundled datasets (``builtin:``) and public ``https://``
-data carry no store credentials and are always allowed.
+chart's ``artifacts.allowedURIPrefixes``). Fields that name training data may also name bundled
+datasets (``builtin:``) and public ``https://`` data, which carry no store credentials; fields
+that name artifacts may not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from mlkube.layout import join, with_scheme
 
 FORBIDDEN_URI = "ForbiddenURI"
 """The condition reason for a URI outside the namespace's part of the store."""
-ALWAYS_ALLOWED = ("builtin:", "https://")
+PUBLIC_DATA = ("builtin:", "https://")
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ def _escapes(uri: str) -> bool:
     return any(segment in (".", "..") for segment in path.split("/")) or "//" in path.lstrip("/")
 
 
-def uri_allowed(uri: str, prefixes: Iterable[str]) -> bool:
-    """True when `uri` is bundled or public data, or lies under one of `prefixes`."""
-    if uri.startswith(ALWAYS_ALLOWED):
-        return True
+def uri_allowed(uri: str, prefixes: Iterable[str], public: bool = False) -> bool:
+    """True when `uri` lies under one of `prefixes`, or is bundled or public data and `public`."""
+    if uri.startswith(PUBLIC_DATA):
+        return public
     uri = _normalised(uri)
     if _escapes(uri):
         return False
@@ -63,11 +64,16 @@ def allowed_prefixes(root: str, namespace: str, extra: Iterable[str]) -> tuple[s
 
 
 def forbidden_uri(
-    uris: Mapping[str, str | None], root: str, namespace: str, extra: Iterable[str] = ()
+    uris: Mapping[str, str | None],
+    root: str,
+    namespace: str,
+    extra: Iterable[str] = (),
+    data_fields: Collection[str] = (),
 ) -> ForbiddenURI | None:
-    """The first of `uris` (spec field -> URI, None when unset) the namespace may not name."""
+    """The first of `uris` (spec field -> URI, None when unset) the namespace may not name;
+    `data_fields` name training data, where bundled and public datasets are allowed too."""
     prefixes = allowed_prefixes(root, namespace, extra)
     for field, uri in uris.items():
-        if uri is not None and not uri_allowed(uri, prefixes):
+        if uri is not None and not uri_allowed(uri, prefixes, public=field in data_fields):
             return ForbiddenURI(field, uri, prefixes)
     return None

@@ -246,3 +246,16 @@ def test_verify_job_checks_every_recorded_file() -> None:
     assert container(job)["args"][-4:] == [
         "--file", f"reference.parquet={'f' * 64}", "--file", f"schema.json={'e' * 64}",
     ]  # fmt: skip
+
+
+def test_workload_pods_can_leave_the_uid_to_the_platform_and_pull_from_a_private_registry() -> None:
+    openshift = OperatorConfig(workload_run_as_user=None, image_pull_secrets=("registry-key",))
+    pod = build_job(TJ_OWNER, TRAINING, 1, openshift)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["imagePullSecrets"] == [{"name": "registry-key"}]
+    default = build_job(TJ_OWNER, TRAINING, 1, CONFIG)["spec"]["template"]["spec"]
+    assert default["securityContext"]["runAsUser"] == 65532
+    assert "imagePullSecrets" not in default

@@ -101,6 +101,20 @@ def test_image_pull_failure_is_reported_while_the_job_waits() -> None:
     assert (outcome.phase, outcome.reason) == ("Failed", "ImagePullFailed")
 
 
+def test_a_missing_secret_keeps_the_training_pending_with_the_kubelets_reason() -> None:
+    waiting = pod(
+        {
+            "waiting": {
+                "reason": "CreateContainerConfigError",
+                "message": 'secret "mlkube-s3" not found',
+            }
+        }
+    )
+    outcome = training_outcome(job(active=1), [waiting])
+    assert (outcome.phase, outcome.reason) == ("Pending", "CreateContainerConfigError")
+    assert outcome.message == 'the trainer pod cannot start: secret "mlkube-s3" not found'
+
+
 def test_running_suspended_and_pending() -> None:
     assert training_outcome(None, []).phase == "Pending"
     assert training_outcome(job(active=1), [pod({"running": {}})]).phase == "Running"

@@ -74,14 +74,13 @@ def restricted_security_context() -> Manifest:
     }
 
 
-def pod_security_context() -> Manifest:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": 65532,
-        "runAsGroup": 65532,
-        "fsGroup": 65532,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+def pod_security_context(config: OperatorConfig) -> Manifest:
+    """Non-root always; a fixed uid unless the platform assigns one (OpenShift)."""
+    context: Manifest = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    uid = config.workload_run_as_user
+    if uid is not None:
+        context.update(runAsUser=uid, runAsGroup=uid, fsGroup=uid)
+    return context
 
 
 def resources(spec: ResourcesModel | None, default_requests: dict[str, str]) -> Manifest:
@@ -148,7 +147,7 @@ def pod_spec(container: Manifest, config: OperatorConfig, restart_policy: str) -
     pod_volumes, mounts = volumes(config)
     spec: Manifest = {
         "restartPolicy": restart_policy,
-        "securityContext": pod_security_context(),
+        "securityContext": pod_security_context(config),
         "containers": [{**container, "volumeMounts": mounts}],
         "volumes": pod_volumes,
         "enableServiceLinks": False,
@@ -157,6 +156,8 @@ def pod_spec(container: Manifest, config: OperatorConfig, restart_policy: str) -
     }
     if config.service_account:
         spec["serviceAccountName"] = config.service_account
+    if config.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
     return spec
 
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -174,9 +174,15 @@ class Context:
 
     # -- chores ----------------------------------------------------------------------------------
 
-    def forbidden(self, namespace: str, uris: dict[str, str | None]) -> ForbiddenURI | None:
+    def forbidden(
+        self, namespace: str, uris: dict[str, str | None], data_fields: Collection[str] = ()
+    ) -> ForbiddenURI | None:
         return forbidden_uri(
-            uris, self.config.artifact_root, namespace, self.config.allowed_uri_prefixes
+            uris,
+            self.config.artifact_root,
+            namespace,
+            self.config.allowed_uri_prefixes,
+            data_fields,
         )
 
     def ensure_artifact_storage(self, namespace: str) -> None:

@@ -85,10 +85,20 @@ class DriftMonitorReconciler:
 
     def _reference(self, r: Read_) -> tuple[str | None, tuple[str, str] | None]:
         ctx, spec = self.ctx, r.spec
+        retrain = spec.action.retrain
+        retrain_data = "spec.action.retrain.template.dataset.uri"
+        forbidden = ctx.forbidden(
+            r.namespace,
+            {
+                "spec.reference.uri": spec.reference.uri,
+                # refused now, not at the first drift, when the TrainingJob it makes would fail
+                retrain_data: retrain.template.dataset.uri if retrain else None,
+            },
+            data_fields={retrain_data},
+        )
+        if forbidden is not None:
+            return None, (FORBIDDEN_URI, forbidden.message)
         if spec.reference.uri:
-            forbidden = ctx.forbidden(r.namespace, {"spec.reference.uri": spec.reference.uri})
-            if forbidden is not None:
-                return None, (FORBIDDEN_URI, forbidden.message)
             return spec.reference.uri, None
         version = spec.reference.model_version
         if version is None:

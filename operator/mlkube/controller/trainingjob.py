@@ -159,6 +159,7 @@ class TrainingJobReconciler:
                 "spec.dataset.uri": r.spec.dataset.uri,
                 "spec.qualityGates.champion.modelVersion": champion[0] if champion else None,
             },
+            data_fields={"spec.dataset.uri"},
         )
         if forbidden is not None:
             self._fail(r, FORBIDDEN_URI, forbidden.message, version)

@@ -105,6 +105,13 @@ def training_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> 
                 "ImagePullFailed",
                 f"{waiting['reason']}: {waiting.get('message', '')}".strip(),
             )
+        if waiting.get("reason") == "CreateContainerConfigError":
+            # e.g. the namespace's storage Secret is missing: the kubelet retries once it exists
+            return Outcome(
+                "Pending",
+                "CreateContainerConfigError",
+                f"the trainer pod cannot start: {waiting.get('message', '')}".strip(),
+            )
     if _condition(job, "Suspended") or (job.get("spec") or {}).get("suspend"):
         return Outcome("Suspended", "Suspended", "spec.suspend is true")
     if (job.get("status") or {}).get("active"):
