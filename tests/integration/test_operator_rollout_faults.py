@@ -146,3 +146,96 @@ def test_rollouts_fail_safe_and_leave_the_hpa_alone(
         60,
         "the HPA to be removed with autoscaling",
     )
+
+
+def pods_of(kube: KubeCluster, ns: str, deployment: str, version: str) -> list[Any]:
+    selector = f"mlkube.io/deployment={deployment},mlkube.io/model-version={version}"
+    return list(kube.core.list_namespaced_pod(ns, label_selector=selector).items)
+
+
+@pytest.mark.timeout(900)
+def test_schema_changes_are_refused_and_a_warm_stable_never_takes_traffic_again(
+    kube_cluster: KubeCluster, operator_namespace: str, operator: dict[str, KopfRunner]
+) -> None:
+    kube, ns = kube_cluster, operator_namespace
+    three = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm"]
+    spec = {
+        "model": "narrow",
+        "dataset": {"uri": "builtin:iris"},
+        "estimator": {"className": "sklearn.naive_bayes.GaussianNB"},
+        "approvalPolicy": "AutoApproveOnGates",
+    }
+    create(kube, ns, manifest("TrainingJob", "narrow-a", {**spec, "features": three}))
+    create(kube, ns, manifest("TrainingJob", "narrow-b", spec))
+    for name in ("narrow-a", "narrow-b"):
+        assert training_finished(kube, ns, name)["phase"] == "Succeeded"
+    for version in ("narrow-v1", "narrow-v2"):
+        eventually(
+            lambda v=version: condition(status_of(kube, ns, "modelversions", v), "Ready").get("status") == "True",
+            120,
+            f"{version} to be verified",
+        )  # fmt: skip
+    create(kube, ns, manifest("Deployment", "narrow", {"modelVersion": "narrow-v1", "replicas": 1}))
+    eventually(
+        lambda: status_of(kube, ns, "deployments", "narrow").get("phase") == "Healthy",
+        240,
+        "v1 to serve",
+    )
+
+    # v2 needs petal_width_cm, which production's requests to v1 never carried
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "deployments", "narrow", {"spec": {"modelVersion": "narrow-v2"}}
+    )
+    refused = eventually(
+        lambda: (
+            condition(status_of(kube, ns, "deployments", "narrow"), "Degraded").get("reason")
+            == "SchemaIncompatible"
+            and status_of(kube, ns, "deployments", "narrow")
+        ),
+        60,
+        "v2 to be refused",
+    )
+    assert "petal_width_cm" in condition(refused, "Degraded")["message"]
+    assert refused["stableVersion"] == "narrow-v1"
+    assert pods_of(kube, ns, "narrow", "narrow-v2") == []
+
+    # allowed: promoted once ready; v1 stays warm, out of traffic, even in pods made later
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "deployments", "narrow",
+        {"spec": {"strategy": {"canary": {"allowSchemaChanges": True, "scaleDownDelaySeconds": 40}}}},
+    )  # fmt: skip
+    eventually(
+        lambda: status_of(kube, ns, "deployments", "narrow").get("stableVersion") == "narrow-v2",
+        240,
+        "v2 to be promoted",
+    )
+    eventually(
+        lambda: [p.metadata.labels["mlkube.io/traffic"] for p in pods_of(kube, ns, "narrow", "narrow-v1")] == ["off"],
+        30,
+        "the warm v1 pod out of traffic",
+    )  # fmt: skip
+    old = pods_of(kube, ns, "narrow", "narrow-v1")[0].metadata.name
+    kube.core.delete_namespaced_pod(old, ns, grace_period_seconds=0)
+    replacement = eventually(
+        lambda: [p for p in pods_of(kube, ns, "narrow", "narrow-v1") if p.metadata.name != old],
+        30,
+        "v1's replacement pod",
+    )[0]
+    labelled = eventually(
+        lambda: kube.core.read_namespaced_pod(replacement.metadata.name, ns).metadata.labels.get("mlkube.io/traffic") == "off"
+        and kube.core.read_namespaced_pod(replacement.metadata.name, ns),
+        20,
+        "the new warm pod to be taken out of traffic",
+    )  # fmt: skip
+    ready = [c for c in labelled.status.conditions or [] if c.type == "Ready"]
+    assert not ready or ready[0].status != "True", "out of traffic before it could answer"
+    eventually(
+        lambda: (
+            not any(
+                d.metadata.name == "narrow-narrow-v1"
+                for d in kube.apps.list_namespaced_deployment(ns).items
+            )
+        ),
+        120,
+        "v1 to be scaled down after the delay, with modelVersion pinned",
+    )
