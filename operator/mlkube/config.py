@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from mlkube import __version__
+from mlkube.tenancy import directory
 
 ARTIFACT_MOUNT_PATH = "/var/lib/mlkube/artifacts"
 
@@ -44,9 +45,9 @@ class OperatorConfig:
         Raises:
             ValueError: an allowed prefix contains the artifact root or lies inside it.
         """
-        root = self.artifact_root.rstrip("/") + "/"
+        root = directory(self.artifact_root)
         for prefix in self.allowed_uri_prefixes:
-            shared = prefix.rstrip("/") + "/"
+            shared = directory(prefix)
             if root.startswith(shared) or shared.startswith(root):
                 raise ValueError(
                     f"allowed URI prefix {prefix} overlaps the artifact root {self.artifact_root}: "

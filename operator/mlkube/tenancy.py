@@ -34,9 +34,15 @@ class ForbiddenURI:
         return f"{self.field}: {self.uri} is outside this namespace's store; it must start with {' or '.join(self.allowed)}"
 
 
+def directory(uri: str) -> str:
+    """`uri` with exactly one trailing slash, so that as a prefix ``team-a`` never matches
+    ``team-ab``."""
+    return uri.rstrip("/") + "/"
+
+
 def namespace_prefix(root: str, namespace: str) -> str:
     """``<root>/<namespace>/``, the part of the store one namespace owns."""
-    return join(root, namespace) + "/"
+    return directory(join(root, namespace))
 
 
 def _normalised(uri: str) -> str:
@@ -56,11 +62,11 @@ def uri_allowed(uri: str, prefixes: Iterable[str], public: bool = False) -> bool
     uri = _normalised(uri)
     if _escapes(uri):
         return False
-    return any(uri.startswith(p.rstrip("/") + "/") for p in prefixes)
+    return any(uri.startswith(directory(p)) for p in prefixes)
 
 
 def allowed_prefixes(root: str, namespace: str, extra: Iterable[str]) -> tuple[str, ...]:
-    return (namespace_prefix(root, namespace), *(p.rstrip("/") + "/" for p in extra))
+    return (namespace_prefix(root, namespace), *(directory(p) for p in extra))
 
 
 def forbidden_uri(
