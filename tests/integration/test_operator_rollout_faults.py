@@ -108,10 +108,16 @@ def test_rollouts_fail_safe_and_leave_the_hpa_alone(
         assert reason["reason"] == "ProgressDeadlineExceeded"
         assert "after 30s" in reason["message"]
         assert degraded["stableVersion"] == v1
-        events = kube.core.list_namespaced_event(
-            ns, field_selector="involvedObject.name=safe"
-        ).items
-        assert any(e.type == "Warning" and e.reason == "ProgressDeadlineExceeded" for e in events)
+        eventually(
+            lambda: any(
+                e.type == "Warning" and e.reason == "ProgressDeadlineExceeded"
+                for e in kube.core.list_namespaced_event(
+                    ns, field_selector="involvedObject.name=safe"
+                ).items
+            ),
+            10,
+            "a ProgressDeadlineExceeded Warning event",
+        )
         eventually(
             lambda: f"safe-{v2}" not in {d.metadata.name for d in kube.apps.list_namespaced_deployment(ns).items},
             60,

@@ -28,6 +28,9 @@ Body = dict[str, Any]
 FIELD_MANAGER = "mlkube-operator"
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for every request: no call can hang a reconcile."""
+POOL_CONNECTIONS = 64
+"""Kept-alive connections: more than the work queue's threads plus the event sender, so no request
+pays for a new TLS handshake (the client's default is 5 per CPU)."""
 SCRAPE_TIMEOUT = (2.0, 3.0)
 SCRAPE_MAX_BYTES = 1 << 20
 """A pod's /metrics larger than this is not ours to parse."""
@@ -83,7 +86,9 @@ def resource_path(
 class Cluster:
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
         load_config(kubeconfig, context)
-        self.api = client.ApiClient()
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = POOL_CONNECTIONS
+        self.api = client.ApiClient(configuration)
         self.core = client.CoreV1Api(self.api)
         """The typed client, for scripts (hack/, benchmarks/); the operator never needs it."""
 

@@ -32,6 +32,9 @@ QUEUE_DEPTH = Gauge("mlkube_operator_queue_depth", "Keys waiting in the work que
 QUEUE_RETRIES = Counter(
     "mlkube_operator_queue_retries", "Reconciles put back with backoff, by error kind.", ["error"]
 )
+EVENTS_DROPPED = Counter(
+    "mlkube_operator_events_dropped", "Events dropped because the event queue was full."
+)
 RECONCILE_DEADLINES = Counter(
     "mlkube_operator_reconcile_deadlines_exceeded",
     "Reconciles that ran past their deadline.",
