@@ -137,7 +137,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     # per-object workers only cache and enqueue; idle ones exit soon, so a burst of objects does
     # not keep thousands of them (and their queues) alive
-    settings.batching.idle_timeout = 0.5
+    settings.queueing.idle_timeout = 0.5
     settings.posting.level = logging.WARNING
     # a line per watch event is noise at 1,000 objects; our own loggers say what matters
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
