@@ -57,6 +57,46 @@ def crds(
     yield
 
 
+GATEWAY_API_VERSION = "v1.4.1"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+
+@pytest.fixture(scope="session")
+def gateway_api_crds(
+    kube_cluster: KubeCluster, kubectl: Callable[..., subprocess.CompletedProcess[str]]
+) -> Iterator[None]:
+    """The Gateway API's standard-channel CRDs (`hack/gateway-api-crds` downloads them once into
+    ~/.cache/mlkube), applied server-side and Established. No gateway controller runs: tests read
+    the HTTPRoutes the operator writes. A cluster that already has another version or channel
+    (a $KUBECONFIG with a real gateway) keeps its own."""
+    found = kubectl(
+        "get", f"crd/httproutes.{GATEWAY_API_GROUP}", "-o", "jsonpath={.metadata.annotations}",
+        check=False,
+    )  # fmt: skip
+    if found.returncode == 0:
+        annotations = json.loads(found.stdout or "{}")
+        installed = (
+            annotations.get(f"{GATEWAY_API_GROUP}/bundle-version"),
+            annotations.get(f"{GATEWAY_API_GROUP}/channel"),
+        )
+        if installed != (GATEWAY_API_VERSION, "standard"):
+            yield
+            return
+    script = subprocess.run(
+        [str(ROOT / "hack/gateway-api-crds")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if script.returncode != 0:
+        pytest.fail(f"hack/gateway-api-crds failed:\n{script.stderr}", pytrace=False)
+    folder = script.stdout.strip().splitlines()[-1]
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", folder)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", folder)
+    yield
+
+
 def create(
     kube_cluster: KubeCluster, namespace: str, manifest: dict[str, Any], dry_run: bool = False
 ) -> dict[str, Any]:
