@@ -206,3 +206,14 @@ def test_batches_with_different_columns_are_still_written(tmp_path: Path) -> Non
         writer.append({"x": np.array([2.0]), "y": np.array([3.0])}, ["b"])
     table = read_window(str(tmp_path), rows=2)
     assert table.column("y").to_pylist() == [None, 3.0]
+
+
+def test_rows_keep_their_order_when_columns_come_and_go(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"x": np.array([1.0, 2.0])}, ["a", "b"])
+        writer.append({"x": np.array([3.0]), "y": np.array([9.0])}, ["c"])
+        writer.append({"x": np.array([4.0])}, ["d"])
+    table = read_window(str(tmp_path), rows=4)
+    assert table.column("x").to_pylist() == [1.0, 2.0, 3.0, 4.0]
+    assert table.column("y").to_pylist() == [None, None, 9.0, None]
+    assert table.column(PREDICTION_COLUMN).to_pylist() == ["a", "b", "c", "d"]

@@ -123,16 +123,26 @@ class ServingMetrics:
             self._requests.labels(code, self.model_version).inc(count)
         if seconds:
             _observe_many(self._latency_child, np.asarray(seconds))
-        counts: collections.Counter[object] = collections.Counter()
-        for batch in labels:
-            counts.update(batch.tolist())
-        for label, count in counts.items():
+        for label, count in _label_counts(labels).items():
             self._predictions.labels(str(label), self.model_version).inc(count)
         if values:
             _observe_many(self._value_child, np.concatenate([np.ravel(v) for v in values]))
 
     def inference_log_failed(self) -> None:
         self._log_errors_child.inc()
+
+
+def _label_counts(batches: list[npt.NDArray[np.generic]]) -> dict[object, int]:
+    """Rows per label over all batches: one `np.unique` (a second's worth of 100-row requests
+    counted in Python took ~15 ms on the event loop)."""
+    if not batches:
+        return {}
+    joined = np.concatenate(batches)
+    try:
+        labels, counts = np.unique(joined, return_counts=True)
+    except TypeError:  # labels of types that do not sort together
+        return dict(collections.Counter(joined.tolist()))
+    return dict(zip(labels.tolist(), counts.tolist(), strict=True))
 
 
 def _observe_many(child: Histogram, values: npt.NDArray[np.generic]) -> None:
