@@ -8,16 +8,19 @@ runs, so the tests read the route the API server stored, not requests a gateway 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import urllib3
 from kopf.testing import KopfRunner
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from mlkube.builders.serving import DEPLOYMENT_LABEL, TRAFFIC_LABEL, VERSION_LABEL, server_name
@@ -109,6 +112,38 @@ def promote(kube: KubeCluster, ns: str, name: str) -> None:
     """What `mlkube promote` does: an action annotation, never a spec edit."""
     value = action_value("promote", datetime.now(UTC))
     act(kube, ns, name, {"metadata": {"annotations": {ACTION_ANNOTATION: value}}})
+
+
+class History:
+    """Every change of one kind of object, in the API server's order, from a watch started now.
+
+    resourceVersions are etcd revisions on this cluster, so they order changes across kinds
+    (Kubernetes calls them opaque; the test relies on its own etcd-backed API server)."""
+
+    def __init__(
+        self, list_fn: Callable[..., Any], *args: str, selector: str | None = None
+    ) -> None:
+        self.changes: list[tuple[int, str, dict[str, Any]]] = []
+        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+        self._thread = threading.Thread(
+            target=self._run, args=(list_fn, args, selector), daemon=True
+        )
+        self._thread.start()
+
+    def _run(
+        self, list_fn: Callable[..., Any], args: tuple[str, ...], selector: str | None
+    ) -> None:
+        stream = self._watch.stream(  # type: ignore[no-untyped-call]
+            list_fn, *args, label_selector=selector, timeout_seconds=300, deserialize=False
+        )
+        # stop() closes the connection under the stream: its end is not an error
+        with contextlib.suppress(urllib3.exceptions.ProtocolError):
+            for event in stream:
+                body = event["object"]
+                self.changes.append((int(body["metadata"]["resourceVersion"]), event["type"], body))
+
+    def stop(self) -> None:
+        self._watch.stop()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -298,6 +333,10 @@ def test_a_ready_canary_gets_its_step_weight_and_all_of_it_once_promoted(
     assert endpoints(kube, ns, canary) == [True]
     assert endpoints(kube, ns, stable) == [True]
 
+    routes = History(kube.custom.list_namespaced_custom_object, GATEWAY_API_GROUP, "v1", ns,
+                     "httproutes")  # fmt: skip
+    removed = History(kube.core.list_namespaced_service, ns,
+                      selector=f"{DEPLOYMENT_LABEL}={name}")  # fmt: skip
     promote(kube, ns, name)
     eventually(
         lambda: (
@@ -315,3 +354,13 @@ def test_a_ready_canary_gets_its_step_weight_and_all_of_it_once_promoted(
         f"{v1}'s Service and pods to be removed (scaleDownDelaySeconds 0)",
     )
     assert canary in services(kube, ns, name)
+    routes.stop()
+    removed.stop()
+    deleted = [rv for rv, kind, body in removed.changes
+               if kind == "DELETED" and body["metadata"]["name"] == stable]  # fmt: skip
+    unrouted = [rv for rv, _, body in routes.changes
+                if stable not in {ref["name"] for ref in body["spec"]["rules"][0]["backendRefs"]}]  # fmt: skip
+    assert deleted and unrouted, (removed.changes, routes.changes)
+    assert min(unrouted) < deleted[0], (
+        f"the route must stop naming {stable} before its Service is deleted"
+    )

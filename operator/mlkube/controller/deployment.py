@@ -137,6 +137,12 @@ class DeploymentReconciler:
             else:
                 ctx.apply(manifest, force=live != workload.replicas)
             self._label_traffic(r, version, workload.traffic, current)
+        ctx.apply(build_service(owner, spec))
+        if spec.traffic == "GatewayAPI" and decision.weights:
+            for version in decision.weights:
+                ctx.apply(build_service(owner, spec, version))
+            ctx.apply(build_httproute(owner, spec, decision.weights))
+        # only once the route no longer names them: a gateway never routes to a deleted backend
         for child in children:
             version = child["metadata"]["labels"][VERSION_LABEL]
             if version not in decision.workloads:
@@ -144,11 +150,6 @@ class DeploymentReconciler:
                 ctx.forget_applied("apps/v1", "Deployment", r.namespace, child["metadata"]["name"])
                 if spec.traffic == "GatewayAPI":
                     ctx.kube.delete("v1", "Service", r.namespace, server_name(r.name, version))
-        ctx.apply(build_service(owner, spec))
-        if spec.traffic == "GatewayAPI" and decision.weights:
-            for version in decision.weights:
-                ctx.apply(build_service(owner, spec, version))
-            ctx.apply(build_httproute(owner, spec, decision.weights))
         stable = decision.status.stable_version
         autoscaler = build_autoscaler(owner, spec, stable) if stable else None
         if autoscaler is not None:
