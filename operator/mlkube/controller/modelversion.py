@@ -16,7 +16,7 @@ from mlkube.builders.training import build_verify_job, verify_job_name
 from mlkube.controller import metrics
 from mlkube.controller.context import Context, Read, ready_reason
 from mlkube.core.conditions import set_condition
-from mlkube.core.training import termination_result
+from mlkube.core.training import pod_start_problem, termination_result
 from mlkube.tenancy import FORBIDDEN_URI
 
 KIND = "ModelVersion"
@@ -104,11 +104,20 @@ class ModelVersionReconciler:
         finished = job is not None and (
             (job.get("status") or {}).get("succeeded") or (job.get("status") or {}).get("failed")
         )
-        pods = ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={name}") if finished else []
+        pods = ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={name}") if job else []
         result = termination_result(pods) if finished else None
+        problem = None if finished else pod_start_problem(pods)
         s = status.model_copy(deep=True)
         ready: ConditionStatus
-        if result is None:
+        if problem is not None:
+            # still Pending: the kubelet retries, and verification goes on once the pod starts
+            s.phase = "Pending"
+            reason, message, ready = (
+                problem[0],
+                f"the verify pod cannot start: {problem[1]}".strip(),
+                "False",
+            )
+        elif result is None:
             s.phase = "Pending"
             reason, message, ready = "Verifying", "checking the artifact's sha256", "Unknown"
         elif result.get("status") == "Verified":

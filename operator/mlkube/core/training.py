@@ -78,6 +78,20 @@ def termination_result(
     return None
 
 
+def pod_start_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why a Job's pod cannot start, as (reason, the kubelet's words): an image that cannot be
+    pulled (``ImagePullFailed``), or a container the kubelet cannot configure, e.g. the namespace's
+    storage Secret is missing (``CreateContainerConfigError``: the kubelet retries once it exists).
+    None when no pod is stuck."""
+    for pod in pods:
+        waiting = _container_state(pod).get("waiting") or {}
+        if waiting.get("reason") in IMAGE_PULL_FAILURES:
+            return "ImagePullFailed", f"{waiting['reason']}: {waiting.get('message', '')}".strip()
+        if waiting.get("reason") == "CreateContainerConfigError":
+            return "CreateContainerConfigError", str(waiting.get("message", ""))
+    return None
+
+
 def training_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Outcome:
     """What the Job and its pods say about the training."""
     if job is None:
@@ -97,21 +111,12 @@ def training_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> 
             )
         reason = JOB_FAILURE_REASONS.get(str(failed.get("reason")), "TrainingFailed")
         return Outcome("Failed", reason, str(failed.get("message") or failed.get("reason") or ""))
-    for pod in pods:
-        waiting = _container_state(pod).get("waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_FAILURES:
-            return Outcome(
-                "Failed",
-                "ImagePullFailed",
-                f"{waiting['reason']}: {waiting.get('message', '')}".strip(),
-            )
-        if waiting.get("reason") == "CreateContainerConfigError":
-            # e.g. the namespace's storage Secret is missing: the kubelet retries once it exists
-            return Outcome(
-                "Pending",
-                "CreateContainerConfigError",
-                f"the trainer pod cannot start: {waiting.get('message', '')}".strip(),
-            )
+    problem = pod_start_problem(pods)
+    if problem is not None:
+        reason, detail = problem
+        if reason == "ImagePullFailed":
+            return Outcome("Failed", reason, detail)
+        return Outcome("Pending", reason, f"the trainer pod cannot start: {detail}".strip())
     if _condition(job, "Suspended") or (job.get("spec") or {}).get("suspend"):
         return Outcome("Suspended", "Suspended", "spec.suspend is true")
     if (job.get("status") or {}).get("active"):
