@@ -4,6 +4,7 @@ blocking) when the queue is full."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
@@ -16,7 +17,7 @@ def obj(name: str) -> Body:
 
 def test_events_are_posted_in_the_order_they_were_recorded() -> None:
     posted: list[str] = []
-    recorder = EventRecorder(lambda o, type_, reason, message: posted.append(reason))
+    recorder = EventRecorder(lambda o, type_, reason, message, at: posted.append(reason))
     for reason in ("JobCreated", "Suspended", "Resumed"):
         recorder.record(obj("tj"), "Normal", reason, "")
     assert recorder.flush(timeout=5)
@@ -27,7 +28,7 @@ def test_a_slow_api_server_never_blocks_a_reconcile_and_overflow_is_counted() ->
     release = threading.Event()
     posted: list[str] = []
 
-    def post(o: Body, type_: str, reason: str, message: str) -> None:
+    def post(o: Body, type_: str, reason: str, message: str, at: datetime) -> None:
         release.wait(5)
         posted.append(reason)
 
@@ -46,7 +47,7 @@ def test_a_slow_api_server_never_blocks_a_reconcile_and_overflow_is_counted() ->
 def test_a_failing_post_does_not_stop_the_sender() -> None:
     posted: list[str] = []
 
-    def post(o: Body, type_: str, reason: str, message: str) -> None:
+    def post(o: Body, type_: str, reason: str, message: str, at: datetime) -> None:
         if reason == "Broken":
             raise RuntimeError("a bug")
         posted.append(reason)
@@ -56,3 +57,20 @@ def test_a_failing_post_does_not_stop_the_sender() -> None:
     recorder.record(obj("d"), "Normal", "Fine", "")
     assert recorder.flush(timeout=5)
     assert posted == ["Fine"]
+
+
+def test_an_event_is_stamped_when_it_was_recorded_not_when_it_was_sent() -> None:
+    release = threading.Event()
+    stamps: list[datetime] = []
+
+    def post(o: Body, type_: str, reason: str, message: str, at: datetime) -> None:
+        release.wait(5)
+        stamps.append(at)
+
+    recorder = EventRecorder(post)
+    before = datetime.now(UTC)
+    recorder.record(obj("d"), "Normal", "RollingOut", "")
+    recorded = datetime.now(UTC)
+    release.set()
+    assert recorder.flush(timeout=5)
+    assert before <= stamps[0] <= recorded

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
@@ -20,21 +21,23 @@ MAX_QUEUED = 1000
 """client-go's `maxQueuedEvents`."""
 logger = logging.getLogger("mlkube.events")
 
-Post = Callable[[Body, str, str, str], None]
-"""(object, type, reason, message) -> posts one Event (never raises for an API refusal)."""
+Post = Callable[[Body, str, str, str, datetime], None]
+"""(object, type, reason, message, when it happened) -> posts one Event (never raises for an API
+refusal)."""
 
 
 class EventRecorder:
     def __init__(self, post: Post, max_queued: int = MAX_QUEUED) -> None:
         self._post = post
-        self._queue: queue.Queue[tuple[Body, str, str, str]] = queue.Queue(max_queued)
+        self._queue: queue.Queue[tuple[Body, str, str, str, datetime]] = queue.Queue(max_queued)
         self._thread = threading.Thread(target=self._send, name="events", daemon=True)
         self._thread.start()
 
     def record(self, obj: Body, type_: str, reason: str, message: str) -> None:
-        """Queue an Event about `obj`; returns at once."""
+        """Queue an Event about `obj`, stamped now (not when the sender gets to it); returns at
+        once."""
         try:
-            self._queue.put_nowait((obj, type_, reason, message))
+            self._queue.put_nowait((obj, type_, reason, message, datetime.now(UTC)))
         except queue.Full:
             metrics.EVENTS_DROPPED.inc()
             logger.warning("event queue full: dropped %s %s on %s", type_, reason,

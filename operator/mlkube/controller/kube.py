@@ -230,10 +230,13 @@ class Cluster:
 
     # -- events, pods ---------------------------------------------------------------------------
 
-    def post_event(self, obj: Body, type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event about `obj`, as `kubectl describe` shows them."""
+    def post_event(
+        self, obj: Body, type_: str, reason: str, message: str, at: datetime | None = None
+    ) -> None:
+        """A core/v1 Event about `obj`, as `kubectl describe` shows them, stamped `at` (when it
+        happened; default now)."""
         meta = obj["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         event: Body = {
             "apiVersion": "v1",
             "kind": "Event",

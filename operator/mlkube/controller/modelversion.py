@@ -15,7 +15,7 @@ from mlkube.builders.common import Owner
 from mlkube.builders.training import build_verify_job, verify_job_name
 from mlkube.controller import metrics
 from mlkube.controller.context import Context, Read, ready_reason
-from mlkube.core.conditions import set_condition
+from mlkube.core.conditions import condition, set_condition
 from mlkube.core.training import pod_start_problem, termination_result
 from mlkube.tenancy import FORBIDDEN_URI
 
@@ -73,10 +73,12 @@ class ModelVersionReconciler:
         ):
             new = self._verify(r, new, now)
         if new != status:
-            if new.phase != status.phase:
+            was, ready = condition(status.conditions, "Ready"), condition(new.conditions, "Ready")
+            if ready is not None and (was is None or was.reason != ready.reason):
+                # each step of verification, a stuck verify pod included, in `kubectl describe`
                 ctx.post_event(
-                    r.obj, "Normal" if new.phase == "Ready" else "Warning",
-                    new.conditions[-1].reason if new.conditions else "", str(new.phase),
+                    r.obj, "Warning" if ready.status == "False" else "Normal",
+                    ready.reason, ready.message,
                 )  # fmt: skip
             ctx.write_status(KIND, r.obj, new)
             if (new.phase, new.approved) != (status.phase, status.approved):

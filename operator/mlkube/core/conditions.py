@@ -44,5 +44,10 @@ def set_condition(
     )
 
 
+def condition(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
 def condition_status(conditions: list[Condition], type_: str) -> ConditionStatus | None:
-    return next((c.status for c in conditions if c.type == type_), None)
+    found = condition(conditions, type_)
+    return None if found is None else found.status
