@@ -1,13 +1,13 @@
 """The operator under load on the real cluster: N suspended TrainingJobs and N Deployments with
 0 replicas created as fast as one client can (`--count`, default 200). Prints time to first child
 (p50/p95) and until every object has settled, kube-controller-manager's own Deployment controller
-in the same burst for reference, CPU milliseconds per object of each process of the local
+in the same burst for reference (not a floor: it is rate-limited to 20 requests/s), CPU milliseconds per object of each process of the local
 control plane and of the operator (the control plane's CPU is what a burst on 2 cores runs out
 of), the operator's peak RSS, and API requests (the operator's own by verb, and the API server's
 count for all clients by verb and resource). Everything is watched, never polled: the benchmark
 must not take the CPU it measures. A measurement, not a test.
 
-    KUBECONFIG=$(hack/cluster up) hack/build-images && .venv/bin/python benchmarks/operator_benchmark.py
+    export KUBECONFIG=$(hack/cluster up); hack/build-images && .venv/bin/python benchmarks/operator_benchmark.py
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def main() -> None:
             None,
             in_phase("Healthy"),
         )
-        # the floor: kube-controller-manager's own Deployment controller in the same burst
+        # for reference: kube-controller-manager's own Deployment controller in the same burst
         replicasets = Watch(custom.list_namespaced_custom_object, ("apps", "v1", ns, "replicasets"),
                             "app.kubernetes.io/name=mlkube-server", labelled("mlkube.io/deployment"))  # fmt: skip
         created = {}
@@ -310,7 +310,7 @@ def main() -> None:
             f"{'Deployments (0 replicas)':34}{apply_dep:>10.1f} s{percentiles(dep_latency):>34}{settle_dep:>12.1f} s   ({len(dep_latency)} apps/v1)"
         )
         print(
-            f"{'  floor: apps/v1 -> ReplicaSet':34}{'':12}{percentiles(rs_latency):>34}{'':14}   (kube's Deployment controller, same burst)"
+            f"{'  reference: apps/v1 -> ReplicaSet':34}{'':12}{percentiles(rs_latency):>34}{'':14}   (kube's Deployment controller, same burst)"
         )
         print("\nCPU milliseconds per object, from the first create until every object settled:")
         for kind, meter in meters.items():
