@@ -1,13 +1,15 @@
 """The operator under load on the real cluster: N suspended TrainingJobs and N Deployments with
 0 replicas created as fast as one client can (`--count`, default 200). Prints time to first child
-(p50/p95) and until every object has settled, kube-controller-manager's own Deployment controller
-in the same burst for reference (not a floor: it is rate-limited to 20 requests/s), CPU milliseconds per object of each process of the local
-control plane and of the operator (the control plane's CPU is what a burst on 2 cores runs out
-of), the operator's peak RSS, and API requests (the operator's own by verb, and the API server's
-count for all clients by verb and resource). Everything is watched, never polled: the benchmark
-must not take the CPU it measures. A measurement, not a test.
+(p50/p95) and until every object has settled; kube-controller-manager's own Deployment controller
+in the same burst for reference (not a floor: it is rate-limited to 20 requests/s); CPU
+milliseconds per object of each process of the local control plane and of the operator (the
+control plane's CPU is what a burst on 2 cores runs out of); the operator's peak RSS; and API
+requests (the operator's own by verb, and the API server's count for all clients by verb and
+resource). Everything is watched, never polled: the benchmark must not take the CPU it measures.
+A measurement, not a test.
 
-    export KUBECONFIG=$(hack/cluster up); hack/build-images && .venv/bin/python benchmarks/operator_benchmark.py
+    export KUBECONFIG=$(hack/cluster up)
+    hack/build-images && .venv/bin/python benchmarks/operator_benchmark.py
 """
 
 from __future__ import annotations
