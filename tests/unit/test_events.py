@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
-from mlkube.controller.events import EventRecorder
+from mlkube.controller.events import EventRecorder, Post
 
 
 def obj(name: str) -> Body:
@@ -24,14 +24,20 @@ def test_events_are_posted_in_the_order_they_were_recorded() -> None:
     assert posted == ["JobCreated", "Suspended", "Resumed"]
 
 
-def test_a_slow_api_server_never_blocks_a_reconcile_and_overflow_is_counted() -> None:
+def held_api_server() -> tuple[threading.Event, list[tuple[str, datetime]], Post]:
+    """A post that waits until released: (release, what was posted as (reason, stamp), post)."""
     release = threading.Event()
-    posted: list[str] = []
+    posted: list[tuple[str, datetime]] = []
 
     def post(o: Body, type_: str, reason: str, message: str, at: datetime) -> None:
         release.wait(5)
-        posted.append(reason)
+        posted.append((reason, at))
 
+    return release, posted, post
+
+
+def test_a_slow_api_server_never_blocks_a_reconcile_and_overflow_is_counted() -> None:
+    release, posted, post = held_api_server()
     recorder = EventRecorder(post, max_queued=2)
     dropped = metrics.EVENTS_DROPPED._value.get()
     # one in the sender's hands, two queued, two more dropped: record() returned every time
@@ -40,7 +46,7 @@ def test_a_slow_api_server_never_blocks_a_reconcile_and_overflow_is_counted() ->
     assert metrics.EVENTS_DROPPED._value.get() - dropped >= 1
     release.set()
     assert recorder.flush(timeout=5)
-    assert posted[0] == "e0"
+    assert posted[0][0] == "e0"
     assert len(posted) <= 3
 
 
@@ -60,17 +66,11 @@ def test_a_failing_post_does_not_stop_the_sender() -> None:
 
 
 def test_an_event_is_stamped_when_it_was_recorded_not_when_it_was_sent() -> None:
-    release = threading.Event()
-    stamps: list[datetime] = []
-
-    def post(o: Body, type_: str, reason: str, message: str, at: datetime) -> None:
-        release.wait(5)
-        stamps.append(at)
-
+    release, posted, post = held_api_server()
     recorder = EventRecorder(post)
     before = datetime.now(UTC)
     recorder.record(obj("d"), "Normal", "RollingOut", "")
     recorded = datetime.now(UTC)
     release.set()
     assert recorder.flush(timeout=5)
-    assert before <= stamps[0] <= recorded
+    assert before <= posted[0][1] <= recorded

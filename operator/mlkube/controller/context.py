@@ -24,7 +24,7 @@ from mlkube.controller.cache import Body, Store
 from mlkube.controller.errors import ApiError, Forbidden, Invalid
 from mlkube.controller.kube import Cluster
 from mlkube.controller.queue import Key
-from mlkube.core.conditions import set_condition
+from mlkube.core.conditions import condition, set_condition
 from mlkube.tenancy import ForbiddenURI, forbidden_uri
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -253,4 +253,5 @@ class Context:
 
 
 def ready_reason(conditions: list[Condition]) -> str | None:
-    return next((c.reason for c in conditions if c.type == "Ready"), None)
+    ready = condition(conditions, "Ready")
+    return None if ready is None else ready.reason
