@@ -56,6 +56,7 @@ __all__ = [
     "sha256_hex",
     "verify_version",
     "version_uri",
+    "store_bytes",
     "write_bytes",
     "write_json",
 ]
@@ -89,10 +90,14 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> str:
-    """Write through a temporary name and rename, so a reader never sees half a file.
+    """`store_bytes`, returning the sha256 of what was written, which the ModelVersion records."""
+    store_bytes(uri, data)
+    return sha256_hex(data)
 
-    Returns the sha256 of what was written, which the ModelVersion records.
-    """
+
+def store_bytes(uri: str, data: bytes) -> None:
+    """Write through a temporary name and rename, so a reader never sees half a file. No digest:
+    the inference log writes megabytes a second that nothing verifies."""
     fs, path = fsspec.core.url_to_fs(with_scheme(uri))
     if isinstance(fs, LocalFileSystem):
         # only here: object stores have no directories, and s3fs's makedirs probes (or
@@ -102,7 +107,6 @@ def write_bytes(uri: str, data: bytes) -> str:
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
-    return sha256_hex(data)
 
 
 def write_json(uri: str, value: Any) -> str:
