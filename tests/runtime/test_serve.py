@@ -141,8 +141,20 @@ def _valid_row() -> dict[str, Any]:
             {"inputs": {k: [v] for k, v in _valid_row().items()} | {"petal_length": [True]}},
             "petal_length",
         ),
+        (
+            {"inputs": {k: [v, v] for k, v in _valid_row().items()} | {"petal_width": [0.2]}},
+            "petal_width",
+        ),
     ],
-    ids=["missing", "string-in-float", "null", "unknown", "columnar-missing", "bool-in-float"],
+    ids=[
+        "missing",
+        "string-in-float",
+        "null",
+        "unknown",
+        "columnar-missing",
+        "bool-in-float",
+        "columnar-ragged",
+    ],
 )
 def test_schema_violations_are_4xx_naming_the_column(
     server: ServerProcess, body: dict[str, Any], column: str
@@ -167,6 +179,18 @@ def test_schema_violations_are_4xx_naming_the_column(
 def test_malformed_bodies_are_400(server: ServerProcess, content: bytes) -> None:
     response = httpx.post(f"{server.url}/predict", content=content)
     assert response.status_code == 400, response.text
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"-1e999", b"1" + b"0" * 400])
+def test_a_number_beyond_float_range_is_called_that_not_invalid_json(
+    server: ServerProcess, number: bytes
+) -> None:
+    content = b'{"instances": [{"sepal_length": ' + number + b"}]}"
+    response = httpx.post(f"{server.url}/predict", content=content)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "beyond a 64-bit float's range" in error and "line 1 column" in error, error
+    assert "not valid JSON" not in error
 
 
 def test_probes_and_metrics(server: ServerProcess, iris_artifact: IrisArtifact) -> None:

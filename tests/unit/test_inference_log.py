@@ -217,3 +217,31 @@ def test_rows_keep_their_order_when_columns_come_and_go(tmp_path: Path) -> None:
     assert table.column("x").to_pylist() == [1.0, 2.0, 3.0, 4.0]
     assert table.column("y").to_pylist() == [None, None, 9.0, None]
     assert table.column(PREDICTION_COLUMN).to_pylist() == ["a", "b", "c", "d"]
+
+
+def test_many_small_batches_keep_every_row_in_order(tmp_path: Path) -> None:
+    """One-row requests fill (and grow) the buffer's blocks; nothing is lost or reordered."""
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        for i in range(3000):
+            writer.append({"x": np.array([float(i)]), "colour": [f"c{i}"]}, np.array([i % 3]))
+    table = read_window(str(tmp_path), rows=3000)
+    assert table.column("x").to_pylist() == [float(i) for i in range(3000)]
+    assert table.column("colour").to_pylist()[-2:] == ["c2998", "c2999"]
+    assert table.column(PREDICTION_COLUMN).to_pylist()[:4] == [0, 1, 2, 0]
+
+
+def test_appended_values_are_copied(tmp_path: Path) -> None:
+    """A caller may reuse its arrays after `append`: the log keeps what they held then."""
+    values = np.array([1.0, 2.0])
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"x": values}, np.array([0, 1]))
+        values[:] = -1.0
+    assert read_window(str(tmp_path), rows=2).column("x").to_pylist() == [1.0, 2.0]
+
+
+def test_a_column_whose_length_differs_from_the_predictions_is_refused(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        with pytest.raises(ValueError, match="'x' has 1 values for 3 rows"):
+            writer.append({"x": np.array([1.0])}, np.array([0, 1, 2]))
+        writer.append({"x": np.array([5.0])}, np.array([1]))
+    assert read_window(str(tmp_path), rows=5).column("x").to_pylist() == [5.0]

@@ -54,9 +54,9 @@ __all__ = [
     "read_json",
     "save_model",
     "sha256_hex",
+    "store_bytes",
     "verify_version",
     "version_uri",
-    "store_bytes",
     "write_bytes",
     "write_json",
 ]

@@ -67,7 +67,7 @@ import sklearn
 
 from mlkube.api.modelversion import ColumnType
 from mlkube.runtime import artifacts
-from mlkube.runtime.inference_log import SegmentWriter, Values
+from mlkube.runtime.inference_log import SegmentWriter
 from mlkube.runtime.metrics import PREDICTION_VALUE_BUCKETS, ServingMetrics
 
 logger = logging.getLogger("mlkube.serve")
@@ -105,6 +105,8 @@ _DTYPES: dict[ColumnType, type[np.generic]] = {
     "bool": np.bool_,
 }
 _NONE = type(None)
+_OUT_OF_RANGE = "number is infinity when parsed as double"
+"""How orjson refuses 1e999 or 10**400: JSON allows them, a float64 cannot hold them."""
 _NUMBERS = frozenset({float, int})
 _PROBE_VALUES: dict[ColumnType, float | int | str | bool] = {
     "float": 0.0,
@@ -200,6 +202,13 @@ def decode_request(body: bytes) -> dict[str, Any]:
     try:
         document = orjson.loads(body)  # strict RFC 8259: no NaN, no Infinity, nor 1e999
     except orjson.JSONDecodeError as e:
+        if str(e).startswith(_OUT_OF_RANGE):  # valid JSON, but no number a model can take
+            where = str(e).rpartition(": ")[2]
+            raise RequestError(
+                400,
+                f"request body has a number beyond a 64-bit float's range (about 1.8e308) at "
+                f"{where}",
+            ) from None
         raise RequestError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(document, dict) or len(document.keys() & {"instances", "inputs"}) != 1:
         raise RequestError(
@@ -275,9 +284,15 @@ def _check_columnar(inputs: Any, column_types: Mapping[str, ColumnType]) -> dict
             )
         if not isinstance(values, list) or not values:
             raise RequestError(400, f"inputs[{name!r}] must be a non-empty list", name)
-    lengths = {name: len(values) for name, values in inputs.items()}
-    if len(set(lengths.values())) > 1:
-        raise RequestError(400, f"inputs columns differ in length: {lengths}")
+    first = next(iter(column_types))
+    for name in column_types:
+        if len(inputs[name]) != len(inputs[first]):
+            raise RequestError(
+                422,
+                f"inputs[{name!r}] has {len(inputs[name])} values but inputs[{first!r}] has "
+                f"{len(inputs[first])}: every column needs one value per row",
+                name,
+            )
     return {name: inputs[name] for name in column_types}
 
 
@@ -688,8 +703,7 @@ class MLKubeModelServer:
             logger.exception("prediction metrics update failed")
         if self.inference_log is not None:
             try:
-                batch: dict[str, Values] = dict(arrays)
-                self.inference_log.append(batch, prediction.values)
+                self.inference_log.append(arrays, prediction.values)
             except Exception:
                 logger.exception("inference log append failed")
                 self.metrics.inference_log_failed()
