@@ -369,3 +369,33 @@ def test_the_float_matrix_shortcut_refuses_what_the_checks_refuse(
     with pytest.raises(RequestError) as caught:
         predictor.read(json.dumps({"instances": [*good, good[0] | row]}).encode())
     assert caught.value.column == column
+
+
+@pytest.mark.parametrize(
+    ("odd_rows", "status", "column"),
+    [
+        ([[5.1, 3.5, 1.4, 0.2]], 400, None),
+        (["abcd"], 400, None),
+        (
+            [
+                _valid_row() | {"extra": 1.0},
+                {k: v for k, v in _valid_row().items() if k != "petal_width"},
+            ],
+            422,
+            "extra",
+        ),
+    ],
+    ids=["a-list", "a-string", "one-extra-one-missing"],
+)
+def test_the_float_matrix_shortcut_hands_odd_rows_to_the_checks(
+    iris_artifact: IrisArtifact, odd_rows: list[Any], status: int, column: str | None
+) -> None:
+    """Rows that are not objects, or whose column counts add up while one lacks a column, are
+    answered by the value-by-value checks, never turned into a matrix."""
+    predictor = Predictor(
+        iris_artifact.estimator, artifacts.load_schema(str(iris_artifact.directory))
+    )
+    body = {"instances": [*rows(iris_artifact.features.iloc[:2]), *odd_rows]}
+    with pytest.raises(RequestError) as caught:
+        predictor.read(json.dumps(body).encode())
+    assert (caught.value.status, caught.value.column) == (status, column)

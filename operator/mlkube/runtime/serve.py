@@ -485,11 +485,11 @@ class Predictor:
             rows = document["instances"]
             if type(rows) is not list or not rows:
                 return None
-            if set(map(type, rows)) != {dict} or set(map(len, rows)) != {len(names)}:
-                return None
-            try:
+            try:  # a row that is not an object has no len() or no string keys: TypeError
+                if sum(map(len, rows)) != len(rows) * len(names):
+                    return None  # with no column missing (KeyError below), a row has an extra
                 values = list(map(self._row_values, rows))
-            except KeyError:
+            except (KeyError, TypeError):
                 return None
             shape = (len(rows), len(names))
             flat = list(chain.from_iterable(values)) if len(names) > 1 else values
