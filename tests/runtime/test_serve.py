@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from mlkube.api.modelversion import Column
+from mlkube.api.modelversion import Column, ColumnType
 from mlkube.layout import MODEL_FILE
 from mlkube.runtime import artifacts
 from mlkube.runtime.inference_log import PREDICTION_COLUMN
@@ -29,6 +29,7 @@ from mlkube.runtime.serve import (
     ENV_INFERENCE_LOG_URI,
     Predictor,
     RequestError,
+    parse_request,
 )
 from mlkube.runtime.serving_cli import SpecError, spec_settings
 from tests.runtime.servers import SERVE_COMMAND, STARTUP_SECONDS, ServerProcess, start_server
@@ -399,3 +400,62 @@ def test_the_float_matrix_shortcut_hands_odd_rows_to_the_checks(
     with pytest.raises(RequestError) as caught:
         predictor.read(json.dumps(body).encode())
     assert (caught.value.status, caught.value.column) == (status, column)
+
+
+INT_AND_TEXT: dict[str, ColumnType] = {"count": "int", "note": "string"}
+
+
+@pytest.mark.parametrize(
+    ("count", "why"),
+    [
+        (b"-9223372036854775809", "integers beyond 2**53 are not exact"),  # arrives as a float
+        (b"18446744073709551615", "beyond a 64-bit integer"),
+        (b"9223372036854775808", "beyond a 64-bit integer"),
+        (b"1e20", "integers beyond 2**53 are not exact"),
+        (b"3.5", "got number 3.5 in row 0"),
+    ],
+)
+def test_an_int_column_refuses_what_int64_cannot_hold_exactly(count: bytes, why: str) -> None:
+    """Never a silent change (-2**63-1 used to become -2**63) nor Python's own words."""
+    body = b'{"instances": [{"count": ' + count + b', "note": "a"}]}'
+    with pytest.raises(RequestError) as caught:
+        parse_request(body, INT_AND_TEXT)
+    assert (caught.value.status, caught.value.column) == (422, "count")
+    assert why in caught.value.message and "C long" not in caught.value.message
+
+
+@pytest.mark.parametrize("count", [b"-9223372036854775808", b"9223372036854775807", b"3.0"])
+def test_an_int_column_takes_every_int64_and_integral_numbers(count: bytes) -> None:
+    body = b'{"instances": [{"count": ' + count + b', "note": "a"}]}'
+    assert parse_request(body, INT_AND_TEXT)["count"] == [json.loads(count)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"[" * 1000 + b"]" * 1000, b'"' + b"x" * 1_000_000 + b'"', b"[" + b"1," * 100_000 + b"1]"],
+    ids=["nested-1000-deep", "a-megabyte-string", "an-array-of-100001"],
+)
+def test_an_error_never_echoes_a_huge_value_nor_fails_writing_it(value: bytes) -> None:
+    """A repr of 1,000 nested arrays overflowed the stack: a 500 instead of a 422."""
+    body = b'{"instances": [{"count": ' + value + b', "note": "a"}]}'
+    with pytest.raises(RequestError) as caught:
+        parse_request(body, INT_AND_TEXT)
+    assert (caught.value.status, caught.value.column) == (422, "count")
+    assert len(caught.value.message) < 200, caught.value.message[:300]
+
+
+def test_ragged_columns_name_the_odd_column_out() -> None:
+    body = {"inputs": {"count": [1], "note": ["a", "b"], "more": ["c", "d"]}}
+    types: dict[str, ColumnType] = {**INT_AND_TEXT, "more": "string"}
+    with pytest.raises(RequestError) as caught:
+        parse_request(json.dumps(body).encode(), types)
+    assert caught.value.column == "count"
+    assert "has 1 value where the other columns have 2 values" in caught.value.message
+
+
+def test_an_unknown_column_with_a_huge_name_is_named_in_short() -> None:
+    body = {"instances": [{"count": 1, "note": "a", "x" * 100_000: 1}]}
+    with pytest.raises(RequestError) as caught:
+        parse_request(json.dumps(body).encode(), INT_AND_TEXT)
+    assert caught.value.column is not None and len(caught.value.column) <= 60
+    assert len(caught.value.message) < 200

@@ -52,6 +52,7 @@ import random
 import socket
 import time
 import warnings
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from itertools import chain
@@ -105,6 +106,9 @@ _DTYPES: dict[ColumnType, type[np.generic]] = {
     "bool": np.bool_,
 }
 _NONE = type(None)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_EXACT_FLOAT_INTEGER = 2**53
+"""Every integer up to this is exact as a float64; beyond it JSON numbers are rounded."""
 _OUT_OF_RANGE = "number is infinity when parsed as double"
 """How orjson refuses 1e999 or 10**400: JSON allows them, a float64 cannot hold them."""
 _NUMBERS = frozenset({float, int})
@@ -262,9 +266,9 @@ def _diagnose_rows(rows: list[Any], column_types: Mapping[str, ColumnType]) -> N
         if unknown:
             raise RequestError(
                 422,
-                f"instances[{index}] has unknown column {unknown[0]!r}; "
+                f"instances[{index}] has unknown column {_cut(repr(unknown[0]))}; "
                 f"the model takes {', '.join(names)}",
-                unknown[0],
+                _cut(unknown[0]),
             )
     raise AssertionError("_diagnose_rows called on valid rows")
 
@@ -279,21 +283,27 @@ def _check_columnar(inputs: Any, column_types: Mapping[str, ColumnType]) -> dict
         if name not in column_types:
             raise RequestError(
                 422,
-                f"inputs has unknown column {name!r}; the model takes {', '.join(column_types)}",
-                name,
+                f"inputs has unknown column {_cut(repr(name))}; "
+                f"the model takes {', '.join(column_types)}",
+                _cut(name),
             )
         if not isinstance(values, list) or not values:
             raise RequestError(400, f"inputs[{name!r}] must be a non-empty list", name)
-    first = next(iter(column_types))
+    lengths = Counter(len(inputs[name]) for name in column_types)
+    rows = lengths.most_common(1)[0][0]  # the odd column out is the one to name
     for name in column_types:
-        if len(inputs[name]) != len(inputs[first]):
+        if len(inputs[name]) != rows:
             raise RequestError(
                 422,
-                f"inputs[{name!r}] has {len(inputs[name])} values but inputs[{first!r}] has "
-                f"{len(inputs[first])}: every column needs one value per row",
+                f"inputs[{name!r}] has {_values(len(inputs[name]))} where the other columns "
+                f"have {_values(rows)}: every column needs one value per row",
                 name,
             )
     return {name: inputs[name] for name in column_types}
+
+
+def _values(count: int) -> str:
+    return f"{count} value" if count == 1 else f"{count} values"
 
 
 def _check_types(name: str, expected: ColumnType, values: list[Any], nullable: bool) -> None:
@@ -307,24 +317,50 @@ def _check_types(name: str, expected: ColumnType, values: list[Any], nullable: b
                 "not trained to take missing values there",
                 name,
             )
-        if not _valid(expected, value, nullable):
+        problem = None if value is None else _problem(expected, value)
+        if problem is not None:
             raise RequestError(
                 422,
-                f"column {name!r} must be {expected}, got {_json_type(value)} {value!r} "
-                f"in row {index}",
+                f"column {name!r} must be {expected}, got {_describe(value)} in row {index}"
+                f"{problem}",
                 name,
             )
 
 
+def _describe(value: Any, limit: int = 60) -> str:
+    """A value as an error shows it: arrays and objects by size (a repr of 1,000 nested arrays
+    overflows the stack), anything else cut at `limit` characters (a megabyte string is not
+    echoed back whole)."""
+    if isinstance(value, list | dict):
+        return f"{_json_type(value)} of {len(value)} {'items' if len(value) != 1 else 'item'}"
+    return f"{_json_type(value)} {_cut(repr(value), limit)}"
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 def _valid(expected: ColumnType, value: Any, nullable: bool) -> bool:
-    if value is None:
-        return nullable
+    return (value is None and nullable) or _problem(expected, value) is None
+
+
+def _problem(expected: ColumnType, value: Any) -> str | None:
+    """Why `value` (not null) does not fit a column of type `expected`; None when it does."""
     kind = type(value)
     if kind not in _ACCEPTED[expected]:
-        return False
-    if kind is float:
-        return math.isfinite(value) and (expected != "int" or value.is_integer())
-    return True
+        return ""
+    if kind is float and not math.isfinite(value):
+        return ""
+    if expected != "int":
+        return None
+    if kind is float and not value.is_integer():
+        return ""
+    if kind is float and abs(value) > _EXACT_FLOAT_INTEGER:
+        # JSON integers beyond 64 bits arrive as floats, already rounded
+        return ": integers beyond 2**53 are not exact as JSON numbers"
+    if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
+        return ": beyond a 64-bit integer"
+    return None
 
 
 def _all_valid(expected: ColumnType, values: list[Any], nullable: bool) -> bool:
@@ -334,6 +370,12 @@ def _all_valid(expected: ColumnType, values: list[Any], nullable: bool) -> bool:
         kinds.discard(_NONE)
         values = [v for v in values if v is not None]
     if not kinds <= _ACCEPTED[expected]:
+        return False
+    if (
+        expected == "int"
+        and int in kinds
+        and (min(values) < _INT64_MIN or max(values) > _INT64_MAX)
+    ):
         return False
     if float not in kinds:
         return True
@@ -653,6 +695,7 @@ class MLKubeModelServer:
         started = time.perf_counter()
         if scope["method"] != "POST":
             await _send_json(send, 405, {"error": "use POST"})
+            self.metrics.observe_request(405, time.perf_counter() - started)
             return
         settings = self.settings
         if settings.fault_delay_ms:
