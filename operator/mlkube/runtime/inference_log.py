@@ -141,8 +141,8 @@ class SegmentWriter:
     """Buffers logged requests in memory; a daemon thread writes them out as Parquet segments.
 
     `append` only takes a lock and copies the values into the buffer, so the request path never
-    waits for the store. A failed write is logged and
-    its rows dropped: losing some drift samples beats blocking or growing memory without bound.
+    waits for the store. A failed write is logged and its rows dropped: losing some drift samples
+    beats blocking or growing memory without bound.
     Retention counts every segment in the directory, whichever writer made it.
     """
 
