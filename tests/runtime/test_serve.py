@@ -459,3 +459,12 @@ def test_an_unknown_column_with_a_huge_name_is_named_in_short() -> None:
         parse_request(json.dumps(body).encode(), INT_AND_TEXT)
     assert caught.value.column is not None and len(caught.value.column) <= 60
     assert len(caught.value.message) < 200
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"nan"])
+def test_nan_and_infinity_are_called_that_not_invalid_json(number: bytes) -> None:
+    body = b'{"instances": [{"count": 1, "note": "a", "x": ' + number + b"}]}"
+    with pytest.raises(RequestError) as caught:
+        parse_request(body, INT_AND_TEXT)
+    assert caught.value.status == 400
+    assert caught.value.message.startswith("request body has NaN or Infinity at line 1 column")

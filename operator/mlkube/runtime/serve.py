@@ -206,12 +206,18 @@ def decode_request(body: bytes) -> dict[str, Any]:
     try:
         document = orjson.loads(body)  # strict RFC 8259: no NaN, no Infinity, nor 1e999
     except orjson.JSONDecodeError as e:
+        where = str(e).rpartition(": ")[2]
         if str(e).startswith(_OUT_OF_RANGE):  # valid JSON, but no number a model can take
-            where = str(e).rpartition(": ")[2]
             raise RequestError(
                 400,
                 f"request body has a number beyond a 64-bit float's range (about 1.8e308) at "
                 f"{where}",
+            ) from None
+        if body[e.pos : e.pos + 8].lower().startswith((b"nan", b"infinity")):
+            raise RequestError(
+                400,
+                f"request body has NaN or Infinity at {where}: JSON (RFC 8259) has no such "
+                "numbers; send null for a missing value where the model takes one",
             ) from None
         raise RequestError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(document, dict) or len(document.keys() & {"instances", "inputs"}) != 1:
