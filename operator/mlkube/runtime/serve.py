@@ -333,13 +333,13 @@ def _check_types(name: str, expected: ColumnType, values: list[Any], nullable: b
             )
 
 
-def _describe(value: Any, limit: int = 60) -> str:
+def _describe(value: Any) -> str:
     """A value as an error shows it: arrays and objects by size (a repr of 1,000 nested arrays
-    overflows the stack), anything else cut at `limit` characters (a megabyte string is not
-    echoed back whole)."""
+    overflows the stack), anything else cut by `_cut` (a megabyte string is not echoed back
+    whole)."""
     if isinstance(value, list | dict):
         return f"{_json_type(value)} of {len(value)} {'items' if len(value) != 1 else 'item'}"
-    return f"{_json_type(value)} {_cut(repr(value), limit)}"
+    return f"{_json_type(value)} {_cut(repr(value))}"
 
 
 def _cut(text: str, limit: int = 60) -> str:
