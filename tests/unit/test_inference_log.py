@@ -245,3 +245,38 @@ def test_a_column_whose_length_differs_from_the_predictions_is_refused(tmp_path:
             writer.append({"x": np.array([1.0])}, np.array([0, 1, 2]))
         writer.append({"x": np.array([5.0])}, np.array([1]))
     assert read_window(str(tmp_path), rows=5).column("x").to_pylist() == [5.0]
+
+
+def test_a_float_matrix_under_its_column_names_is_logged_as_those_columns(
+    tmp_path: Path,
+) -> None:
+    """A request's (rows, columns) matrix is one copy into the log, read back column by column."""
+    columns = ("sepal_length", "petal_width")
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({columns: np.array([[5.1, 0.2], [6.3, 1.8]])}, np.array([0, 2]))
+        writer.append({columns: np.array([[4.9, 0.1]])}, np.array([0]))
+    table = read_window(str(tmp_path), rows=3)
+    assert table.column_names == [*columns, PREDICTION_COLUMN, TS_COLUMN]
+    assert table.column("sepal_length").to_pylist() == [5.1, 6.3, 4.9]
+    assert table.column("petal_width").to_pylist() == [0.2, 1.8, 0.1]
+
+
+def test_values_not_shaped_as_their_key_says_are_refused(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        with pytest.raises(ValueError, match=r"\('a', 'b'\) need an array of shape \(rows, 2\)"):
+            writer.append({("a", "b"): np.zeros((1, 3))}, np.array([0]))
+        with pytest.raises(ValueError, match="'x' needs one value per row"):
+            writer.append({"x": np.zeros((1, 2))}, np.array([0]))
+        with pytest.raises(ValueError, match="_mlkube_ts"):
+            writer.append({("a", TS_COLUMN): np.zeros((1, 2))}, np.array([0]))
+
+
+def test_every_row_of_a_batch_has_the_batchs_time(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        before = time.time()
+        writer.append({"x": np.arange(3.0)}, np.zeros(3))
+        time.sleep(0.02)
+        writer.append({"x": np.arange(2.0)}, np.zeros(2))
+    ts = read_window(str(tmp_path), rows=5).column(TS_COLUMN).to_pylist()
+    assert ts[0] == ts[1] == ts[2] < ts[3] == ts[4]
+    assert ts[0] >= int(before * 1000)

@@ -44,7 +44,11 @@ _NAME_TIME_LENGTH = 21
 log = logging.getLogger(__name__)
 
 Values = Sequence[Any] | npt.NDArray[Any]
-"""One column of a logged batch: a numpy array or a list."""
+"""One column of a logged batch, a numpy array or a list; or, under a tuple of column names, a
+2-D array of shape (rows, len(names)) holding those columns side by side."""
+Batch = Mapping[str, Values] | Mapping[tuple[str, ...], Values]
+"""A logged request: each column's values by name, or several columns' under their names' tuple
+(a request's float matrix is then one copy instead of one per column)."""
 
 
 def segment_name(newest_row_time: float, writer_id: str, seq: int) -> str:
@@ -68,64 +72,81 @@ def _block_dtype(values: Values) -> np.dtype[Any]:
     return dtype if dtype.kind in _TYPED_KINDS else np.dtype(object)
 
 
+def _empty_block(rows: int, values: Values, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """Room for `rows` rows of `values`: 1-D for a column, 2-D for several side by side, column
+    after column (Fortran order), so Arrow takes each column as it is, without a copy."""
+    return np.empty((rows, *np.shape(values)[1:]), dtype=dtype, order="F")
+
+
 def _same_type(values: Values, block: npt.NDArray[Any]) -> bool:
     # identity first: numpy's built-in dtypes are singletons, and this runs per request
-    return getattr(values, "dtype", None) is block.dtype or _block_dtype(values) == block.dtype
+    if isinstance(values, np.ndarray) and values.dtype is block.dtype:
+        return values.shape[1:] == block.shape[1:]
+    return block.ndim == 1 and _block_dtype(values) == block.dtype
 
 
 class _Run:
     """Consecutive batches with the same columns and types, copied into preallocated blocks as
     they come (a slice assignment per column, in C). The writer then hands each block to Arrow
     as it is: joining a segment's ~1,000 request arrays instead held the GIL for ~3 ms, a stall
-    every request in flight felt (p99 +40% at 100 rows per request)."""
+    every request in flight felt (p99 +40% at 100 rows per request). Times are kept per batch
+    (all its rows share one) and repeated per row by the writer."""
 
-    def __init__(self, batch: Mapping[str, Values], predictions: Values) -> None:
+    def __init__(self, batch: Batch, predictions: Values) -> None:
         self.columns = {
-            name: np.empty(_FIRST_BLOCK_ROWS, dtype=_block_dtype(v)) for name, v in batch.items()
+            name: _empty_block(_FIRST_BLOCK_ROWS, v, _block_dtype(v)) for name, v in batch.items()
         }
         self.predictions = np.empty(_FIRST_BLOCK_ROWS, dtype=_block_dtype(predictions))
-        self.times_ms = np.empty(_FIRST_BLOCK_ROWS, dtype=np.int64)
         self.rows = 0
+        self.batch_times_ms: list[int] = []
+        self.batch_rows: list[int] = []
 
-    def takes(self, batch: Mapping[str, Values], predictions: Values) -> bool:
-        """Whether `batch` has this run's columns and types."""
+    def takes(self, batch: Batch, predictions: Values) -> bool:
+        """Whether `batch` has this run's columns, types and shapes."""
         columns = self.columns
         return (
             batch.keys() == columns.keys()
-            and all(_same_type(v, columns[name]) for name, v in batch.items())
             and _same_type(predictions, self.predictions)
+            and all(_same_type(values, columns[name]) for name, values in batch.items())
         )
 
-    def add(self, batch: Mapping[str, Values], predictions: Values, time_ms: int) -> None:
+    def add(self, batch: Batch, predictions: Values, time_ms: int) -> None:
         """ValueError when a column's length is not the predictions' (never broadcast)."""
         rows = len(predictions)
         start, end = self.rows, self.rows + rows
-        if end > len(self.times_ms):
-            self._grow(max(end, 2 * len(self.times_ms)))
+        if end > len(self.predictions):
+            self._grow(max(end, 2 * len(self.predictions)))
         columns = self.columns
         for name, values in batch.items():
             if len(values) != rows:
                 raise ValueError(f"column {name!r} has {len(values)} values for {rows} rows")
             columns[name][start:end] = values
         self.predictions[start:end] = predictions
-        self.times_ms[start:end] = time_ms
+        self.batch_times_ms.append(time_ms)
+        self.batch_rows.append(rows)
         self.rows = end
 
     def _grow(self, capacity: int) -> None:
         def grown(block: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            bigger = np.empty(capacity, dtype=block.dtype)
+            bigger = _empty_block(capacity, block, block.dtype)
             bigger[: self.rows] = block[: self.rows]
             return bigger
 
         self.columns = {name: grown(block) for name, block in self.columns.items()}
         self.predictions = grown(self.predictions)
-        self.times_ms = grown(self.times_ms)
 
     def table(self) -> pa.Table:
         rows = self.rows
-        columns: dict[str, Any] = {name: b[:rows] for name, b in self.columns.items()}
+        columns: dict[str, Any] = {}
+        for key, block in self.columns.items():
+            if isinstance(key, tuple):
+                columns.update((name, block[:rows, i]) for i, name in enumerate(key))
+            else:
+                columns[key] = block[:rows]
         columns[PREDICTION_COLUMN] = self.predictions[:rows]
-        columns[TS_COLUMN] = self.times_ms[:rows]
+        columns[TS_COLUMN] = np.repeat(
+            np.array(self.batch_times_ms, dtype=np.int64), self.batch_rows
+        )
         return pa.table({name: pa.array(values) for name, values in columns.items()})
 
 
@@ -174,9 +195,10 @@ class SegmentWriter:
         )
         self._thread.start()
 
-    def append(self, batch: Mapping[str, Values], predictions: Values) -> None:
+    def append(self, batch: Batch, predictions: Values) -> None:
         """Queue one request's columns and predictions (ValueError for a column name starting
-        with ``_mlkube_``, or a column whose length is not the predictions')."""
+        with ``_mlkube_``, values not shaped as their key says, or a column whose length is not
+        the predictions')."""
         now = time.time()
         rows = len(predictions)
         with self._wake:
@@ -186,7 +208,7 @@ class SegmentWriter:
             was_empty = buffer.rows == 0
             run = buffer.runs[-1] if buffer.runs else None
             if run is None or not run.takes(batch, predictions):
-                _check_names(batch)  # once per run, not per request
+                _check_batch(batch)  # once per run, not per request
                 run = _Run(batch, predictions)
                 buffer.runs.append(run)
             run.add(batch, predictions, int(now * 1000))
@@ -268,8 +290,21 @@ class SegmentWriter:
                 self._fs.rm(path)
 
 
-def _check_names(batch: Mapping[str, Values]) -> None:
-    reserved = [name for name in batch if name.startswith(RESERVED_COLUMN_PREFIX)]
+def _check_batch(batch: Batch) -> None:
+    """ValueError for a name starting with ``_mlkube_``, or values whose shape is not a name's
+    (1-D) or a names tuple's (2-D, a column per name)."""
+    for key, values in batch.items():
+        shape = np.shape(values)
+        if isinstance(key, tuple) and shape[1:] != (len(key),):
+            raise ValueError(
+                f"columns {key!r} need an array of shape (rows, {len(key)}), not {shape}"
+            )
+        if not isinstance(key, tuple) and len(shape) != 1:
+            raise ValueError(
+                f"column {key!r} needs one value per row, not an array of shape {shape}"
+            )
+    names = [n for key in batch for n in (key if isinstance(key, tuple) else (key,))]
+    reserved = [name for name in names if name.startswith(RESERVED_COLUMN_PREFIX)]
     if reserved:
         raise ValueError(
             f"column {reserved[0]!r}: names starting with {RESERVED_COLUMN_PREFIX!r} "
