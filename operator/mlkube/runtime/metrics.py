@@ -59,8 +59,12 @@ class ServingMetrics:
         model_version: str,
         registry: CollectorRegistry = REGISTRY,
         prediction_buckets: Sequence[float] = PREDICTION_VALUE_BUCKETS,
+        class_labels: Sequence[object] = (),
     ) -> None:
+        """`class_labels`: a classifier's ``classes_``, which `observe_classes` counts by
+        position."""
         self.model_version = model_version
+        self._class_labels = [str(label) for label in class_labels]
         self._requests = Counter(
             "mlkube_requests",
             "Prediction requests by status code class.",
@@ -101,6 +105,7 @@ class ServingMetrics:
         self._statuses: list[int] = []
         self._seconds: list[float] = []
         self._labels: list[npt.NDArray[np.generic]] = []
+        self._positions: list[npt.NDArray[np.intp]] = []
         self._values: list[npt.NDArray[np.generic]] = []
 
     def observe_request(self, status: int, seconds: float) -> None:
@@ -110,6 +115,12 @@ class ServingMetrics:
     def observe_class_labels(self, predictions: npt.NDArray[np.generic]) -> None:
         self._labels.append(predictions)
 
+    def observe_classes(self, positions: npt.NDArray[np.intp]) -> None:
+        """Predicted labels as positions in `class_labels`: counted by one ``np.bincount``
+        whatever the labels' type, where sorting a second's worth of string labels (300k at
+        100 rows a request) held the event loop ~100 ms."""
+        self._positions.append(positions)
+
     def observe_values(self, predictions: npt.NDArray[np.generic]) -> None:
         self._values.append(predictions)
 
@@ -118,13 +129,22 @@ class ServingMetrics:
         statuses, self._statuses = self._statuses, []
         seconds, self._seconds = self._seconds, []
         labels, self._labels = self._labels, []
+        positions, self._positions = self._positions, []
         values, self._values = self._values, []
-        for code, count in collections.Counter(map(status_class, statuses)).items():
+        by_class: collections.Counter[str] = collections.Counter()
+        for status, count in collections.Counter(statuses).items():  # few distinct: map those
+            by_class[status_class(status)] += count
+        for code, count in by_class.items():
             self._requests.labels(code, self.model_version).inc(count)
         if seconds:
             _observe_many(self._latency_child, np.asarray(seconds))
         for label, count in _label_counts(labels).items():
             self._predictions.labels(str(label), self.model_version).inc(count)
+        if positions:
+            counts = np.bincount(np.concatenate(positions), minlength=len(self._class_labels))
+            for label, count in zip(self._class_labels, counts.tolist(), strict=True):
+                if count:
+                    self._predictions.labels(label, self.model_version).inc(count)
         if values:
             _observe_many(self._value_child, np.concatenate([np.ravel(v) for v in values]))
 

@@ -436,6 +436,9 @@ class Inputs(NamedTuple):  # a NamedTuple: made per request, 4x cheaper than a f
 class Prediction(NamedTuple):
     values: npt.NDArray[Any]
     probabilities: npt.NDArray[np.float64] | None
+    class_positions: npt.NDArray[np.intp] | None = None
+    """Each row's label as a position in the model's ``classes_``, where the label is the most
+    probable class."""
 
 
 class Predictor:
@@ -573,12 +576,10 @@ class Predictor:
             return Prediction(values, None)
         probabilities = np.asarray(self.model.predict_proba(features))  # type: ignore[attr-defined]
         _check_finite(probabilities, "probabilities")
-        values = (
-            self.classes[probabilities.argmax(axis=1)]
-            if self.labels_from_probabilities
-            else np.asarray(self.model.predict(features))
-        )
-        return Prediction(values, probabilities)
+        if not self.labels_from_probabilities:
+            return Prediction(np.asarray(self.model.predict(features)), probabilities)
+        positions = probabilities.argmax(axis=1)
+        return Prediction(self.classes[positions], probabilities, positions)
 
     def _probe(self) -> dict[str, npt.NDArray[Any]]:
         return self.arrays({name: [_PROBE_VALUES[t]] for name, t in self.column_types.items()})
@@ -672,7 +673,9 @@ class MLKubeModelServer:
         self.predictor = Predictor(model, artifacts.load_schema(settings.model_uri))
         self.predictor.warm_up()
         self.metrics = ServingMetrics(
-            settings.model_version, prediction_buckets=settings.prediction_buckets
+            settings.model_version,
+            prediction_buckets=settings.prediction_buckets,
+            class_labels=self.predictor.classes.tolist(),
         )
         self._metrics_flushed = time.perf_counter()
         self.inference_log = (
@@ -744,7 +747,9 @@ class MLKubeModelServer:
     def _record(self, arrays: Batch, prediction: Prediction) -> None:
         """Metrics and the inference log, each on its own: one failing never costs the other."""
         try:
-            if self.predictor.is_classifier:
+            if prediction.class_positions is not None:
+                self.metrics.observe_classes(prediction.class_positions)
+            elif self.predictor.is_classifier:
                 self.metrics.observe_class_labels(prediction.values)
             else:
                 self.metrics.observe_values(prediction.values)
