@@ -188,7 +188,8 @@ class SegmentWriter:
         self._buffer = _Buffer()
         self._seq = 0
         self._closed = False
-        self._wake = threading.Condition()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._write_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, name=f"inference-log-{writer_id}", daemon=True
@@ -201,7 +202,7 @@ class SegmentWriter:
         the predictions')."""
         now = time.time()
         rows = len(predictions)
-        with self._wake:
+        with self._lock:  # the condition's own lock: entered in C, where the condition's is not
             if self._closed:
                 raise RuntimeError("SegmentWriter is closed")
             buffer = self._buffer
