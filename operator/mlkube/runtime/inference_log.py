@@ -104,11 +104,12 @@ class _Run:
     def takes(self, batch: Batch, predictions: Values) -> bool:
         """Whether `batch` has this run's columns, types and shapes."""
         columns = self.columns
-        return (
-            batch.keys() == columns.keys()
-            and _same_type(predictions, self.predictions)
-            and all(_same_type(values, columns[name]) for name, values in batch.items())
-        )
+        if batch.keys() != columns.keys() or not _same_type(predictions, self.predictions):
+            return False
+        for name, values in batch.items():  # noqa: SIM110 (all() would add a generator a request)
+            if not _same_type(values, columns[name]):
+                return False
+        return True
 
     def add(self, batch: Batch, predictions: Values, time_ms: int) -> None:
         """ValueError when a column's length is not the predictions' (never broadcast)."""

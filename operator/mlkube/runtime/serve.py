@@ -53,7 +53,7 @@ import socket
 import time
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
@@ -220,7 +220,7 @@ def decode_request(body: bytes) -> dict[str, Any]:
                 "numbers; send null for a missing value where the model takes one",
             ) from None
         raise RequestError(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(document, dict) or len(document.keys() & {"instances", "inputs"}) != 1:
+    if type(document) is not dict or ("instances" in document) is ("inputs" in document):
         raise RequestError(
             400, 'request body must be {"instances": [{...}, ...]} or {"inputs": {"col": [...]}}'
         )
@@ -407,9 +407,25 @@ def _final_estimator(model: object) -> object:
     return steps[-1][1] if steps else model
 
 
+def _number_matrix(flat: Sequence[Any], shape: tuple[int, int]) -> npt.NDArray[np.float64] | None:
+    """`flat` as a float matrix of `shape` when it holds JSON numbers only (no bools, strings,
+    nulls or containers); None otherwise, or for an integer beyond float's range."""
+    if not set(map(type, flat)) <= _NUMBERS:
+        return None
+    try:
+        # one flat list converts several times faster than a list of rows
+        return np.array(flat, dtype=np.float64).reshape(shape)
+    except (OverflowError, ValueError):
+        return None
+
+
+_all_true = np.logical_and.reduce
+"""``ndarray.all`` without its Python wrapper: this runs on every answer."""
+
+
 def _check_finite(values: npt.NDArray[Any], what: str) -> None:
     """JSON (RFC 8259) has no Infinity or NaN: such an answer is refused, naming its row."""
-    if values.dtype.kind != "f" or np.isfinite(values).all():
+    if values.dtype.kind != "f" or _all_true(np.isfinite(values), axis=None):
         return
     finite = np.isfinite(values)
     bad = finite if finite.ndim == 1 else finite.all(axis=1)
@@ -533,39 +549,41 @@ class Predictor:
         only, every column and no other. None for anything else, which `check_request` then
         examines value by value to say what is wrong. Every number is finite: orjson refuses
         NaN, Infinity and numbers beyond float64, and an int beyond it fails the conversion."""
-        names = self.feature_order
         if "instances" in document:
-            rows = document["instances"]
-            if type(rows) is not list or not rows:
-                return None
-            try:  # a row that is not an object has no len() or no string keys: TypeError
-                if sum(map(len, rows)) != len(rows) * len(names):
-                    return None  # with no column missing (KeyError below), a row has an extra
-                values = list(map(self._row_values, rows))
-            except (KeyError, TypeError):
-                return None
-            shape = (len(rows), len(names))
-            flat = list(chain.from_iterable(values)) if len(names) > 1 else values
-        else:
-            inputs = document["inputs"]
-            if type(inputs) is not dict or len(inputs) != len(names):
-                return None
-            try:
-                values = [inputs[name] for name in names]
-            except KeyError:
-                return None
-            if {type(v) for v in values} != {list} or len({len(v) for v in values}) != 1:
-                return None
-            shape = (len(names), len(values[0]))
-            flat = list(chain.from_iterable(values))
-        if not set(map(type, flat)) <= _NUMBERS or not shape[0] * shape[1]:
+            return self._rows_matrix(document["instances"])
+        matrix = self._columns_matrix(document["inputs"])
+        return None if matrix is None else matrix.T
+
+    def _rows_matrix(self, rows: Any) -> npt.NDArray[np.float64] | None:
+        width = len(self.feature_order)
+        if type(rows) is not list or not rows:
+            return None
+        try:  # a row that is not an object has no len() or no string keys: TypeError
+            if sum(map(len, rows)) != len(rows) * width:
+                return None  # with no column missing (KeyError below), a row has an extra
+            values = list(map(self._row_values, rows))
+        except (KeyError, TypeError):
+            return None
+        if width == 1:
+            return _number_matrix(values, (len(rows), 1))
+        # one row is already a flat tuple; more are flattened into one list
+        flat = values[0] if len(rows) == 1 else list(chain.from_iterable(values))
+        return _number_matrix(flat, (len(rows), width))
+
+    def _columns_matrix(self, inputs: Any) -> npt.NDArray[np.float64] | None:
+        """The columns as a (columns, rows) matrix."""
+        names = self.feature_order
+        if type(inputs) is not dict or len(inputs) != len(names):
             return None
         try:
-            # one flat list converts several times faster than a list of rows
-            matrix = np.array(flat, dtype=np.float64).reshape(shape)
-        except (OverflowError, ValueError):  # an integer beyond float's range
+            values = [inputs[name] for name in names]
+        except KeyError:
             return None
-        return matrix if "instances" in document else matrix.T
+        if {type(v) for v in values} != {list} or len({len(v) for v in values}) != 1:
+            return None
+        if not values[0]:
+            return None
+        return _number_matrix(list(chain.from_iterable(values)), (len(names), len(values[0])))
 
     def predict(self, features: npt.NDArray[Any] | pd.DataFrame) -> Prediction:
         """The model's answer; a row it answers with a non-finite number is a 422 naming it."""
