@@ -374,6 +374,24 @@ def test_the_float_matrix_shortcut_refuses_what_the_checks_refuse(
 
 
 @pytest.mark.parametrize(
+    ("values", "status"),
+    [([True, 1.0], 422), (["1.4", 1.0], 422), ([None, 1.0], 422), ([1.0], 422), ([], 400)],
+)
+def test_the_columnar_float_matrix_shortcut_refuses_what_the_checks_refuse(
+    iris_artifact: IrisArtifact, values: list[Any], status: int
+) -> None:
+    """A bool, a string, a null, a short or an empty column: the shortcut steps aside and the
+    value-by-value checks name petal_length."""
+    predictor = Predictor(
+        iris_artifact.estimator, artifacts.load_schema(str(iris_artifact.directory))
+    )
+    inputs = {name: [1.0, 2.0] for name in FEATURES} | {"petal_length": values}
+    with pytest.raises(RequestError) as caught:
+        predictor.read(json.dumps({"inputs": inputs}).encode())
+    assert (caught.value.status, caught.value.column) == (status, "petal_length")
+
+
+@pytest.mark.parametrize(
     ("odd_rows", "status", "column"),
     [
         ([[5.1, 3.5, 1.4, 0.2]], 400, None),
