@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from sklearn.datasets import load_breast_cancer
 
 from mlkube.api.driftmonitor import DriftMonitorSpec, Window
+from mlkube.runtime.cli import load_spec
 from mlkube.runtime.drift import detect_drift, run_drift
 from mlkube.runtime.inference_log import SegmentWriter
 
@@ -100,3 +103,20 @@ def test_evidently_mode_raises_a_false_alarm_on_the_held_out_half() -> None:
     evidently = detect_drift(reference, held_out, _spec(method="Evidently"))
     assert evidently.drifted_columns == ["mean smoothness"]
     assert detect_drift(reference, held_out, _spec()).drifted_columns == []
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"apiVersion": "mlkube.io/v1alpha1", "kind": "DriftMonitor", "spec": {"deployment": "d"}},
+        {"spec": {"deployment": "d"}},
+        {"deployment": "d"},
+    ],
+    ids=["manifest", "bare-spec-mapping", "spec-fields"],
+)
+def test_a_spec_file_may_be_a_manifest_or_its_spec(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert load_spec(str(path), DriftMonitorSpec).deployment == "d"

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from sklearn.datasets import load_diabetes, load_iris
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier
 
 from mlkube.api.modelversion import Column, ColumnType
 from mlkube.layout import MODEL_FILE
@@ -427,10 +427,12 @@ INT_AND_TEXT: dict[str, ColumnType] = {"count": "int", "note": "string"}
 @pytest.mark.parametrize(
     ("count", "why"),
     [
-        (b"-9223372036854775809", "integers beyond 2**53 are not exact"),  # arrives as a float
+        (b"-9223372036854775809", "not exact from 2**53 on"),  # arrives as a float
         (b"18446744073709551615", "beyond a 64-bit integer"),
         (b"9223372036854775808", "beyond a 64-bit integer"),
-        (b"1e20", "integers beyond 2**53 are not exact"),
+        (b"1e20", "not exact from 2**53 on"),
+        (b"9007199254740993.0", "not exact from 2**53 on"),  # arrives as 2**53
+        (b"9007199254740992.0", "not exact from 2**53 on"),
         (b"3.5", "got number 3.5 in row 0"),
     ],
 )
@@ -443,7 +445,16 @@ def test_an_int_column_refuses_what_int64_cannot_hold_exactly(count: bytes, why:
     assert why in caught.value.message and "C long" not in caught.value.message
 
 
-@pytest.mark.parametrize("count", [b"-9223372036854775808", b"9223372036854775807", b"3.0"])
+@pytest.mark.parametrize(
+    "count",
+    [
+        b"-9223372036854775808",
+        b"9223372036854775807",
+        b"3.0",
+        b"9007199254740991.0",
+        b"9007199254740993",
+    ],
+)
 def test_an_int_column_takes_every_int64_and_integral_numbers(count: bytes) -> None:
     body = b'{"instances": [{"count": ' + count + b', "note": "a"}]}'
     assert parse_request(body, INT_AND_TEXT)["count"] == [json.loads(count)]
@@ -480,10 +491,32 @@ def test_an_unknown_column_with_a_huge_name_is_named_in_short() -> None:
     assert len(caught.value.message) < 200
 
 
+@pytest.mark.parametrize("note", ["a", "ünïcødé€€€€"])  # orjson counts characters, not bytes
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"nan"])
-def test_nan_and_infinity_are_called_that_not_invalid_json(number: bytes) -> None:
-    body = b'{"instances": [{"count": 1, "note": "a", "x": ' + number + b"}]}"
+def test_nan_and_infinity_are_called_that_not_invalid_json(number: bytes, note: str) -> None:
+    body = b'{"instances": [{"note": "' + note.encode() + b'", "count": ' + number + b"}]}"
     with pytest.raises(RequestError) as caught:
         parse_request(body, INT_AND_TEXT)
     assert caught.value.status == 400
     assert caught.value.message.startswith("request body has NaN or Infinity at line 1 column")
+
+
+def test_labels_come_from_predict_where_probabilities_tie() -> None:
+    """SGDClassifier's modified_huber probabilities are clipped: classes tie where the decision
+    does not, and the argmax of the tie is not the model's answer."""
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    target = rng.integers(0, 3, 300)
+    estimator = SGDClassifier(loss="modified_huber", random_state=0).fit(features, target)
+    schema = artifacts.ModelSchema(
+        task="classification",
+        target="y",
+        columns=[Column(name=name, type="float") for name in features.columns],
+    )
+    predictor = Predictor(estimator, schema)
+    probe = pd.DataFrame(rng.normal(scale=3, size=(2000, 3)), columns=["a", "b", "c"])
+    body = json.dumps({"instances": probe.to_dict(orient="records")}).encode()
+    answer = predictor.predict(predictor.read(body).features)
+    assert answer.probabilities is not None
+    assert (answer.probabilities.max(axis=1) == np.sort(answer.probabilities)[:, -2]).any()
+    np.testing.assert_array_equal(answer.values, estimator.predict(probe))

@@ -113,7 +113,8 @@ def test_a_non_finite_prediction_is_refused_naming_the_row_in_valid_json(tmp_pat
         assert strict_json(fine)["predictions"] == pytest.approx([3.0])
         answer = httpx.post(f"{server.url}/predict", json={"instances": [{"x": 1.0}, {"x": 1e308}]})
         assert answer.status_code == 422
-        assert "prediction for row 1 is not a finite number" in strict_json(answer)["error"]
+        error = strict_json(answer)["error"]
+        assert "answer for row 1 is not finite (prediction [inf])" in error, error
     finally:
         server.stop()
 

@@ -357,3 +357,13 @@ def test_a_column_missing_from_the_window_is_an_error_not_a_verdict() -> None:
     blank = pa.table({"x": pa.array([1.0] * 150), "c": pa.array([None] * 150, type=pa.string())})
     with pytest.raises(ValueError, match="'c' has no non-missing values in the window"):
         detect_drift(reference, blank, _spec(method="Evidently"))
+
+
+def test_an_int_column_with_values_beyond_2_to_the_53_is_still_tested() -> None:
+    """The server takes any int64 in an int column; the check rounds them to floats, never fails
+    (Arrow's safe cast refused 2**53 + 1 and every check crashed until the row aged out)."""
+    rng = np.random.default_rng(3)
+    reference = pa.table({"seats": pa.array(rng.integers(1, 50, 400), pa.int64())})
+    current = pa.table({"seats": pa.array([*rng.integers(1, 50, 399), 2**53 + 1], pa.int64())})
+    report = detect_drift(reference, current, _spec(minRows=100), {"seats": "int"})
+    assert [c.name for c in report.columns] == ["seats"]

@@ -269,6 +269,16 @@ def test_values_not_shaped_as_their_key_says_are_refused(tmp_path: Path) -> None
             writer.append({"x": np.zeros((1, 2))}, np.array([0]))
         with pytest.raises(ValueError, match="_mlkube_ts"):
             writer.append({("a", TS_COLUMN): np.zeros((1, 2))}, np.array([0]))
+        with pytest.raises(ValueError, match="column 'a' is given twice"):
+            writer.append({("a", "b"): np.zeros((1, 2)), "a": np.zeros(1)}, np.array([0]))
+
+
+def test_lists_under_names_tuple_share_one_run(tmp_path: Path) -> None:
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({("a", "b"): [[1.0, 2.0]]}, [0])
+        writer.append({("a", "b"): [[3.0, 4.0]]}, [1])
+        assert len(writer._buffer.runs) == 1
+    assert read_window(str(tmp_path), rows=2).column("b").to_pylist() == [2.0, 4.0]
 
 
 def test_every_row_of_a_batch_has_the_batchs_time(tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ def load_spec(source: str, model: type[SpecT]) -> SpecT:
     else:
         text = Path(source).read_text()
     document: Any = yaml.safe_load(text)
-    if isinstance(document, dict) and "spec" in document and "kind" in document:
+    # a manifest, or a bare `spec:` mapping (as `serve --spec` takes); no spec has a `spec` field
+    if isinstance(document, dict) and isinstance(document.get("spec"), dict):
         document = document["spec"]
     return model.model_validate(document)
 

@@ -82,7 +82,7 @@ def _same_type(values: Values, block: npt.NDArray[Any]) -> bool:
     # identity first: numpy's built-in dtypes are singletons, and this runs per request
     if isinstance(values, np.ndarray) and values.dtype is block.dtype:
         return values.shape[1:] == block.shape[1:]
-    return block.ndim == 1 and _block_dtype(values) == block.dtype
+    return _block_dtype(values) == block.dtype and np.shape(values)[1:] == block.shape[1:]
 
 
 class _Run:
@@ -306,6 +306,9 @@ def _check_batch(batch: Batch) -> None:
                 f"column {key!r} needs one value per row, not an array of shape {shape}"
             )
     names = [n for key in batch for n in (key if isinstance(key, tuple) else (key,))]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"column {twice[0]!r} is given twice")
     reserved = [name for name in names if name.startswith(RESERVED_COLUMN_PREFIX)]
     if reserved:
         raise ValueError(

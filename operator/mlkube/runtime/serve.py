@@ -108,7 +108,8 @@ _DTYPES: dict[ColumnType, type[np.generic]] = {
 _NONE = type(None)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _EXACT_FLOAT_INTEGER = 2**53
-"""Every integer up to this is exact as a float64; beyond it JSON numbers are rounded."""
+"""Every integer below this is exact as a float64; from it on, JSON numbers may have been
+rounded (2**53 + 1 parses as 2**53), so an int column takes them only as JSON integers."""
 _OUT_OF_RANGE = "number is infinity when parsed as double"
 """How orjson refuses 1e999 or 10**400: JSON allows them, a float64 cannot hold them."""
 _NUMBERS = frozenset({float, int})
@@ -213,7 +214,8 @@ def decode_request(body: bytes) -> dict[str, Any]:
                 f"request body has a number beyond a 64-bit float's range (about 1.8e308) at "
                 f"{where}",
             ) from None
-        if body[e.pos : e.pos + 8].lower().startswith((b"nan", b"infinity")):
+        # pos counts characters of the decoded text (doc), not bytes of the body
+        if e.doc[e.pos : e.pos + 8].lower().startswith(("nan", "infinity")):
             raise RequestError(
                 400,
                 f"request body has NaN or Infinity at {where}: JSON (RFC 8259) has no such "
@@ -361,9 +363,12 @@ def _problem(expected: ColumnType, value: Any) -> str | None:
         return None
     if kind is float and not value.is_integer():
         return ""
-    if kind is float and abs(value) > _EXACT_FLOAT_INTEGER:
+    if kind is float and abs(value) >= _EXACT_FLOAT_INTEGER:  # 2**53 + 1 arrives as 2**53
         # JSON integers beyond 64 bits arrive as floats, already rounded
-        return ": integers beyond 2**53 are not exact as JSON numbers"
+        return (
+            ": a number written with a fraction or exponent is not exact from 2**53 on; "
+            "write the integer's digits"
+        )
     if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
         return ": beyond a 64-bit integer"
     return None
@@ -399,7 +404,9 @@ def _json_type(value: Any) -> str:
 
 
 # Classifiers whose predict is not the argmax of predict_proba.
-_PREDICT_IS_NOT_ARGMAX_PROBA = frozenset({"SVC", "NuSVC"})
+_PREDICT_IS_NOT_ARGMAX_PROBA = frozenset({"SVC", "NuSVC", "SGDClassifier"})
+"""SVC's Platt-scaled probabilities can disagree with its decision; SGDClassifier's
+``modified_huber`` probabilities are clipped, so classes tie where the decision does not."""
 
 
 def _final_estimator(model: object) -> object:
@@ -432,8 +439,9 @@ def _check_finite(values: npt.NDArray[Any], what: str) -> None:
     row = int(np.argmin(bad))
     raise RequestError(
         422,
-        f"the model's {what} for row {row} is not a finite number "
-        f"({values[row]!r}): the input is outside what the model can answer",
+        f"the model's answer for row {row} is not finite ({what} "
+        f"{_cut(repr(np.ravel(values[row]).tolist()))}): the input is outside what the model "
+        "can answer",
     )
 
 
