@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier
 
@@ -204,6 +205,23 @@ def test_probes_and_metrics(server: ServerProcess, iris_artifact: IrisArtifact) 
     assert 'mlkube_requests_total{code="4xx",model_version="iris-v1"}' in metrics
     assert 'mlkube_request_duration_seconds_bucket{le="0.005",model_version="iris-v1"}' in metrics
     assert 'mlkube_predictions_total{label="0",model_version="iris-v1"}' in metrics
+
+
+def _requests_4xx(server: ServerProcess) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mlkube_requests_total" and sample.labels.get("code") == "4xx"
+    )
+
+
+def test_a_get_on_predict_is_a_405_counted_as_4xx(server: ServerProcess) -> None:
+    before = _requests_4xx(server)
+    answer = httpx.get(f"{server.url}/predict")
+    assert (answer.status_code, answer.json()) == (405, {"error": "use POST"})
+    assert _requests_4xx(server) == before + 1
 
 
 def test_inference_log_holds_inputs_and_predictions(
