@@ -99,6 +99,88 @@ class Action(ApiModel):
     retrain: RetrainAction | None = None
 
 
+PerformanceMetric = Literal["Accuracy", "F1", "RocAuc", "Rmse", "Mae"]
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"Accuracy", "F1", "RocAuc"})
+OFFLINE_METRIC_KEYS: dict[str, str] = {
+    "Accuracy": "accuracy",
+    "F1": "f1",
+    "RocAuc": "roc_auc",
+    "Rmse": "rmse",
+    "Mae": "mae",
+}
+"""Each live metric's key in a ModelVersion's ``spec.metrics`` (the held-out split's figure)."""
+
+
+class Outcome(ApiModel):
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
+        max_length=63,
+        description="A number posted with feedback (outcomes.<name>), such as revenue.",
+    )
+    aggregate: Literal["Sum", "Mean"] = "Sum"
+
+
+class Performance(ApiModel):
+    """Live model quality: logged predictions joined with the labels posted to ``/feedback``
+    (and bulk feedback files) by request id, per model version."""
+
+    model_config = api_config(
+        cel(
+            "!(has(self.threshold) && has(self.maxDrop))",
+            "performance must set at most one of threshold and maxDrop",
+        ),
+        cel(
+            "!has(self.metric) || !(self.metric in ['Accuracy', 'F1', 'RocAuc']) || "
+            "!has(self.threshold) || double(self.threshold) <= 1.0",
+            "performance.threshold must be at most 1 for Accuracy, F1 and RocAuc",
+            field_path=".threshold",
+        ),
+    )
+
+    metric: PerformanceMetric | None = Field(
+        default=None,
+        description="Default: Accuracy for a classifier, Rmse for a regressor. F1 is macro F1; "
+        "RocAuc is one-vs-rest macro ROC AUC from the logged probabilities.",
+    )
+    threshold: str | None = Field(
+        default=None,
+        pattern=DECIMAL,
+        description="Absolute bound: the least Accuracy/F1/RocAuc, the most Rmse/Mae.",
+    )
+    max_drop: str | None = Field(
+        default=None,
+        pattern=DECIMAL,
+        description="The most the live metric may fall below (Rmse, Mae: rise above) the "
+        "ModelVersion's offline metric on its held-out split. Without threshold and maxDrop "
+        "the metric is reported and never degraded.",
+    )
+    min_labelled_rows: int = Field(
+        default=100, ge=1, description="Fewer labelled rows is InsufficientLabels, not a verdict."
+    )
+    label_delay_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="How long labels may lag their prediction: a posted label later than this "
+        "is not joined, and predictions younger than this do not count as unlabelled yet.",
+    )
+    outcomes: list[Outcome] = Field(
+        default_factory=list, max_length=16, json_schema_extra=unique_by("name")
+    )
+    slice_by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="An input column: the metric per value (at most 20 largest slices) and the "
+        "worst slice's gap to the whole (the bias view).",
+    )
+    feedback_uris: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Bulk feedback: CSV or Parquet files (requestId,label[,outcome...]) or "
+        "prefixes of them in the namespace's store, for labels that come from a warehouse.",
+    )
+
+
 class DriftMonitorSpec(ApiModel):
     deployment: str = Field(pattern=DNS_LABEL, description="The mlkube Deployment to watch.")
     schedule: str = Field(
@@ -135,6 +217,11 @@ class DriftMonitorSpec(ApiModel):
     min_rows: int = Field(default=100, ge=1)
     columns: list[ColumnOverride] = Field(
         default_factory=list, max_length=1024, json_schema_extra=unique_by("name")
+    )
+    performance: Performance | None = Field(
+        default=None,
+        description="Live quality from ground truth; when set, the retrain action also fires "
+        "on PerformanceDegraded.",
     )
     action: Action = Field(default_factory=Action)
     history_limit: int = Field(default=10, ge=1, le=100)
