@@ -11,7 +11,7 @@ from mlkube.api.driftmonitor import DriftMonitorSpec
 from mlkube.api.modelversion import ModelVersionSpec
 from mlkube.api.trainingjob import TrainingJobSpec
 from mlkube.builders.common import Owner, artifact_pvc, child_name
-from mlkube.builders.monitoring import build_cronjob, cronjob_name
+from mlkube.builders.monitoring import Watched, build_cronjob, cronjob_name
 from mlkube.builders.serving import (
     TRAFFIC_LABEL,
     build_autoscaler,
@@ -222,12 +222,12 @@ def test_autoscaler_only_when_asked() -> None:
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 5)
 
 
-def test_cronjob_never_overlaps_and_checks_the_deployments_log() -> None:
+def test_cronjob_never_overlaps_and_checks_the_watched_versions_log() -> None:
     owner = Owner(kind="DriftMonitor", name="iris", namespace="team-a", uid="uid-3")
     spec = DriftMonitorSpec(deployment="iris", schedule="*/5 * * * *")
-    cron = build_cronjob(
-        owner, spec, "file:///var/lib/mlkube/artifacts/team-a/iris/2/reference.parquet", CONFIG
-    )
+    version_dir = "file:///var/lib/mlkube/artifacts/team-a/iris/2"
+    watched = Watched(f"{version_dir}/reference.parquet", "iris-v2", version_dir)
+    cron = build_cronjob(owner, spec, watched, CONFIG)
     assert cron["metadata"]["name"] == cronjob_name("iris") == "iris-drift"
     assert cron["spec"]["schedule"] == "*/5 * * * *"
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
@@ -236,6 +236,8 @@ def test_cronjob_never_overlaps_and_checks_the_deployments_log() -> None:
     assert args[0] == "drift"
     assert args[args.index("--log") + 1].endswith("/team-a/_inference/iris")
     assert args[args.index("--reference") + 1].endswith("reference.parquet")
+    assert args[args.index("--model-version") + 1] == "iris-v2"
+    assert args[args.index("--model-uri") + 1] == version_dir
     assert checker["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
-from mlkube.core.drift import fold_drift_run
+from mlkube.core.conditions import condition
+from mlkube.core.drift import PERFORMANCE_DEGRADED, fold_drift_run, performance_condition
 from mlkube.core.serving import servable
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -81,3 +82,72 @@ def test_a_run_is_folded_exactly_once() -> None:
     twice = fold_drift_run(once, result, "job-0", spec, NOW)
     assert twice == once
     assert len(twice.history) == 1
+
+
+WATCHED = DriftMonitorSpec.model_validate(
+    {"deployment": "iris", "performance": {"metric": "Accuracy", "maxDrop": "0.05"}}
+)
+DEGRADED = {
+    "modelVersion": "iris-v2",
+    "verdict": "Drift",
+    "performance": {
+        "modelVersion": "iris-v2",
+        "verdict": "Degraded",
+        "metric": "Accuracy",
+        "value": "0.7",
+        "estimated": "0.95",
+        "offline": "0.97",
+        "rows": 1000,
+        "labelledRows": 900,
+        "labelledShare": "0.9",
+        "outcomes": {"revenue": "1234.5"},
+    },
+}
+
+
+def test_a_degraded_run_sets_performance_degraded_with_its_figures() -> None:
+    status = fold_drift_run(DriftMonitorStatus(), DEGRADED, "job-0", WATCHED, NOW)
+    assert status.performance is not None
+    assert status.performance.outcomes == {"revenue": "1234.5"}
+    assert status.last_run is not None
+    assert (status.last_run.performance, status.last_run.performance_value) == ("Degraded", "0.7")
+    assert status.last_run.model_version == "iris-v2"
+    found = condition(performance_condition([], status.performance, 3, NOW), PERFORMANCE_DEGRADED)
+    assert found is not None
+    assert (found.status, found.reason, found.observed_generation) == ("True", "BelowThreshold", 3)
+    assert "live Accuracy 0.7" in found.message
+    assert "offline 0.97" in found.message
+
+
+def test_too_few_labels_is_unknown_and_a_healthy_run_clears_the_condition() -> None:
+    few = {"verdict": "InsufficientLabels", "metric": "Accuracy", "rows": 50, "labelledRows": 3}
+    unknown = condition(
+        performance_condition([], fold_drift_run(
+            DriftMonitorStatus(), {"performance": few}, "j", WATCHED, NOW
+        ).performance, 1, NOW),
+        PERFORMANCE_DEGRADED,
+    )  # fmt: skip
+    assert unknown is not None
+    assert (unknown.status, unknown.reason) == ("Unknown", "InsufficientLabels")
+    assert "3 labelled rows of 50" in unknown.message
+    healthy = {**DEGRADED["performance"], "verdict": "Healthy", "value": "0.96"}  # type: ignore[dict-item]
+    status = fold_drift_run(DriftMonitorStatus(), {"performance": healthy}, "j", WATCHED, NOW)
+    cleared = condition(performance_condition([], status.performance, 1, NOW), PERFORMANCE_DEGRADED)
+    assert cleared is not None
+    assert (cleared.status, cleared.reason) == ("False", "WithinThreshold")
+
+
+def test_a_malformed_performance_result_is_an_error_naming_why() -> None:
+    bad = {"performance": {"verdict": "Great", "rows": -1}}
+    status = fold_drift_run(DriftMonitorStatus(), bad, "j", WATCHED, NOW)
+    assert status.performance is not None
+    assert status.performance.verdict == "Error"
+    assert status.performance.message is not None
+    assert "malformed" in status.performance.message
+
+
+def test_without_spec_performance_the_status_has_none_and_no_condition() -> None:
+    plain = DriftMonitorSpec(deployment="iris")
+    status = fold_drift_run(DriftMonitorStatus(), DEGRADED, "j", plain, NOW)
+    assert status.performance is None
+    assert performance_condition([], None, 1, NOW) == []

@@ -85,3 +85,51 @@ def test_min_new_samples_counts_rows_since_the_last_retrain() -> None:
     assert not short.retrain
     assert short.reason == "AwaitingNewSamples"
     assert decide_retrain(spec, status, run("Drift"), logged_rows=5000, now=NOW).retrain
+
+
+def quality(drift: str, performance: str) -> DriftRun:
+    return run(drift).model_copy(
+        update={"performance": performance, "performance_value": "0.61", "drifted_columns": []}
+    )
+
+
+def test_degraded_live_quality_retrains_without_drift() -> None:
+    d = decide_retrain(monitor(), DriftMonitorStatus(), quality("NoDrift", "Degraded"), 500, NOW)
+    assert d.retrain
+    assert "live quality degraded (0.61)" in d.message
+    assert "drift in" not in d.message
+
+
+def test_degraded_quality_obeys_the_same_hysteresis_cooldown_and_fresh_samples() -> None:
+    spec = monitor(consecutiveDetections=2, cooldownSeconds=3600, minNewSamples=100)
+    first = decide_retrain(spec, DriftMonitorStatus(), quality("NoDrift", "Degraded"), 500, NOW)
+    assert (first.retrain, first.reason) == (False, "AwaitingConsecutiveDetections")
+    cooling = DriftMonitorStatus(
+        consecutive_detections=1, last_retrain_time="2026-11-27T11:30:00Z", rows_at_last_retrain=0
+    )
+    assert decide_retrain(spec, cooling, quality("NoDrift", "Degraded"), 500, NOW).reason == (
+        "CoolingDown"
+    )
+    stale = DriftMonitorStatus(
+        consecutive_detections=1, last_retrain_time="2026-11-27T10:00:00Z", rows_at_last_retrain=450
+    )
+    held = decide_retrain(spec, stale, quality("NoDrift", "Degraded"), 500, NOW)
+    assert held.reason == "AwaitingNewSamples"
+
+
+@pytest.mark.parametrize(
+    ("drift", "performance", "streak"),
+    [
+        ("InsufficientData", "Healthy", 0),  # healthy quality says something: the streak breaks
+        ("InsufficientData", "InsufficientLabels", 2),  # neither says anything
+        ("NoDrift", "InsufficientLabels", 0),
+        ("Drift", "Healthy", 3),  # drift alone still counts
+    ],
+)
+def test_what_breaks_a_streak_of_detections(drift: str, performance: str, streak: int) -> None:
+    status = DriftMonitorStatus(consecutive_detections=2)
+    spec = monitor(consecutiveDetections=5)
+    assert (
+        decide_retrain(spec, status, quality(drift, performance), 500, NOW).consecutive_detections
+        == streak
+    )

@@ -122,6 +122,8 @@ KINDS: list[Kind] = [
             {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
             {"name": "Verdict", "type": "string", "jsonPath": ".status.lastRun.verdict"},
             {"name": "Drift", "type": "string", "jsonPath": ".status.lastRun.driftShare"},
+            {"name": "Quality", "type": "string", "jsonPath": ".status.performance.verdict"},
+            {"name": "Live", "type": "string", "jsonPath": ".status.performance.value"},
             {"name": "Last Run", "type": "date", "jsonPath": ".status.lastRun.at"},
             AGE,
         ],

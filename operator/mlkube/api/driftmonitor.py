@@ -238,6 +238,51 @@ class ColumnResult(ApiModel):
     drifted: bool
 
 
+PerformanceVerdict = Literal["Healthy", "Degraded", "InsufficientLabels", "Error"]
+
+
+class SliceResult(ApiModel):
+    value: str = Field(max_length=256, description="The sliceBy column's value.")
+    rows: int = Field(ge=0, description="Labelled rows in the slice.")
+    metric: str | None = Field(default=None, max_length=32)
+
+
+class PerformanceResult(ApiModel):
+    """One run's live quality for the watched model version."""
+
+    model_version: str | None = Field(default=None, max_length=253)
+    verdict: PerformanceVerdict
+    metric: PerformanceMetric | None = None
+    value: str | None = Field(default=None, max_length=32, description="Realised on labels.")
+    estimated: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Estimated from the logged probabilities before labels (CBPE).",
+    )
+    offline: str | None = Field(
+        default=None, max_length=32, description="The ModelVersion's figure on its held-out split."
+    )
+    rows: int = Field(default=0, ge=0, description="Logged predictions in the window.")
+    labelled_rows: int = Field(default=0, ge=0)
+    labelled_share: str | None = Field(
+        default=None, max_length=32, description="Of the rows old enough to have their label."
+    )
+    unknown_ids: int = Field(default=0, ge=0, description="Labels naming no logged prediction.")
+    duplicate_labels: int = Field(default=0, ge=0, description="Labels replaced by a later one.")
+    outcomes: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra={"maxProperties": 16},
+        description="Each spec.performance.outcomes entry, summed or averaged.",
+    )
+    slices: list[SliceResult] = Field(
+        default_factory=list, max_length=5, description="The worst slices by the metric."
+    )
+    worst_slice_gap: str | None = Field(
+        default=None, max_length=32, description="The worst slice's metric minus the whole's."
+    )
+    message: str | None = Field(default=None, max_length=1024)
+
+
 class DriftRun(ApiModel):
     at: str = Field(json_schema_extra={"format": "date-time"})
     verdict: Literal["NoDrift", "Drift", "InsufficientData", "Error"]
@@ -246,12 +291,16 @@ class DriftRun(ApiModel):
     drifted_columns: list[str] = Field(default_factory=list)
     job: str | None = None
     message: str | None = Field(default=None, description="Why a run ended in Error.")
+    model_version: str | None = Field(default=None, description="The version watched.")
+    performance: PerformanceVerdict | None = None
+    performance_value: str | None = None
 
 
 class DriftMonitorStatus(StatusBase):
     cron_job_name: str | None = None
     last_run: DriftRun | None = None
     columns: list[ColumnResult] = Field(default_factory=list, description="Of the last run.")
+    performance: PerformanceResult | None = Field(default=None, description="Of the last run.")
     history: list[DriftRun] = Field(default_factory=list)
     consecutive_detections: int = Field(default=0, ge=0)
     rows_at_last_retrain: int | None = None

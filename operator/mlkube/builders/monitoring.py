@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mlkube.api.driftmonitor import DriftMonitorSpec
 from mlkube.builders.common import (
     MANAGED_BY,
@@ -23,14 +25,28 @@ CRONJOB_NAME_LIMIT = 52
 """The CronJob controller appends an 11-character suffix to name each run's Job."""
 
 
+@dataclass(frozen=True)
+class Watched:
+    """What a DriftMonitor's runs compare: the reference sample and the model version watched
+    (its part of the inference log, its offline metrics and calibration for live quality)."""
+
+    reference_uri: str
+    model_version: str | None = None
+    model_uri: str | None = None
+
+
 def cronjob_name(monitor: str) -> str:
     return child_name(monitor, "drift", CRONJOB_NAME_LIMIT)
 
 
 def build_cronjob(
-    owner: Owner, spec: DriftMonitorSpec, reference_uri: str, config: OperatorConfig
+    owner: Owner, spec: DriftMonitorSpec, watched: Watched, config: OperatorConfig
 ) -> Manifest:
     """A CronJob that never overlaps itself; each run's verdict is its termination message."""
+    version_args = (
+        [] if watched.model_version is None else ["--model-version", watched.model_version]
+    )
+    model_args = [] if watched.model_uri is None else ["--model-uri", watched.model_uri]
     labels = {
         "app.kubernetes.io/name": "mlkube-drift",
         "mlkube.io/driftmonitor": owner.name,
@@ -44,9 +60,11 @@ def build_cronjob(
             "--spec",
             f"env:{SPEC_ENV}",
             "--reference",
-            reference_uri,
+            watched.reference_uri,
             "--log",
             inference_log_uri(config.artifact_root, owner.namespace, spec.deployment),
+            *version_args,
+            *model_args,
         ],
         [spec_env(spec)],
         resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),

@@ -10,16 +10,17 @@ deterministic name, so creating it twice is a 409.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from mlkube.api.common import API_VERSION
 from mlkube.api.crdgen import BY_KIND
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from mlkube.builders.common import MANAGED_BY, Owner, child_name
-from mlkube.builders.monitoring import CHECKER, build_cronjob, cronjob_name
+from mlkube.builders.monitoring import CHECKER, Watched, build_cronjob, cronjob_name
 from mlkube.controller import metrics
 from mlkube.controller.context import Context, Read
 from mlkube.core.conditions import set_condition, timestamp
-from mlkube.core.drift import fold_drift_run
+from mlkube.core.drift import fold_drift_run, performance_condition
 from mlkube.core.retrain import decide_retrain
 from mlkube.core.training import termination_result
 from mlkube.tenancy import FORBIDDEN_URI
@@ -31,6 +32,10 @@ RECORDED_LABEL = "mlkube.io/recorded"
 """On a drift Job whose result is in the DriftMonitor's status."""
 
 Read_ = Read[DriftMonitorSpec, DriftMonitorStatus]
+
+
+def _model_uri(model_version: dict[str, Any] | None) -> str | None:
+    return None if model_version is None else model_version["spec"]["artifact"]["uri"]
 
 
 class DriftMonitorReconciler:
@@ -49,9 +54,9 @@ class DriftMonitorReconciler:
         now = ctx.clock()
         new = r.status.model_copy(deep=True)
         new.observed_generation = r.generation
-        reference, problem = self._reference(r)
+        watched, problem = self._reference(r)
         recorded: list[str] = []
-        if reference is None:
+        if watched is None:
             assert problem is not None
             new.conditions = set_condition(
                 new.conditions, "Ready", "False", problem[0], problem[1], r.generation, now
@@ -61,7 +66,7 @@ class DriftMonitorReconciler:
 
             def write() -> None:
                 ctx.ensure_artifact_storage(r.namespace)
-                ctx.apply(build_cronjob(owner, spec, reference, ctx.config))
+                ctx.apply(build_cronjob(owner, spec, watched, ctx.config))
 
             ctx.write_children(KIND, r, write)
             new.cron_job_name = cronjob_name(r.name)
@@ -83,7 +88,8 @@ class DriftMonitorReconciler:
             ctx.caches.jobs.put(patched)
         return POLL_SECONDS
 
-    def _reference(self, r: Read_) -> tuple[str | None, tuple[str, str] | None]:
+    def _reference(self, r: Read_) -> tuple[Watched | None, tuple[str, str] | None]:
+        """The reference sample and the model version watched, or why there is none."""
         ctx, spec = self.ctx, r.spec
         retrain = spec.action.retrain
         retrain_data = "spec.action.retrain.template.dataset.uri"
@@ -93,25 +99,31 @@ class DriftMonitorReconciler:
                 "spec.reference.uri": spec.reference.uri,
                 # refused now, not at the first drift, when the TrainingJob it makes would fail
                 retrain_data: retrain.template.dataset.uri if retrain else None,
+                **{
+                    f"spec.performance.feedbackUris[{i}]": uri
+                    for i, uri in enumerate(
+                        spec.performance.feedback_uris if spec.performance else []
+                    )
+                },
             },
             data_fields={retrain_data},
         )
         if forbidden is not None:
             return None, (FORBIDDEN_URI, forbidden.message)
-        if spec.reference.uri:
-            return spec.reference.uri, None
         version = spec.reference.model_version
         if version is None:
             deployment = ctx.get("Deployment", r.namespace, spec.deployment)
-            if deployment is None:
+            if deployment is None and not spec.reference.uri:
                 return None, ("DeploymentNotFound", f"Deployment {spec.deployment} does not exist")
-            version = (deployment.get("status") or {}).get("stableVersion")
-            if not version:
+            version = ((deployment or {}).get("status") or {}).get("stableVersion")
+            if not version and not spec.reference.uri:
                 return None, (
                     "WaitingForDeployment",
                     f"Deployment {spec.deployment} serves no version yet",
                 )
-        mv = ctx.get("ModelVersion", r.namespace, version)
+        mv = ctx.get("ModelVersion", r.namespace, version) if version else None
+        if spec.reference.uri:
+            return Watched(spec.reference.uri, version, _model_uri(mv)), None
         if mv is None or not mv["spec"].get("referenceSampleUri"):
             return None, ("ReferenceNotFound", f"ModelVersion {version} has no reference sample")
         uri = str(mv["spec"]["referenceSampleUri"])
@@ -120,7 +132,7 @@ class DriftMonitorReconciler:
         )
         if forbidden is not None:
             return None, (FORBIDDEN_URI, forbidden.message)
-        return uri, None
+        return Watched(uri, version, _model_uri(mv)), None
 
     def _collect_runs(
         self, r: Read_, status: DriftMonitorStatus, now: datetime
@@ -159,12 +171,42 @@ class DriftMonitorReconciler:
                 ctx.post_event(
                     r.obj, "Warning", "DriftDetected", f"drift in {', '.join(run.drifted_columns)}"
                 )
+            self._record_performance(r, status)
+            status.conditions = performance_condition(
+                status.conditions, status.performance, r.generation, now
+            )
             rows = int(result.get("loggedRows") or 0)
             decision = decide_retrain(spec, status, run, rows, now)
             status.consecutive_detections = decision.consecutive_detections
             if decision.retrain:
                 status = self._retrain(r, status, rows, now)
         return status, recorded
+
+    def _record_performance(self, r: Read_, status: DriftMonitorStatus) -> None:
+        """The live-quality gauges and, when degraded, a Warning Event."""
+        performance = status.performance
+        if performance is None or performance.metric is None:
+            return
+        version = performance.model_version or ""
+        for figure, value in (
+            ("realised", performance.value),
+            ("estimated", performance.estimated),
+        ):
+            if value is not None:
+                metrics.LIVE_PERFORMANCE.labels(
+                    r.namespace, r.name, version, performance.metric, figure
+                ).set(float(value))
+        metrics.LABELLED_SHARE.labels(r.namespace, r.name, version).set(
+            float(performance.labelled_share or 0)
+        )
+        if performance.verdict == "Degraded":
+            self.ctx.post_event(
+                r.obj,
+                "Warning",
+                "PerformanceDegraded",
+                f"{version}: live {performance.metric} {performance.value} past the threshold "
+                f"(offline {performance.offline}, {performance.labelled_rows} labelled rows)",
+            )
 
     def _retrain(
         self, r: Read_, status: DriftMonitorStatus, logged_rows: int, now: datetime

@@ -26,6 +26,16 @@ DRIFT_STATISTIC = Gauge(
 DRIFT_DETECTED = Gauge(
     "mlkube_drift_detected", "1 when the last run found drift.", ["namespace", "driftmonitor"]
 )
+LIVE_PERFORMANCE = Gauge(
+    "mlkube_live_performance",
+    "Last live-quality figure per watched model version: realised on labels or estimated (CBPE).",
+    ["namespace", "driftmonitor", "model_version", "metric", "figure"],
+)
+LABELLED_SHARE = Gauge(
+    "mlkube_labelled_share",
+    "Share of the window's predictions old enough for a label that have one.",
+    ["namespace", "driftmonitor", "model_version"],
+)
 MODEL_VERSIONS = Gauge("mlkube_model_versions", "ModelVersions by phase.", ["namespace", "phase"])
 API_REQUESTS = Counter("mlkube_operator_api_requests", "Requests to the API server.", ["method"])
 QUEUE_DEPTH = Gauge("mlkube_operator_queue_depth", "Keys waiting in the work queue.")

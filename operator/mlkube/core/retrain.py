@@ -27,13 +27,17 @@ def decide_retrain(
 ) -> RetrainDecision:
     """Decide on one new run. `logged_rows` counts every row ever logged for the Deployment.
 
-    InsufficientData and Error neither count as detections nor break a streak: they say nothing
-    about drift.
+    A detection is drift or degraded live quality (``PerformanceDegraded``); cooldown,
+    hysteresis and minNewSamples apply to both alike. NoDrift or Healthy quality breaks a
+    streak; InsufficientData, InsufficientLabels and Error neither count nor break one: they say
+    nothing.
     """
+    degraded = run.performance == "Degraded"
+    detected = run.verdict == "Drift" or degraded
     consecutive = status.consecutive_detections
-    if run.verdict == "Drift":
+    if detected:
         consecutive += 1
-    elif run.verdict == "NoDrift":
+    elif run.verdict == "NoDrift" or run.performance == "Healthy":
         consecutive = 0
 
     def hold(reason: str, message: str) -> RetrainDecision:
@@ -42,8 +46,8 @@ def decide_retrain(
     retrain = spec.action.retrain
     if spec.action.type != "Retrain" or retrain is None:
         return hold("NoAction", "action.type is None")
-    if run.verdict != "Drift":
-        return hold(run.verdict, f"verdict {run.verdict}")
+    if not detected:
+        return hold(run.verdict, f"verdict {run.verdict}, performance {run.performance}")
     if consecutive < retrain.consecutive_detections:
         return hold(
             "AwaitingConsecutiveDetections",
@@ -62,6 +66,9 @@ def decide_retrain(
             "AwaitingNewSamples",
             f"{new_rows} rows logged since the last retrain, minNewSamples {retrain.min_new_samples}",
         )
-    return RetrainDecision(
-        True, 0, "Retraining", f"drift in {', '.join(run.drifted_columns) or 'the dataset'}"
-    )
+    causes = []
+    if run.verdict == "Drift":
+        causes.append(f"drift in {', '.join(run.drifted_columns) or 'the dataset'}")
+    if degraded:
+        causes.append(f"live quality degraded ({run.performance_value or 'below threshold'})")
+    return RetrainDecision(True, 0, "Retraining", "; ".join(causes))
