@@ -16,6 +16,7 @@ from sklearn.datasets import load_wine
 from mlkube.api.trainingjob import TrainingJobSpec
 from mlkube.runtime import artifacts
 from mlkube.runtime.outcome import RunFailure
+from mlkube.runtime.quality import CALIBRATION_FILE, Calibration
 from mlkube.runtime.train import Champion, TrainRequest, termination_message, train
 
 
@@ -253,6 +254,55 @@ def test_tampered_artifact_is_refused(tmp_path: Path) -> None:
     joblib.dump({"evil": True}, model_file)
     with pytest.raises(artifacts.ArtifactError, match="sha256"):
         artifacts.load_verified_model(result["artifactUri"], result["sha256"])
+
+
+def test_classifiers_record_roc_auc_and_a_calibration_with_its_digest(tmp_path: Path) -> None:
+    result = train(
+        request(
+            tmp_path,
+            spec(
+                model="cancer",
+                dataset={"uri": "builtin:breast_cancer"},
+                estimator={"className": "sklearn.naive_bayes.GaussianNB"},
+            ),
+        )
+    )
+    assert 0.9 < float(result["metrics"]["roc_auc"]) <= 1
+    path = tmp_path / "ns" / "cancer" / "1" / CALIBRATION_FILE
+    assert result["files"][CALIBRATION_FILE] == artifacts.sha256_hex(path.read_bytes())
+    calibration = Calibration.from_json(json.loads(path.read_text()))
+    assert calibration.classes == [0, 1]
+    assert list(calibration.knots) == [1]  # binary: the second class, the first its complement
+
+
+def test_multiclass_roc_auc_is_one_vs_rest(tmp_path: Path) -> None:
+    result = train(request(tmp_path, spec()))
+    assert "roc_auc" in result["metrics"]
+    calibration = json.loads((tmp_path / "ns" / "iris" / "1" / CALIBRATION_FILE).read_text())
+    assert set(calibration["knots"]) <= {"0", "1", "2"}
+
+
+def test_no_probabilities_no_roc_auc_and_no_calibration(tmp_path: Path) -> None:
+    result = train(
+        request(
+            tmp_path,
+            spec(estimator={"className": "sklearn.svm.SVC", "hyperparameters": {}}),
+        )
+    )
+    assert "roc_auc" not in result["metrics"]
+    assert CALIBRATION_FILE not in result["files"]
+    regressor = train(
+        request(
+            tmp_path,
+            spec(
+                model="diabetes",
+                dataset={"uri": "builtin:diabetes"},
+                estimator={"className": "sklearn.linear_model.Ridge"},
+            ),
+        )
+    )
+    assert CALIBRATION_FILE not in regressor["files"]
+    assert "roc_auc" not in regressor["metrics"]
 
 
 def test_termination_message_fits_4_kib_even_with_many_columns() -> None:

@@ -28,6 +28,7 @@ from sklearn.metrics import (
     f1_score,
     mean_absolute_error,
     r2_score,
+    roc_auc_score,
     root_mean_squared_error,
 )
 from sklearn.model_selection import train_test_split
@@ -52,6 +53,7 @@ from mlkube.estimators import ESTIMATORS, Task
 from mlkube.runtime import artifacts
 from mlkube.runtime.datasets import check_data, load_dataset
 from mlkube.runtime.outcome import RunFailure, one_line
+from mlkube.runtime.quality import CALIBRATION_FILE, Calibration, fit_calibration
 from mlkube.runtime.transforms import as_text
 
 REFERENCE_SAMPLE_ROWS = 5000
@@ -210,17 +212,52 @@ def _phase(reason: str, what: str, *, permanent: bool = True) -> Iterator[None]:
 
 
 def evaluate(task: Task, model: Any, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+    """Held-out metrics: accuracy, macro F1 and, with predict_proba, ROC AUC (binary: of the
+    second class; else one-vs-rest, macro) for classifiers; RMSE, MAE, R2 for regressors."""
     predicted = model.predict(x)
     if task == "classification":
-        return {
+        metrics = {
             "accuracy": float(accuracy_score(y, predicted)),
             "f1": float(f1_score(y, predicted, average="macro")),
         }
+        auc = _roc_auc(model, x, y)
+        if auc is not None:
+            metrics["roc_auc"] = auc
+        return metrics
     return {
         "rmse": float(root_mean_squared_error(y, predicted)),
         "mae": float(mean_absolute_error(y, predicted)),
         "r2": float(r2_score(y, predicted)),
     }
+
+
+def _roc_auc(model: Any, x: pd.DataFrame, y: pd.Series) -> float | None:
+    """None without predict_proba, or when the split lacks a class (ROC AUC is undefined)."""
+    if not hasattr(model, "predict_proba"):
+        return None
+    probabilities = model.predict_proba(x)
+    try:
+        if probabilities.shape[1] == 2:
+            return float(roc_auc_score(y, probabilities[:, 1]))
+        return float(
+            roc_auc_score(
+                y, probabilities, multi_class="ovr", average="macro", labels=model.classes_
+            )
+        )
+    except ValueError:
+        return None
+
+
+def _calibration(
+    task: Task, model: Any, x: pd.DataFrame, y: pd.Series, seed: int
+) -> Calibration | None:
+    """The held-out split's isotonic calibration of the probabilities, for the live quality
+    estimate before labels (mlkube.runtime.quality); None when it does not help."""
+    if task != "classification" or not hasattr(model, "predict_proba"):
+        return None
+    truth = pd.Index(model.classes_).get_indexer(y)
+    classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
+    return fit_calibration(classes, model.predict_proba(x), truth, seed=seed)
 
 
 def gate_failures(gates: QualityGates, metrics: dict[str, float]) -> list[str]:
@@ -316,6 +353,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
         failures.append(champion_failure)
     if failures:
         raise RunFailure("QualityGateFailed", "; ".join(failures))
+    with _phase("EvaluationFailed", "calibrating probabilities on the held-out split"):
+        calibration = _calibration(task, model, x_test, y_test, spec.split.seed)
 
     directory = artifacts.version_uri(
         request.artifact_root, request.namespace, spec.model, request.version
@@ -342,6 +381,10 @@ def train(request: TrainRequest) -> dict[str, Any]:
                 sample.reset_index(drop=True).to_parquet(),
             ),
         }
+        if calibration is not None:
+            files[CALIBRATION_FILE] = artifacts.write_json(
+                artifacts.join(directory, CALIBRATION_FILE), calibration.to_json()
+            )
     return {
         "status": "Succeeded",
         "model": spec.model,
