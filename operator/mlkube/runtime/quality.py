@@ -709,6 +709,8 @@ class PerformanceReport:
             if len(_compact(result)) > max_bytes - len(',"outcomesOmitted":99'):
                 del outcomes[name]
                 result["outcomesOmitted"] = len(self.outcomes) - len(outcomes)
+                if not outcomes:
+                    del result["outcomes"]
                 break
         return result
 
@@ -913,7 +915,8 @@ def evaluate_window(
 ) -> PerformanceReport:
     """One version's quality from its window (layout.py's columns), the feedback and every
     logged request id (for ``unknownIds``). `classes` (the ModelVersion's, as text) is used when
-    the log's schema metadata names none; `now` in epoch seconds. Raises QualityError for a
+    the log's schema metadata names none; `calibration` applies when its classes are the logged
+    ones (the same text), else the raw probabilities are used; `now` in epoch seconds. Raises QualityError for a
     metric that does not fit the model, or maxDrop without an offline figure."""
     now = time.time() if now is None else now
     if window.num_rows == 0:  # an empty log reads back without the log's own columns
@@ -968,10 +971,8 @@ def evaluate_window(
     result, reason = verdict(performance, metric, value, joined.counts.labelled, offline)
     slices = None
     if performance.slice_by is not None:
-        slices = _slices(
-            window, performance.slice_by, joined.rows, metric, truth, predicted,
-            labelled_probabilities, size,
-        )  # fmt: skip
+        labelled = _Labelled(truth, predicted, labelled_probabilities, size)
+        slices = _slices(window, performance.slice_by, joined.rows, metric, labelled, value)
     return PerformanceReport(
         model_version=model_version,
         metric=metric,
@@ -1012,18 +1013,28 @@ def _outcomes(
     return result
 
 
+@dataclass(frozen=True)
+class _Labelled:
+    """The labelled rows' truth and predictions (positions for classifiers, numbers for
+    regressors) and probabilities."""
+
+    truth: Any
+    predicted: Any
+    probabilities: Floats | None
+    size: int
+
+
 def _slices(
     window: pa.Table,
     column: str,
     rows: Codes,
     metric: PerformanceMetric,
-    truth: Any,
-    predicted: Any,
-    probabilities: Floats | None,
-    size: int,
+    labelled: _Labelled,
+    whole: float | None,
 ) -> Slices:
-    """The metric per value of `column` over the labelled rows: the TOP_SLICES largest slices,
-    each computed on a contiguous run after one sort by slice."""
+    """The metric per value of `column` over the labelled rows (positions `rows` in the window):
+    the TOP_SLICES largest slices, each computed on a contiguous run after one sort by slice;
+    the worst's gap to `whole`, the metric over all labelled rows."""
     if column not in window.column_names:
         return Slices(column, reason=f"sliceBy column {column!r} is not in the inference log")
     encoded = pc.dictionary_encode(_plain(window.column(column)).take(rows), null_encoding="encode")
@@ -1033,22 +1044,22 @@ def _slices(
     starts = np.concatenate([[0], np.cumsum(counts)])
     largest = np.argsort(-counts, kind="stable")[:TOP_SLICES]
     values = encoded.dictionary.to_pylist()
-    whole = _metric_value(metric, truth, predicted, probabilities, size)
     slices = []
     for code in largest:  # at most TOP_SLICES passes over contiguous runs, never per row
         if counts[code] == 0:
             continue
         members = order[starts[code] : starts[code + 1]]
+        probabilities = labelled.probabilities
         slices.append(
             SliceQuality(
                 values[code],
                 int(counts[code]),
                 _metric_value(
                     metric,
-                    truth[members],
-                    predicted[members],
+                    labelled.truth[members],
+                    labelled.predicted[members],
                     None if probabilities is None else probabilities[members],
-                    size,
+                    labelled.size,
                 ),
             )
         )
@@ -1080,8 +1091,8 @@ def run_performance(
     ``spec.performance.feedbackUris``, joined and judged (:func:`evaluate_window`).
 
     `offline_metrics` are the ModelVersion's ``spec.metrics`` as numbers (``accuracy``,
-    ``roc_auc``, ``rmse``...), `calibration` its ``calibration.json`` (:meth:`Calibration.from_json`)
-    if recorded. Raises ValueError when the spec has no ``performance``, QualityError for bad
+    ``roc_auc``, ``rmse``...), `calibration` its ``calibration.json`` if recorded
+    (:meth:`Calibration.from_json`). Raises ValueError when the spec has no ``performance``, QualityError for bad
     feedback or configuration, OSError for the store.
     """
     performance = spec.performance
