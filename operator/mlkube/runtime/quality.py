@@ -1144,15 +1144,17 @@ def labelled_rows(
     ``firstTs``, ``lastTs`` (epoch ms) of the rows used, ``feedbackFiles``, ``rows``. Raises
     QualityError when labels cannot take the predictions' type, or for bad feedback.
     """
-    wanted = [*features, LOG_REQUEST_ID_COLUMN, LOG_PREDICTION_COLUMN, LOG_TS_COLUMN]
+    wanted = [*features, LOG_REQUEST_ID_COLUMN, LOG_TS_COLUMN]
     tables: list[pa.Table] = []
     prediction_type: pa.DataType | None = None
+    newest = np.iinfo(np.int64).min
     for version in model_versions if model_versions is not None else log_versions(log_uri):
         window = read_version_window(log_uri, version, rows, seconds, now=now)
-        if window.num_rows == 0 or not set(wanted) <= set(window.column_names):
+        if window.num_rows == 0 or not {*wanted, LOG_PREDICTION_COLUMN} <= set(window.column_names):
             continue
-        window = window.select(wanted)
-        prediction_type = _plain(window.column(LOG_PREDICTION_COLUMN)).type
+        last = int(pc.max(window.column(LOG_TS_COLUMN)).as_py())
+        if last > newest:
+            newest, prediction_type = last, _plain(window.column(LOG_PREDICTION_COLUMN)).type
         tables.append(
             pa.table(
                 {
