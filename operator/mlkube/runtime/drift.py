@@ -16,6 +16,14 @@ Statistics (each equal to scipy's to 1e-9, computed without a Python loop over r
 
 Missing values (null, NaN) are left out of both samples.
 
+A window read from the inference log is streamed (``detect_window_drift``): memory holds a record
+batch per worker, not the window. Against the reference's sorted distinct values, a batch only adds
+to per-value counts (current values below and at each reference value), per-gap sums, PSI bin
+counts and category counts; the KS statistic and p-value, PSI, chi-squared and Jensen-Shannon come
+out of those exactly, and so does the Wasserstein distance except in gaps between two reference
+values where the two ECDFs cross, which are bounded (``NumericStatistics.wasserstein_error``). A
+column with at most 10,000 values in the window is compared from its values, as in memory.
+
 Decision (method ``SignificantAndLarge``): a column drifts when its KS or chi-squared p-value is
 under ``pValue / tested columns`` (Bonferroni) AND its distance (normalised Wasserstein for numeric
 columns, Jensen-Shannon for categorical ones, PSI when the test is PSI) reaches the threshold.
@@ -35,9 +43,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
 
 import fsspec
 import numpy as np
@@ -50,12 +59,14 @@ from scipy import special, stats
 from scipy.spatial import distance
 
 from mlkube.api.driftmonitor import ColumnOverride, DriftMonitorSpec
+from mlkube.layout import RESERVED_COLUMN_PREFIX
 from mlkube.runtime.artifacts import join
-from mlkube.runtime.inference_log import PREDICTION_COLUMN, TS_COLUMN, read_window
+from mlkube.runtime.log_window import LogWindow, open_window, resolve_version_log
+from mlkube.runtime.outcome import MESSAGE_LIMIT
 
 ColumnKind = Literal["Numeric", "Categorical"]
 TestName = Literal["KS", "Wasserstein", "PSI", "ChiSquared", "JensenShannon", "Z"]
-Verdict = Literal["NoDrift", "Drift", "InsufficientData"]
+Verdict = Literal["NoDrift", "Drift", "InsufficientData", "Error"]
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int64]
 
@@ -109,6 +120,10 @@ class DriftReport:
     rows: int
     drift_share: float
     columns: list[ColumnDrift] = field(default_factory=list)
+    model_version: str | None = None
+    """The model version whose log the window came from (None: a flat log read as given)."""
+    message: str | None = None
+    """Why the verdict is Error or InsufficientData."""
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -122,9 +137,12 @@ class DriftReport:
             "verdict": self.verdict,
             "rows": self.rows,
             "driftShare": _figure(self.drift_share),
-            "driftedColumns": [],
-            "columns": [],
         }
+        if self.model_version is not None:
+            message["modelVersion"] = self.model_version
+        if self.message is not None:
+            message["message"] = self.message[:MESSAGE_LIMIT]
+        message |= {"driftedColumns": [], "columns": []}
         reserved = len(',"driftedColumnsOmitted":99999,"columnsOmitted":99999')
         size = len(_compact(message)) + reserved
         drifted = self.drifted_columns
@@ -164,6 +182,8 @@ class NumericStatistics:
     ks_p_value: float
     wasserstein: float
     """Unnormalised, as scipy.stats.wasserstein_distance(reference, current)."""
+    wasserstein_error: float = 0.0
+    """At most this far from the exact distance (0: exact)."""
 
 
 def numeric_statistics(reference: Floats, current: Floats) -> NumericStatistics:
@@ -187,10 +207,15 @@ def numeric_statistics(reference: Floats, current: Floats) -> NumericStatistics:
         # The ECDFs only step at the last of equal values; scipy evaluates them there too.
         at_steps = cdf_gap if np.all(gaps) else np.append(cdf_gap[:-1][gaps != 0], cdf_gap[-1])
         d = max(float(at_steps.max()), float(np.clip(-at_steps.min(), 0, 1)))
-        larger, smaller = sorted([float(m), float(n)], reverse=True)
-        p_value = kolmogorov_sf(d, float(np.round(larger * smaller / (larger + smaller))))
+        p_value = _asymptotic_ks_p_value(d, m, n)
     wasserstein = float(np.dot(np.abs(cdf_gap[:-1], out=cdf_gap[:-1]), gaps))
     return NumericStatistics(d, p_value, wasserstein)
+
+
+def _asymptotic_ks_p_value(d: float, m: int, n: int) -> float:
+    """ks_2samp's p-value beyond EXACT_KS_MAX_ROWS: kstwo at the samples' effective size."""
+    larger, smaller = sorted([float(m), float(n)], reverse=True)
+    return kolmogorov_sf(d, float(np.round(larger * smaller / (larger + smaller))))
 
 
 def kolmogorov_sf(d: float, n: float) -> float:
@@ -227,14 +252,22 @@ def normalised_wasserstein(wasserstein: float, reference: Floats) -> float:
 
 
 def numeric_psi(reference: Floats, current: Floats, bins: int = PSI_BINS) -> float:
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref_counts = np.diff(
-        np.searchsorted(np.sort(reference), edges, side="right"), prepend=0, append=reference.size
-    )
-    cur_counts = np.diff(
-        np.searchsorted(np.sort(current), edges, side="right"), prepend=0, append=current.size
-    )
-    return psi(ref_counts, cur_counts)
+    edges = psi_edges(reference, bins)
+    return psi(_psi_counts(reference, edges), _psi_counts(current, edges))
+
+
+def psi_edges(reference: Floats, bins: int = PSI_BINS) -> Floats:
+    """The inner edges of the PSI bins: the reference's quantiles, without repeats."""
+    return np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def _psi_counts(values: Floats, edges: Floats) -> Counts:
+    return _between(np.searchsorted(np.sort(values), edges, side="right"), values.size)
+
+
+def _between(at_most: Counts, total: int) -> Counts:
+    """Counts per bin from the counts at or below each inner edge."""
+    return np.diff(at_most, prepend=0, append=total)
 
 
 def psi(reference_counts: npt.NDArray[Any], current_counts: npt.NDArray[Any]) -> float:
@@ -257,13 +290,15 @@ class CategoryCounts:
 def category_counts(
     reference: pa.ChunkedArray | pa.Array, current: pa.ChunkedArray | pa.Array
 ) -> CategoryCounts:
-    ref = _value_counts(reference)
-    cur = _value_counts(current)
-    categories = list(dict.fromkeys([*ref, *cur]))
+    return _count_table(_value_counts(reference), _value_counts(current))
+
+
+def _count_table(reference: dict[Any, int], current: dict[Any, int]) -> CategoryCounts:
+    categories = list(dict.fromkeys([*reference, *current]))
     return CategoryCounts(
         categories,
-        np.array([ref.get(c, 0) for c in categories], dtype=np.int64),
-        np.array([cur.get(c, 0) for c in categories], dtype=np.int64),
+        np.array([reference.get(c, 0) for c in categories], dtype=np.int64),
+        np.array([current.get(c, 0) for c in categories], dtype=np.int64),
     )
 
 
@@ -300,6 +335,40 @@ def categorical_psi(counts: CategoryCounts) -> float:
 
 
 @dataclass(frozen=True)
+class NumericComparison:
+    """A numeric column of the window against the reference's: what its tests ask for, each
+    computed when asked, from values in memory or from a streamed window's sums."""
+
+    reference: Floats
+    """The reference's non-missing values."""
+    values: int
+    """The window's non-missing values."""
+    statistics: Callable[[], NumericStatistics]
+    psi: Callable[[], float]
+    few_value_counts: Callable[[], CategoryCounts | None]
+    """Both samples' value counts; None when they hold more than EVIDENTLY_FEW_VALUES values."""
+
+
+def compare_numbers(reference: Floats, current: Floats) -> NumericComparison:
+    """The exact comparison of two samples held in memory."""
+    return NumericComparison(
+        reference,
+        current.size,
+        lambda: numeric_statistics(reference, current),
+        lambda: numeric_psi(reference, current),
+        lambda: few_value_counts(reference, current),
+    )
+
+
+def few_value_counts(reference: Floats, current: Floats) -> CategoryCounts | None:
+    counts = category_counts(pa.array(reference), pa.array(current))
+    return counts if len(counts.categories) <= EVIDENTLY_FEW_VALUES else None
+
+
+Comparison = NumericComparison | CategoryCounts
+
+
+@dataclass(frozen=True)
 class _Plan:
     """What to compute for one column."""
 
@@ -319,6 +388,8 @@ def detect_drift(
 
     `column_types` holds ModelVersion input-schema types (float, int, string, bool); per-column
     overrides in `spec.columns` change a column's kind, test or threshold, or leave it out.
+    ValueError for a column missing from either side or without values in one, or an override
+    that names no tested column or a test that does not apply to the column's kind.
     """
     ref_table = _as_table(reference)
     cur_table = _as_table(current)
@@ -326,22 +397,91 @@ def detect_drift(
         return DriftReport("InsufficientData", cur_table.num_rows, 0.0)
     if ref_table.num_rows == 0:
         raise ValueError("the reference sample has no rows")
-    plans = _plans(ref_table, cur_table, spec, column_types)
+    plans = _plans(ref_table, cur_table.column_names, spec, column_types)
+
+    def compare(plan: _Plan) -> Comparison:
+        ref_values, cur_values = ref_table.column(plan.name), cur_table.column(plan.name)
+        if plan.kind == "Numeric":
+            return compare_numbers(_numbers(ref_values), _numbers(cur_values))
+        return category_counts(ref_values, cur_values)
+
+    return _report(ref_table, plans, compare, cur_table.num_rows, spec)
+
+
+def detect_window_drift(
+    reference: pa.Table | pd.DataFrame,
+    window: LogWindow,
+    spec: DriftMonitorSpec,
+    column_types: dict[str, str] | None = None,
+    workers: int | None = None,
+) -> DriftReport:
+    """`detect_drift` of a window streamed from the log on `workers` threads (default: one per
+    core), in memory bounded by a record batch per thread.
+
+    Same tests and figures as `detect_drift` on the window read whole, except the Wasserstein
+    distance of a column with more than EXACT_KS_MAX_ROWS values in the window, which is exact but
+    in the gaps between reference values where the ECDFs cross, there within
+    ``wasserstein_error`` (see `_streamed_statistics`). WindowError (a ValueError) when the
+    window's segments lack a tested column or type it differently; ValueError as `detect_drift`.
+    """
+    ref_table = _as_table(reference)
+    if window.rows < spec.min_rows:
+        return DriftReport("InsufficientData", window.rows, 0.0)
+    if ref_table.num_rows == 0:
+        raise ValueError("the reference sample has no rows")
+    plans = _plans(ref_table, window.column_names, spec, column_types)
+    window.check_columns([plan.name for plan in plans])
+    references: dict[str, _NumericReference | _CategoricalReference] = {
+        plan.name: _NumericReference(_numbers(ref_table.column(plan.name)), plan, spec)
+        if plan.kind == "Numeric"
+        else _CategoricalReference(_value_counts(ref_table.column(plan.name)))
+        for plan in plans
+    }
+
+    def start() -> _WindowSums:
+        return _WindowSums({name: ref.start() for name, ref in references.items()})
+
+    def update(sums: _WindowSums, batch: pa.RecordBatch) -> None:
+        sums.rows += batch.num_rows
+        for name, column in sums.columns.items():
+            column.add(batch.column(name))
+
+    parts = window.scan(list(references), start, update, workers)
+    rows = sum(part.rows for part in parts)
+    if rows < spec.min_rows:  # segments deleted while the window was read
+        return DriftReport("InsufficientData", rows, 0.0)
+
+    def compare(plan: _Plan) -> Comparison:
+        merged = parts[0].columns[plan.name]
+        for part in parts[1:]:
+            merged.merge(part.columns[plan.name])
+        return merged.result()
+
+    return _report(ref_table, plans, compare, rows, spec)
+
+
+def _report(
+    reference: pa.Table,
+    plans: list[_Plan],
+    compare: Callable[[_Plan], Comparison],
+    rows: int,
+    spec: DriftMonitorSpec,
+) -> DriftReport:
+    """Each planned column compared and tested (on a thread pool), then the dataset's verdict."""
     corrected_p = float(spec.p_value) / max(len(plans), 1)
 
     def evaluate(plan: _Plan) -> ColumnDrift:
-        ref_values = ref_table.column(plan.name)
-        cur_values = cur_table.column(plan.name)
         if spec.method == "Evidently":
-            return _evidently_column(plan, ref_values, cur_values, spec)
-        return _significant_and_large_column(plan, ref_values, cur_values, corrected_p, spec)
+            values = reference.column(plan.name)
+            return _evidently_column(plan, compare(plan), values.length() - values.null_count, spec)
+        return _significant_and_large_column(plan, compare(plan), corrected_p, spec)
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(plans), os.cpu_count() or 1))) as pool:
         columns = list(pool.map(evaluate, plans))
     drifted = sum(c.drifted for c in columns)
     share = drifted / len(columns) if columns else 0.0
     verdict: Verdict = "Drift" if columns and share >= float(spec.drift_share) else "NoDrift"
-    return DriftReport(verdict, cur_table.num_rows, share, columns)
+    return DriftReport(verdict, rows, share, columns)
 
 
 def _as_table(data: pa.Table | pd.DataFrame) -> pa.Table:
@@ -352,7 +492,7 @@ def _as_table(data: pa.Table | pd.DataFrame) -> pa.Table:
 
 def _plans(
     reference: pa.Table,
-    current: pa.Table,
+    current_names: Sequence[str],
     spec: DriftMonitorSpec,
     column_types: dict[str, str] | None,
 ) -> list[_Plan]:
@@ -360,14 +500,15 @@ def _plans(
         names = [
             n
             for n in reference.column_names
-            if n in current.column_names and n not in {TS_COLUMN, PREDICTION_COLUMN}
+            if n in current_names and not n.startswith(RESERVED_COLUMN_PREFIX)
         ]
     else:
         names = list(column_types)
     for name in names:
-        for table, what in ((reference, "reference sample"), (current, "inference log")):
-            if name not in table.column_names:
-                raise ValueError(f"column {name!r} is missing from the {what}")
+        if name not in reference.column_names:
+            raise ValueError(f"column {name!r} is missing from the reference sample")
+        if name not in current_names:
+            raise ValueError(f"column {name!r} is missing from the inference log")
     overrides: dict[str, ColumnOverride] = {o.name: o for o in spec.columns}
     unknown = sorted(set(overrides) - set(names))
     if unknown:
@@ -410,10 +551,11 @@ def _kind(
     return "Categorical"
 
 
-def _numbers(values: pa.ChunkedArray) -> Floats:
+def _numbers(values: pa.ChunkedArray | pa.Array) -> Floats:
     # unsafe: an int64 beyond 2**53 (which the server takes in an int column) rounds to the
     # nearest float, as the statistics need, instead of failing the whole check
-    array: Floats = pc.cast(values, pa.float64(), safe=False).to_numpy()
+    cast = pc.cast(values, pa.float64(), safe=False)
+    array: Floats = cast.to_numpy(zero_copy_only=False)
     missing = np.isnan(array)
     return array[~missing] if missing.any() else array
 
@@ -426,28 +568,23 @@ def _require_values(name: str, reference_values: int, current_values: int) -> No
 
 
 def _significant_and_large_column(
-    plan: _Plan,
-    reference: pa.ChunkedArray,
-    current: pa.ChunkedArray,
-    corrected_p: float,
-    spec: DriftMonitorSpec,
+    plan: _Plan, current: Comparison, corrected_p: float, spec: DriftMonitorSpec
 ) -> ColumnDrift:
     assert plan.test is not None
     default_threshold = PSI_THRESHOLD if plan.test == "PSI" else float(spec.distance_threshold)
     threshold = default_threshold if plan.threshold is None else plan.threshold
     statistic: float
-    if plan.kind == "Numeric":
-        ref, cur = _numbers(reference), _numbers(current)
-        _require_values(plan.name, ref.size, cur.size)
-        numeric = numeric_statistics(ref, cur)
+    if isinstance(current, NumericComparison):
+        _require_values(plan.name, current.reference.size, current.values)
+        numeric = current.statistics()
         p_value = numeric.ks_p_value
-        size = normalised_wasserstein(numeric.wasserstein, ref)
+        size = normalised_wasserstein(numeric.wasserstein, current.reference)
         if plan.test == "PSI":
-            size = statistic = numeric_psi(ref, cur)
+            size = statistic = current.psi()
         else:
             statistic = numeric.ks_statistic if plan.test == "KS" else size
     else:
-        counts = category_counts(reference, current)
+        counts = current
         _require_values(plan.name, int(counts.reference.sum()), int(counts.current.sum()))
         chi2, p_value = chi_squared(counts)
         size = jensen_shannon(counts)
@@ -460,20 +597,19 @@ def _significant_and_large_column(
 
 
 def _evidently_column(
-    plan: _Plan, reference: pa.ChunkedArray, current: pa.ChunkedArray, spec: DriftMonitorSpec
+    plan: _Plan, current: Comparison, reference_values: int, spec: DriftMonitorSpec
 ) -> ColumnDrift:
-    small_reference = reference.length() - reference.null_count <= EVIDENTLY_SMALL_REFERENCE
+    """`reference_values`: the reference's non-null values (NaN counted, as Evidently does)."""
+    small_reference = reference_values <= EVIDENTLY_SMALL_REFERENCE
+    numeric = current if isinstance(current, NumericComparison) else None
     counts: CategoryCounts | None = None
-    ref = cur = np.empty(0)
-    if plan.kind == "Numeric":
-        ref, cur = _numbers(reference), _numbers(current)
-        _require_values(plan.name, ref.size, cur.size)
-        if np.unique(ref).size <= EVIDENTLY_FEW_VALUES:
-            counts = _numeric_value_counts(ref, cur)
-            if len(counts.categories) > EVIDENTLY_FEW_VALUES:
-                counts = None
+    if numeric is not None:
+        _require_values(plan.name, numeric.reference.size, numeric.values)
+        if np.unique(numeric.reference).size <= EVIDENTLY_FEW_VALUES:
+            counts = numeric.few_value_counts()
     else:
-        counts = category_counts(reference, current)
+        assert isinstance(current, CategoryCounts)
+        counts = current
         _require_values(plan.name, int(counts.reference.sum()), int(counts.current.sum()))
     test = plan.test
     if test is None:
@@ -483,21 +619,24 @@ def _evidently_column(
             test = "ChiSquared" if len(counts.categories) > 2 else "Z"
         else:
             test = "JensenShannon"
-    if counts is None and test in {"ChiSquared", "JensenShannon", "Z"}:
-        counts = _numeric_value_counts(ref, cur)
 
     p_value: float | None = None
     size: float | None = None
-    if test == "KS":
-        numeric = numeric_statistics(ref, cur)
-        statistic, p_value = numeric.ks_statistic, numeric.ks_p_value
-    elif test == "Wasserstein":
-        size = statistic = normalised_wasserstein(numeric_statistics(ref, cur).wasserstein, ref)
-    elif test == "PSI":
-        size = statistic = numeric_psi(ref, cur) if counts is None else categorical_psi(counts)
+    if test in {"KS", "Wasserstein"} or (test == "PSI" and counts is None):
+        assert numeric is not None  # categorical columns only take the tests of counts
+        if test == "KS":
+            figures = numeric.statistics()
+            statistic, p_value = figures.ks_statistic, figures.ks_p_value
+        elif test == "Wasserstein":
+            figures = numeric.statistics()
+            size = statistic = normalised_wasserstein(figures.wasserstein, numeric.reference)
+        else:
+            size = statistic = numeric.psi()
     else:
         assert counts is not None
-        if test == "JensenShannon":
+        if test == "PSI":
+            size = statistic = categorical_psi(counts)
+        elif test == "JensenShannon":
             size = statistic = jensen_shannon(counts, base=None)
         elif test == "Z":
             statistic, p_value = two_proportion_z(counts)
@@ -511,10 +650,6 @@ def _evidently_column(
             float(spec.distance_threshold) if plan.threshold is None else plan.threshold
         )
     return ColumnDrift(plan.name, plan.kind, test, statistic, p_value, size, drifted)
-
-
-def _numeric_value_counts(reference: Floats, current: Floats) -> CategoryCounts:
-    return category_counts(pa.array(reference), pa.array(current))
 
 
 def chi_squared_goodness_of_fit(counts: CategoryCounts) -> tuple[float, float]:
@@ -538,6 +673,221 @@ def two_proportion_z(counts: CategoryCounts) -> tuple[float, float]:
     return float(z), float(2 * (1 - stats.norm.cdf(abs(z))))
 
 
+# --- windows streamed from the log -------------------------------------------------------------
+
+
+class _ColumnSums(Protocol):
+    """One worker's share of a column's window; shares merge into the column's comparison."""
+
+    def add(self, column: pa.Array) -> None: ...
+
+    def merge(self, other: Any) -> None: ...
+
+    def result(self) -> Comparison: ...
+
+
+@dataclass
+class _WindowSums:
+    columns: dict[str, _ColumnSums]
+    rows: int = 0
+
+
+class _NumericReference:
+    """A numeric column's reference, prepared for the window's batches: its sorted distinct
+    values u_0 < ... < u_{k-1} and how many reference values lie at or below each."""
+
+    def __init__(self, reference: Floats, plan: _Plan, spec: DriftMonitorSpec) -> None:
+        self.values = reference
+        ordered = np.sort(reference)
+        self.points: Floats = ordered[np.r_[True, ordered[1:] != ordered[:-1]]]
+        self.at_most: Counts = np.searchsorted(ordered, self.points, side="right")
+        self.psi_edges = psi_edges(reference) if plan.test == "PSI" and reference.size else None
+        few = spec.method == "Evidently" and self.points.size <= EVIDENTLY_FEW_VALUES
+        self.few_values = _value_counts(pa.array(reference)) if few else None
+
+    def start(self) -> _NumericSums:
+        return _NumericSums(self)
+
+
+class _NumericSums:
+    """Counts and sums that make the column's statistics (`_streamed_statistics`); the values
+    themselves too while there are at most EXACT_KS_MAX_ROWS, so a small window is compared
+    exactly, in memory."""
+
+    def __init__(self, reference: _NumericReference) -> None:
+        k = reference.points.size
+        self.reference = reference
+        self.values = 0
+        self.below: Counts = np.zeros(k, dtype=np.int64)
+        """Current values under u_j."""
+        self.at_most: Counts = np.zeros(k, dtype=np.int64)
+        """Current values at or under u_j."""
+        self.gaps: Floats = np.zeros(k + 1)
+        """j < k: the sum of u_j - x over current values x in (u_{j-1}, u_j] (u_{-1} = -inf);
+        k: the sum of x - u_{k-1} over current values over u_{k-1}."""
+        edges = reference.psi_edges
+        self.psi_at_most: Counts = np.zeros(0 if edges is None else edges.size, dtype=np.int64)
+        self.kept: list[Floats] | None = []
+        self.few: dict[Any, int] | None = None if reference.few_values is None else {}
+
+    def add(self, column: pa.Array) -> None:
+        values = _numbers(column)
+        if values.size == 0:
+            return
+        self.values += values.size
+        if self.kept is not None:
+            self.kept = None if self.values > EXACT_KS_MAX_ROWS else [*self.kept, values]
+        ordered = np.sort(values)
+        points = self.reference.points
+        below = np.searchsorted(ordered, points, side="left")
+        at_most = below.copy()
+        # a value equal to a reference value is rare in continuous data: search again only there
+        inside = below < ordered.size
+        equal = np.zeros(points.size, dtype=bool)
+        equal[inside] = ordered[below[inside]] == points[inside]
+        if equal.any():
+            at_most[equal] = np.searchsorted(ordered, points[equal], side="right")
+        self.below += below
+        self.at_most += at_most
+        last = int(at_most[-1])
+        # each value up to u_{k-1} against the smallest reference value at or above it
+        gaps = np.repeat(points, np.diff(at_most, prepend=0)) - ordered[:last]
+        running = np.concatenate([[0.0], np.cumsum(gaps)])
+        self.gaps[:-1] += np.diff(running[at_most], prepend=0.0)
+        self.gaps[-1] += float(np.sum(ordered[last:] - points[-1]))
+        if self.reference.psi_edges is not None:
+            self.psi_at_most += np.searchsorted(ordered, self.reference.psi_edges, side="right")
+        if self.few is not None:
+            self._count_few(ordered)
+
+    def _count_few(self, ordered: Floats) -> None:
+        assert self.few is not None and self.reference.few_values is not None
+        distinct, counts = np.unique(ordered, return_counts=True)
+        if distinct.size > EVIDENTLY_FEW_VALUES:
+            self.few = None
+            return
+        for value, count in zip(distinct.tolist(), counts.tolist(), strict=True):
+            self.few[value] = self.few.get(value, 0) + count
+        if len(self.few.keys() | self.reference.few_values.keys()) > EVIDENTLY_FEW_VALUES:
+            self.few = None
+
+    def merge(self, other: Any) -> None:
+        assert isinstance(other, _NumericSums)
+        self.values += other.values
+        self.kept = (
+            None
+            if self.kept is None or other.kept is None or self.values > EXACT_KS_MAX_ROWS
+            else self.kept + other.kept
+        )
+        self.below += other.below
+        self.at_most += other.at_most
+        self.gaps += other.gaps
+        self.psi_at_most += other.psi_at_most
+        if self.few is None or other.few is None:
+            self.few = None
+        else:
+            for value, count in other.few.items():
+                self.few[value] = self.few.get(value, 0) + count
+            if len(self.few.keys() | (self.reference.few_values or {}).keys()) > (
+                EVIDENTLY_FEW_VALUES
+            ):
+                self.few = None
+
+    def result(self) -> NumericComparison:
+        reference = self.reference
+        if self.kept is not None:
+            current = np.concatenate(self.kept) if self.kept else np.empty(0)
+            return compare_numbers(reference.values, current)
+        n = self.values
+
+        def statistics() -> NumericStatistics:
+            return _streamed_statistics(reference.points, reference.at_most, self, n)
+
+        def psi_of_window() -> float:
+            assert reference.psi_edges is not None
+            return psi(
+                _psi_counts(reference.values, reference.psi_edges), _between(self.psi_at_most, n)
+            )
+
+        def few() -> CategoryCounts | None:
+            if self.few is None or reference.few_values is None:
+                return None
+            return _count_table(reference.few_values, self.few)
+
+        return NumericComparison(reference.values, n, statistics, psi_of_window, few)
+
+
+def _streamed_statistics(
+    points: Floats, reference_at_most: Counts, sums: _NumericSums, n: int
+) -> NumericStatistics:
+    """KS and Wasserstein of the reference and a window known by its sums (`_NumericSums`).
+
+    With R_j = F_ref(u_j), constant on [u_j, u_{j+1}), and F_cur rising there from
+    at_most_j / n to below_{j+1} / n, sup |F_ref - F_cur| is at one of those two ends: the KS
+    statistic is exact, and the p-value is ks_2samp's asymptotic one (Smirnov). The Wasserstein
+    distance is the integral of |F_ref - F_cur| (scipy's definition): on a gap where F_cur stays
+    on one side of R_j it is the gap's signed area S = R_j d - (at_most_j d + gaps_{j+1}) / n
+    (d = u_{j+1} - u_j), exactly; where F_cur crosses R_j, the area is S + 2P with P, the part
+    above R_j, somewhere in [max(0, -S), min((F_b - R_j) d, (R_j - F_a) d - S)]: the midpoint is
+    taken and half the interval's width, doubled, goes into ``wasserstein_error``. The tails
+    (below u_0, above u_{k-1}) never cross.
+    """
+    m = int(reference_at_most[-1])
+    ref_cdf = reference_at_most / m
+    at_u = sums.at_most / n  # F_cur(u_j)
+    before_u = sums.below / n  # F_cur just below u_j
+    d = max(
+        float(before_u[0]),
+        float(np.abs(ref_cdf - at_u).max()),
+        float(np.abs(ref_cdf[:-1] - before_u[1:]).max(initial=0.0)),
+    )
+    widths = np.diff(points)
+    level, start, end = ref_cdf[:-1], at_u[:-1], before_u[1:]
+    signed = level * widths - (sums.at_most[:-1] * widths + sums.gaps[1:-1]) / n
+    areas = np.abs(signed)
+    crossing = (start < level) & (level < end)
+    low = np.maximum(0.0, -signed[crossing])
+    high = np.minimum(
+        (end - level)[crossing] * widths[crossing],
+        (level - start)[crossing] * widths[crossing] - signed[crossing],
+    )
+    high = np.maximum(high, low)
+    rise = (end - level)[crossing]
+    linear = np.clip(widths[crossing] * rise**2 / (2 * (end - start)[crossing]), low, high)
+    areas[crossing] = signed[crossing] + 2 * linear
+    wasserstein = float((sums.gaps[0] + sums.gaps[-1]) / n + areas.sum())
+    error = 2 * np.maximum(linear - low, high - linear)
+    return NumericStatistics(d, _asymptotic_ks_p_value(d, m, n), wasserstein, float(error.sum()))
+
+
+class _CategoricalReference:
+    def __init__(self, counts: dict[Any, int]) -> None:
+        self.counts = counts
+
+    def start(self) -> _CategoricalSums:
+        return _CategoricalSums(self.counts)
+
+
+class _CategoricalSums:
+    def __init__(self, reference: dict[Any, int]) -> None:
+        self.reference = reference
+        self.counts: dict[Any, int] = {}
+
+    def add(self, column: pa.Array) -> None:
+        self._add(_value_counts(column))
+
+    def _add(self, counts: dict[Any, int]) -> None:
+        for value, count in counts.items():
+            self.counts[value] = self.counts.get(value, 0) + count
+
+    def merge(self, other: Any) -> None:
+        assert isinstance(other, _CategoricalSums)
+        self._add(other.counts)
+
+    def result(self) -> CategoryCounts:
+        return _count_table(self.reference, self.counts)
+
+
 # --- from the store ----------------------------------------------------------------------------
 
 
@@ -552,11 +902,37 @@ def run_drift(
     reference_uri: str,
     log_uri: str,
     column_types: dict[str, str] | None = None,
+    model_version: str | None = None,
+    now: float | None = None,
 ) -> DriftReport:
-    """One scheduled check: the reference Parquet against the spec's window of the log."""
-    reference = read_reference(reference_uri, None if column_types is None else list(column_types))
-    names = [n for n in reference.column_names if n not in {TS_COLUMN, PREDICTION_COLUMN}]
-    current = read_window(
-        log_uri, rows=spec.window.rows, seconds=spec.window.seconds, columns=names
-    )
-    return detect_drift(reference, current, spec, column_types)
+    """One scheduled check: the reference Parquet against the spec's window (`now`: epoch
+    seconds, default the clock) of one model version's log, streamed (`detect_window_drift`).
+
+    The window comes from `resolve_version_log`: `model_version`'s directory under `log_uri`;
+    without it `log_uri` itself if it holds segments, else its newest model version's directory.
+    The report names that version. What the data cannot give (a column the window's segments
+    lack or type differently, a column missing or without values, an override naming no tested
+    column) is an Error report saying why, never an exception; a store that cannot be reached
+    raises (OSError), as retrying may help.
+    """
+    source = resolve_version_log(log_uri, model_version)
+    rows = 0
+    try:
+        reference = read_reference(
+            reference_uri, None if column_types is None else list(column_types)
+        )
+        window = open_window(source.uri, spec.window.rows, spec.window.seconds, now)
+        rows = window.rows
+        report = detect_window_drift(reference, window, spec, column_types)
+    except ValueError as e:
+        report = DriftReport("Error", rows, 0.0, message=str(e))
+    if report.verdict == "InsufficientData":
+        where = (
+            source.uri if source.model_version is None else f"model version {source.model_version}"
+        )
+        report = replace(
+            report,
+            message=f"{report.rows} rows in the window of {where}, fewer than minRows "
+            f"({spec.min_rows})",
+        )
+    return replace(report, model_version=source.model_version)

@@ -26,7 +26,6 @@ import fsspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
@@ -354,27 +353,51 @@ def read_window(
     time span of one segment.
     """
     fs, directory = fsspec.core.url_to_fs(join(uri))
-    paths = _segment_paths(fs, directory)
-    if seconds is not None:
-        cutoff = (time.time() if now is None else now) - seconds
-        paths = [p for p in paths if segment_time(_name(p)) >= cutoff]
-    if rows is not None:
-        paths = _newest_covering(fs, paths, rows)
+    cutoff = None if seconds is None else (time.time() if now is None else now) - seconds
+    paths = window_paths(fs, directory, rows, cutoff)
     if not paths:
         return _empty(columns)
     wanted = None if columns is None else list(dict.fromkeys([*columns, TS_COLUMN]))
     table = _read_segments(_arrow_filesystem(fs), paths, wanted)
     if table is None:
         return _empty(columns)
+    keep = window_mask(table.column(TS_COLUMN).to_numpy(), rows, cutoff)
+    if keep is not None:
+        table = table.filter(keep)
     ts = table.column(TS_COLUMN).to_numpy()
     if ts.size > 1 and bool(np.any(ts[1:] < ts[:-1])):
-        table = table.sort_by(TS_COLUMN)
-    if seconds is not None:
-        cutoff_ms = int(((time.time() if now is None else now) - seconds) * 1000)
-        table = table.filter(pc.greater_equal(table.column(TS_COLUMN), cutoff_ms))
-    if rows is not None and table.num_rows > rows:
-        table = table.slice(table.num_rows - rows)
+        table = table.sort_by(TS_COLUMN)  # stable: rows logged at the same time keep their order
     return table if columns is None else table.select(columns)
+
+
+def window_paths(fs: Any, directory: str, rows: int | None, cutoff: float | None) -> list[str]:
+    """The segments, oldest first, that may hold rows of the window: by name, those whose newest
+    row is at or after `cutoff` (epoch seconds), then, by footer, the fewest newest ones holding
+    at least `rows` rows."""
+    paths = _segment_paths(fs, directory)
+    if cutoff is not None:
+        paths = [p for p in paths if segment_time(_name(p)) >= cutoff]
+    if rows is not None:
+        paths = _newest_covering(fs, paths, rows)
+    return paths
+
+
+def window_mask(
+    ts: npt.NDArray[np.int64], rows: int | None, cutoff: float | None
+) -> npt.NDArray[np.bool_] | None:
+    """Which rows of the window's segments, concatenated oldest segment first, are in it (None:
+    all): those logged at or after `cutoff` (epoch seconds), then of those the last `rows` in
+    logged time, ties going to the later row, as a stable sort by time would order them."""
+    keep = None if cutoff is None else ts >= int(cutoff * 1000)
+    kept = ts.size if keep is None else int(np.count_nonzero(keep))
+    if rows is None or kept <= rows:
+        return None if keep is None or kept == ts.size else keep
+    candidates = ts if keep is None else ts[keep]
+    boundary = np.partition(candidates, kept - rows)[kept - rows]  # the oldest time kept
+    newer: npt.NDArray[np.bool_] = ts > boundary
+    ties = np.flatnonzero(ts == boundary if keep is None else (ts == boundary) & keep)
+    newer[ties[ties.size - (rows - int(np.count_nonzero(newer))) :]] = True
+    return newer
 
 
 def _arrow_filesystem(fs: Any) -> Any:
@@ -435,12 +458,31 @@ def _empty(columns: list[str] | None) -> pa.Table:
 
 
 def count_rows(uri: str) -> int:
-    """Rows in the whole log, from Parquet footers only."""
+    """Rows in the whole log, from Parquet footers only: the segments in `uri` and in its model
+    versions' directories (``<uri>/<modelversion>/``), not the feedback in ``_feedback``."""
     fs, directory = fsspec.core.url_to_fs(join(uri))
     total = 0
-    for path in _segment_paths(fs, directory):
-        total += _footer_rows(fs, path) or 0
+    for paths in log_segment_paths(fs, directory).values():
+        total += sum(_footer_rows(fs, path) or 0 for path in paths)
     return total
+
+
+def log_segment_paths(fs: Any, directory: str) -> dict[str, list[str]]:
+    """Segment paths, oldest first, by where they are: ``""`` for the directory itself, else the
+    name of a model version's directory under it (those starting with ``_``, the feedback, are
+    not the log)."""
+    fs.invalidate_cache(directory)
+    try:
+        found: list[str] = fs.find(directory, maxdepth=2)
+    except FileNotFoundError:
+        return {}
+    root = directory.rstrip("/") + "/"
+    by_place: dict[str, list[str]] = {}
+    for path in found:
+        place, _, name = path.removeprefix(root).rpartition("/")
+        if name.endswith(SEGMENT_SUFFIX) and not place.startswith("_"):
+            by_place.setdefault(place, []).append(path)
+    return {place: sorted(paths, key=_name) for place, paths in by_place.items()}
 
 
 def _footer_rows(fs: Any, path: str) -> int | None:
