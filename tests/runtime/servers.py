@@ -1,4 +1,5 @@
-"""A real model server process for runtime tests: started on a free port, its output in a file."""
+"""A real model server process for runtime tests: started on a free port, its output in a file;
+and the iris model it serves, stored as the trainer stores it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from mlkube.api.modelversion import Column
+from mlkube.runtime import artifacts
 
 STARTUP_SECONDS = 90.0
 
@@ -83,3 +90,45 @@ def start_server(command: list[str], env: dict[str, str], log_path: Path) -> Ser
 
 
 SERVE_COMMAND = [sys.executable, "-m", "mlkube.runtime.cli", "serve"]  # `mlkube-runtime serve`
+
+
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+@dataclass(frozen=True)
+class IrisArtifact:
+    directory: Path
+    sha256: str
+    estimator: LogisticRegression
+    features: pd.DataFrame
+
+
+def save_iris_artifact(directory: Path) -> IrisArtifact:
+    """A real LogisticRegression fitted on a DataFrame (classes 0, 1, 2), stored in `directory`."""
+    iris = load_iris(as_frame=True)
+    features = iris.data.set_axis(IRIS_FEATURES, axis=1)
+    estimator = LogisticRegression(max_iter=1000).fit(features, iris.target)
+    digest = artifacts.save_model(str(directory), estimator)
+    schema = artifacts.ModelSchema(
+        task="classification",
+        target="species",
+        columns=[Column(name=name, type="float") for name in IRIS_FEATURES],
+        classes=[str(c) for c in estimator.classes_],
+    )
+    artifacts.write_json(artifacts.join(str(directory), artifacts.SCHEMA_FILE), schema.to_json())
+    return IrisArtifact(directory, digest, estimator, features)
+
+
+def model_env(artifact: IrisArtifact, **extra: str) -> dict[str, str]:
+    return {
+        "MLKUBE_MODEL_URI": str(artifact.directory),
+        "MLKUBE_MODEL_SHA256": artifact.sha256,
+        "MLKUBE_MODEL_VERSION": "iris-v1",
+        "MLKUBE_POD_NAME": "test-pod",
+        **extra,
+    }
+
+
+def rows(frame: pd.DataFrame) -> list[dict[str, float]]:
+    """A frame as the ``instances`` of a request."""
+    return [{str(k): float(v) for k, v in r.items()} for r in frame.to_dict(orient="records")]

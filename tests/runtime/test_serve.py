@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sklearn.datasets import load_diabetes, load_iris
-from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier
+from sklearn.datasets import load_diabetes
+from sklearn.linear_model import Ridge, SGDClassifier
 
 from mlkube.api.modelversion import Column, ColumnType
 from mlkube.layout import MODEL_FILE
@@ -33,47 +32,26 @@ from mlkube.runtime.serve import (
     parse_request,
 )
 from mlkube.runtime.serving_cli import SpecError, spec_settings
-from tests.runtime.servers import SERVE_COMMAND, STARTUP_SECONDS, ServerProcess, start_server
+from tests.runtime.servers import (
+    IRIS_FEATURES,
+    SERVE_COMMAND,
+    STARTUP_SECONDS,
+    IrisArtifact,
+    ServerProcess,
+    model_env,
+    rows,
+    save_iris_artifact,
+    start_server,
+)
 
 pytestmark = pytest.mark.runtime
 
-FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-
-
-@dataclass(frozen=True)
-class IrisArtifact:
-    directory: Path
-    sha256: str
-    estimator: LogisticRegression
-    features: pd.DataFrame
-
-
-def model_env(artifact: IrisArtifact, **extra: str) -> dict[str, str]:
-    return {
-        "MLKUBE_MODEL_URI": str(artifact.directory),
-        "MLKUBE_MODEL_SHA256": artifact.sha256,
-        "MLKUBE_MODEL_VERSION": "iris-v1",
-        "MLKUBE_POD_NAME": "test-pod",
-        **extra,
-    }
+FEATURES = IRIS_FEATURES
 
 
 @pytest.fixture(scope="module")
 def iris_artifact(tmp_path_factory: pytest.TempPathFactory) -> IrisArtifact:
-    """A real LogisticRegression fitted on a DataFrame, stored as the trainer stores it."""
-    iris = load_iris(as_frame=True)
-    features = iris.data.set_axis(FEATURES, axis=1)
-    estimator = LogisticRegression(max_iter=1000).fit(features, iris.target)
-    directory = tmp_path_factory.mktemp("iris-v1")
-    digest = artifacts.save_model(str(directory), estimator)
-    schema = artifacts.ModelSchema(
-        task="classification",
-        target="species",
-        columns=[Column(name=name, type="float") for name in FEATURES],
-        classes=[str(c) for c in estimator.classes_],
-    )
-    artifacts.write_json(artifacts.join(str(directory), artifacts.SCHEMA_FILE), schema.to_json())
-    return IrisArtifact(directory, digest, estimator, features)
+    return save_iris_artifact(tmp_path_factory.mktemp("iris-v1"))
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +71,6 @@ def server(
         yield process
     finally:
         process.stop()
-
-
-def rows(frame: pd.DataFrame) -> list[dict[str, float]]:
-    return [{str(k): float(v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
 
 
 def test_predictions_match_the_estimator(
@@ -233,7 +207,7 @@ def test_inference_log_holds_inputs_and_predictions(
     assert response.status_code == 200
     # uvicorn shuts down cleanly, then re-raises the SIGTERM it caught
     assert server.stop() in (0, -signal.SIGTERM), server.output()
-    segments = sorted(inference_log_dir.glob("*.parquet"))
+    segments = sorted((inference_log_dir / "iris-v1").glob("*.parquet"))  # the model version's
     assert segments, f"no segments in {inference_log_dir}:\n{server.output()}"
     assert all("-test-pod-" in s.name for s in segments)
     logged = pd.concat([pq.read_table(s).to_pandas() for s in segments])
@@ -294,10 +268,13 @@ def test_stock_bentoml_serve_runs_the_service(iris_artifact: IrisArtifact, tmp_p
         server.wait_ready()
         sample = iris_artifact.features.iloc[[0, 100]]
         response = httpx.post(f"{server.url}/predict", json={"instances": rows(sample)})
+        feedback = httpx.post(f"{server.url}/feedback", json={"feedback": []})
         metrics = httpx.get(f"{server.url}/metrics").text
     finally:
         server.stop()
     assert response.json()["predictions"] == iris_artifact.estimator.predict(sample).tolist()
+    assert feedback.status_code == 404, feedback.text  # no inference log: nowhere to keep labels
+    assert "MLKUBE_INFERENCE_LOG_URI" in feedback.json()["error"]
     assert 'mlkube_requests_total{code="2xx",model_version="iris-v1"} 1.0' in metrics
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from mlkube.api.trainingjob import TrainingJobSpec
+from mlkube.layout import version_log_uri
 from mlkube.runtime.inference_log import PREDICTION_COLUMN, read_window
 from mlkube.runtime.train import TrainRequest, train
 from tests.runtime.servers import SERVE_COMMAND, ServerProcess, start_server
@@ -80,6 +81,24 @@ def pets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProce
         server.stop()
 
 
+def test_feedback_for_string_classes_takes_a_class_name_and_nothing_else(
+    pets: tuple[ServerProcess, Path],
+) -> None:
+    """Labels are checked against the model's classes (the ids need not be known yet)."""
+    server, _ = pets
+    row_id = "order-17-0"
+    good = httpx.post(
+        f"{server.url}/feedback", json={"feedback": [{"requestId": row_id, "label": "dog"}]}
+    )
+    assert (good.status_code, good.json()) == (200, {"stored": 1})
+    for label in ["fish", 1, True, None]:
+        bad = httpx.post(
+            f"{server.url}/feedback", json={"feedback": [{"requestId": row_id, "label": label}]}
+        )
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["requestId"] == row_id and "['cat', 'dog']" in bad.json()["error"]
+
+
 def test_a_classifier_without_probabilities_and_string_labels_is_counted_and_logged(
     pets: tuple[ServerProcess, Path],
 ) -> None:
@@ -95,7 +114,7 @@ def test_a_classifier_without_probabilities_and_string_labels_is_counted_and_log
     assert 'mlkube_predictions_total{label="dog",model_version="m-v1"} 1.0' in metrics
     server.stop()  # a graceful stop (SIGTERM) writes the buffered log rows
     assert "Error" not in server.output()
-    logged = read_window(str(log_dir), rows=10).to_pandas()
+    logged = read_window(version_log_uri(str(log_dir), "m-v1"), rows=10).to_pandas()
     assert logged["ts"].tolist() == [0.25, 0.75]
     assert logged["prediction"].tolist() == [3.0, 35.0]
     assert logged[PREDICTION_COLUMN].tolist() == ["cat", "dog"]

@@ -3,8 +3,11 @@
 A log is a directory URI (any fsspec backend: ``file://``, ``s3://``) holding segments named
 ``<UTC yyyymmddTHHMMSSffffff>-<writer id>-<seq>.parquet``. The timestamp is the append time of the
 segment's newest row, so names sort by time and a reader picks the segments it needs from a listing
-alone. Columns: the request's feature columns, ``_mlkube_prediction`` and ``_mlkube_ts`` (int64
-epoch ms); no feature name may start with ``_mlkube_``, so the log's own columns never collide.
+alone. Columns: the request's feature columns, ``_mlkube_prediction``, ``_mlkube_probabilities``
+(when given), ``_mlkube_ts`` (int64 epoch ms), ``_mlkube_request_id`` (when given) and the writer's
+constant columns (``_mlkube_model_version``); no feature name may start with ``_mlkube_``, so the
+log's own columns never collide (``mlkube.layout`` names them). The same writer stores the labels
+posted to ``/feedback`` (`SegmentWriter.append_rows`: rows without predictions).
 
 Several writers (one per serving pod) may share a directory; their segments interleave by name.
 """
@@ -20,17 +23,24 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import fsspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from mlkube.layout import LOG_PREDICTION_COLUMN, LOG_TS_COLUMN, RESERVED_COLUMN_PREFIX
+from mlkube.layout import (
+    LOG_PREDICTION_COLUMN,
+    LOG_PROBABILITIES_COLUMN,
+    LOG_REQUEST_ID_COLUMN,
+    LOG_TS_COLUMN,
+    RESERVED_COLUMN_PREFIX,
+)
 from mlkube.runtime.artifacts import join, store_bytes
 
 WRITER_NICENESS = 10
@@ -48,6 +58,9 @@ Values = Sequence[Any] | npt.NDArray[Any]
 Batch = Mapping[str, Values] | Mapping[tuple[str, ...], Values]
 """A logged request: each column's values by name, or several columns' under their names' tuple
 (a request's float matrix is then one copy instead of one per column)."""
+_Columns = Mapping[str | tuple[str, ...], Values]
+"""A batch plus the writer's own columns; a 2-D array under a single name is a list column (one
+fixed-size list per row: the probabilities)."""
 
 
 def segment_name(newest_row_time: float, writer_id: str, seq: int) -> str:
@@ -71,10 +84,12 @@ def _block_dtype(values: Values) -> np.dtype[Any]:
     return dtype if dtype.kind in _TYPED_KINDS else np.dtype(object)
 
 
-def _empty_block(rows: int, values: Values, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-    """Room for `rows` rows of `values`: 1-D for a column, 2-D for several side by side, column
-    after column (Fortran order), so Arrow takes each column as it is, without a copy."""
-    return np.empty((rows, *np.shape(values)[1:]), dtype=dtype, order="F")
+def _empty_block(rows: int, key: str | tuple[str, ...], values: Values) -> npt.NDArray[Any]:
+    """Room for `rows` rows of `values`: 1-D for a column; 2-D for several columns side by side,
+    column after column (Fortran order), or for a list column row after row: either way Arrow
+    takes the block as it is, without a copy."""
+    shape = (rows, *np.shape(values)[1:])
+    return np.empty(shape, _block_dtype(values), order="F" if isinstance(key, tuple) else "C")
 
 
 def _same_type(values: Values, block: npt.NDArray[Any]) -> bool:
@@ -88,66 +103,84 @@ class _Run:
     """Consecutive batches with the same columns and types, copied into preallocated blocks as
     they come (a slice assignment per column, in C). The writer then hands each block to Arrow
     as it is: joining a segment's ~1,000 request arrays instead held the GIL for ~3 ms, a stall
-    every request in flight felt (p99 +40% at 100 rows per request). Times are kept per batch
-    (all its rows share one) and repeated per row by the writer."""
+    every request in flight felt (p99 +40% at 100 rows per request). Times and request ids are
+    kept per batch (all its rows share them) and made per row by the writer, in Arrow's C."""
 
-    def __init__(self, batch: Batch, predictions: Values) -> None:
+    def __init__(self, columns: _Columns, with_request_ids: bool) -> None:
         self.columns = {
-            name: _empty_block(_FIRST_BLOCK_ROWS, v, _block_dtype(v)) for name, v in batch.items()
+            key: _empty_block(_FIRST_BLOCK_ROWS, key, values) for key, values in columns.items()
         }
-        self.predictions = np.empty(_FIRST_BLOCK_ROWS, dtype=_block_dtype(predictions))
+        self.capacity = _FIRST_BLOCK_ROWS
         self.rows = 0
         self.batch_times_ms: list[int] = []
         self.batch_rows: list[int] = []
+        self.batch_ids: list[str] | None = [] if with_request_ids else None
 
-    def takes(self, batch: Batch, predictions: Values) -> bool:
-        """Whether `batch` has this run's columns, types and shapes."""
-        columns = self.columns
-        if batch.keys() != columns.keys() or not _same_type(predictions, self.predictions):
+    def takes(self, columns: _Columns, request_id: str | None) -> bool:
+        """Whether `columns` have this run's names, types and shapes, and a request id if its
+        batches have them."""
+        blocks = self.columns
+        if columns.keys() != blocks.keys() or (request_id is None) is not (self.batch_ids is None):
             return False
-        for name, values in batch.items():  # noqa: SIM110 (all() would add a generator a request)
-            if not _same_type(values, columns[name]):
+        for key, values in columns.items():  # noqa: SIM110 (all() would add a generator a request)
+            if not _same_type(values, blocks[key]):
                 return False
         return True
 
-    def add(self, batch: Batch, predictions: Values, time_ms: int) -> None:
-        """ValueError when a column's length is not the predictions' (never broadcast)."""
-        rows = len(predictions)
+    def add(self, columns: _Columns, rows: int, time_ms: int, request_id: str | None) -> None:
+        """ValueError when a column's length is not `rows` (never broadcast)."""
         start, end = self.rows, self.rows + rows
-        if end > len(self.predictions):
-            self._grow(max(end, 2 * len(self.predictions)))
-        columns = self.columns
-        for name, values in batch.items():
+        if end > self.capacity:
+            self._grow(max(end, 2 * self.capacity))
+        blocks = self.columns
+        for key, values in columns.items():
             if len(values) != rows:
-                raise ValueError(f"column {name!r} has {len(values)} values for {rows} rows")
-            columns[name][start:end] = values
-        self.predictions[start:end] = predictions
+                raise ValueError(f"column {key!r} has {len(values)} values for {rows} rows")
+            blocks[key][start:end] = values
         self.batch_times_ms.append(time_ms)
         self.batch_rows.append(rows)
+        if self.batch_ids is not None and request_id is not None:
+            self.batch_ids.append(request_id)
         self.rows = end
 
     def _grow(self, capacity: int) -> None:
         def grown(block: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            bigger = _empty_block(capacity, block, block.dtype)
+            bigger = np.empty_like(block, shape=(capacity, *block.shape[1:]))  # same layout
             bigger[: self.rows] = block[: self.rows]
             return bigger
 
-        self.columns = {name: grown(block) for name, block in self.columns.items()}
-        self.predictions = grown(self.predictions)
+        self.columns = {key: grown(block) for key, block in self.columns.items()}
+        self.capacity = capacity
 
     def table(self) -> pa.Table:
         rows = self.rows
-        columns: dict[str, Any] = {}
+        columns: dict[str, pa.Array] = {}
         for key, block in self.columns.items():
             if isinstance(key, tuple):
-                columns.update((name, block[:rows, i]) for i, name in enumerate(key))
+                columns.update((name, pa.array(block[:rows, i])) for i, name in enumerate(key))
+            elif block.ndim == 2:  # row after row (C order): the list values as they lie
+                flat = pa.array(block[:rows].reshape(-1))
+                columns[key] = pa.FixedSizeListArray.from_arrays(flat, block.shape[1])
             else:
-                columns[key] = block[:rows]
-        columns[PREDICTION_COLUMN] = self.predictions[:rows]
-        columns[TS_COLUMN] = np.repeat(
-            np.array(self.batch_times_ms, dtype=np.int64), self.batch_rows
+                columns[key] = pa.array(block[:rows])
+        columns[TS_COLUMN] = pa.array(
+            np.repeat(np.array(self.batch_times_ms, dtype=np.int64), self.batch_rows)
         )
-        return pa.table({name: pa.array(values) for name, values in columns.items()})
+        if self.batch_ids is not None:
+            columns[LOG_REQUEST_ID_COLUMN] = _row_ids(self.batch_ids, self.batch_rows)
+        return pa.table(columns)
+
+
+def _row_ids(batch_ids: list[str], batch_rows: list[int]) -> pa.Array:
+    """``<id>-<row>`` for every row, row counting from 0 within its batch."""
+    counts = np.asarray(batch_rows, dtype=np.int64)
+    batch_of_row = np.repeat(np.arange(len(counts)), counts)
+    row_in_batch = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return pc.binary_join_element_wise(
+        pa.array(batch_ids, pa.string()).take(batch_of_row),
+        pa.array(row_in_batch).cast(pa.string()),
+        "-",
+    )
 
 
 @dataclass
@@ -165,6 +198,8 @@ class SegmentWriter:
     waits for the store. A failed write is logged and its rows dropped: losing some drift samples
     beats blocking or growing memory without bound.
     Retention counts every segment in the directory, whichever writer made it.
+    `constants` are columns with one value for every row the writer writes (the model version);
+    `metadata` goes into every segment's Parquet schema (the classes' order of the probabilities).
     """
 
     def __init__(
@@ -174,6 +209,8 @@ class SegmentWriter:
         max_rows: int = 100_000,
         max_seconds: float = 10.0,
         retention_segments: int | None = 1000,
+        constants: Mapping[str, str] | None = None,
+        metadata: Mapping[bytes, bytes] | None = None,
     ) -> None:
         if max_rows < 1 or max_seconds <= 0:
             raise ValueError("max_rows must be >= 1 and max_seconds > 0")
@@ -184,6 +221,8 @@ class SegmentWriter:
         self.max_rows = max_rows
         self.max_seconds = max_seconds
         self.retention_segments = retention_segments
+        self.constants = dict(constants or {})
+        self.metadata = dict(metadata or {})
         self._fs, self._dir = fsspec.core.url_to_fs(join(uri))
         self._buffer = _Buffer()
         self._seq = 0
@@ -196,23 +235,43 @@ class SegmentWriter:
         )
         self._thread.start()
 
-    def append(self, batch: Batch, predictions: Values) -> None:
+    def append(
+        self,
+        batch: Batch,
+        predictions: Values,
+        request_id: str | None = None,
+        probabilities: npt.NDArray[np.float64] | None = None,
+    ) -> None:
         """Queue one request's columns and predictions (ValueError for a column name starting
         with ``_mlkube_``, values not shaped as their key says, or a column whose length is not
-        the predictions')."""
+        the predictions'). `request_id` becomes ``<request_id>-<row>`` per row; `probabilities`
+        (rows, classes) a fixed-size list per row."""
+        columns = {**cast(_Columns, batch), PREDICTION_COLUMN: predictions}
+        if probabilities is not None:
+            columns[LOG_PROBABILITIES_COLUMN] = probabilities
+        self._append(columns, len(predictions), request_id, batch)
+
+    def append_rows(self, batch: Batch) -> None:
+        """Queue rows that have no predictions (the labels posted to ``/feedback``); ValueError
+        as for `append`, or for an empty batch."""
+        if not batch:
+            raise ValueError("a batch needs at least one column")
+        self._append(cast(_Columns, batch), len(next(iter(batch.values()))), None, batch)
+
+    def _append(self, columns: _Columns, rows: int, request_id: str | None, given: Batch) -> None:
+        """`given`: the caller's own columns, checked whenever a run starts."""
         now = time.time()
-        rows = len(predictions)
         with self._lock:  # the condition's own lock: entered in C, where the condition's is not
             if self._closed:
                 raise RuntimeError("SegmentWriter is closed")
             buffer = self._buffer
             was_empty = buffer.rows == 0
             run = buffer.runs[-1] if buffer.runs else None
-            if run is None or not run.takes(batch, predictions):
-                _check_batch(batch)  # once per run, not per request
-                run = _Run(batch, predictions)
+            if run is None or not run.takes(columns, request_id):
+                _check_batch(given)  # once per run, not per request
+                run = _Run(columns, request_id is not None)
                 buffer.runs.append(run)
-            run.add(batch, predictions, int(now * 1000))
+            run.add(columns, rows, int(now * 1000), request_id)
             buffer.rows += rows
             buffer.newest = now
             if was_empty:
@@ -269,11 +328,19 @@ class SegmentWriter:
         if buffer.rows == 0:
             return
         table = _buffer_table(buffer.runs)
+        for name, value in self.constants.items():
+            table = table.append_column(name, pa.repeat(value, table.num_rows))
+        if self.metadata:
+            table = table.replace_schema_metadata(self.metadata)
         sink = io.BytesIO()
-        # Dictionary pages only pay off for strings; LZ4 decodes fastest of the codecs tried;
-        # statistics only for the time column (a reader may skip row groups by time), as the
-        # others' cost a third of the encoding for nothing a drift check reads.
-        strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+        # Dictionary pages only pay off for repeated strings (not ids); LZ4 decodes fastest of
+        # the codecs tried; statistics only for the time column (a reader may skip row groups by
+        # time), as the others' cost a third of the encoding for nothing a drift check reads.
+        strings = [
+            f.name
+            for f in table.schema
+            if pa.types.is_string(f.type) and f.name not in _UNIQUE_STRINGS
+        ]
         pq.write_table(
             table, sink, use_dictionary=strings, compression="lz4", write_statistics=[TS_COLUMN]
         )
@@ -289,6 +356,10 @@ class SegmentWriter:
         for path in segments[: max(0, len(segments) - keep)]:
             with contextlib.suppress(FileNotFoundError):  # another writer deleted it first
                 self._fs.rm(path)
+
+
+_UNIQUE_STRINGS = frozenset({LOG_REQUEST_ID_COLUMN})
+"""String columns with a value per row: a dictionary would only grow until Parquet gives up."""
 
 
 def _check_batch(batch: Batch) -> None:

@@ -8,6 +8,10 @@ Names (all labelled ``model_version`` so canary and stable can be told apart):
 - ``mlkube_predictions_total{label,model_version}``: classifiers, predicted rows per class label.
 - ``mlkube_prediction_value{model_version}``: regressors, histogram of predicted values.
 - ``mlkube_inference_log_errors_total{model_version}``: batches the inference log could not take.
+- ``mlkube_feedback_requests_total{code,model_version}``,
+  ``mlkube_feedback_request_duration_seconds{model_version}``: the same for ``POST /feedback``, in
+  series of their own, so the error rate and latency canary analysis reads stay the predictions'.
+- ``mlkube_feedback_labels_total{model_version}``: labels stored from ``/feedback``.
 
 They are registered on prometheus_client's default registry, which BentoML's ``/metrics`` serves
 (in its multiprocess mode too), so they appear next to BentoML's own ``bentoml_service_*`` series.
@@ -44,6 +48,49 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+class _RequestSeries:
+    """Requests by status class and their latency: gathered per request, moved into Prometheus
+    by `flush` in batches."""
+
+    def __init__(
+        self, prefix: str, what: str, model_version: str, registry: CollectorRegistry
+    ) -> None:
+        self._model_version = model_version
+        self._requests = Counter(
+            f"{prefix}requests",
+            f"{what} requests by status code class.",
+            ["code", "model_version"],
+            registry=registry,
+        )
+        latency = Histogram(
+            f"{prefix}request_duration_seconds",
+            f"{what} request latency.",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self._latency = latency.labels(model_version)
+        for code in ("2xx", "4xx", "5xx"):  # every series from the start, zero until it counts
+            self._requests.labels(code, model_version)
+        self._statuses: list[int] = []
+        self._seconds: list[float] = []
+
+    def observe(self, status: int, seconds: float) -> None:
+        self._statuses.append(status)
+        self._seconds.append(seconds)
+
+    def flush(self) -> None:
+        statuses, self._statuses = self._statuses, []
+        seconds, self._seconds = self._seconds, []
+        by_class: collections.Counter[str] = collections.Counter()
+        for status, count in collections.Counter(statuses).items():  # few distinct: map those
+            by_class[status_class(status)] += count
+        for code, count in by_class.items():
+            self._requests.labels(code, self._model_version).inc(count)
+        if seconds:
+            _observe_many(self._latency, np.asarray(seconds))
+
+
 class ServingMetrics:
     """The server's metrics for one model version; one instance per process.
 
@@ -65,19 +112,16 @@ class ServingMetrics:
         position."""
         self.model_version = model_version
         self._class_labels = [str(label) for label in class_labels]
-        self._requests = Counter(
-            "mlkube_requests",
-            "Prediction requests by status code class.",
-            ["code", "model_version"],
-            registry=registry,
+        self._predict_requests = _RequestSeries("mlkube_", "Prediction", model_version, registry)
+        self._feedback_requests = _RequestSeries(
+            "mlkube_feedback_", "Feedback", model_version, registry
         )
-        self._latency = Histogram(
-            "mlkube_request_duration_seconds",
-            "Prediction request latency.",
+        self._feedback_labels = Counter(
+            "mlkube_feedback_labels",
+            "Labels stored from /feedback.",
             ["model_version"],
-            buckets=LATENCY_BUCKETS_SECONDS,
             registry=registry,
-        )
+        ).labels(model_version)
         self._predictions = Counter(
             "mlkube_predictions",
             "Predicted rows per class label (classifiers).",
@@ -97,20 +141,21 @@ class ServingMetrics:
             ["model_version"],
             registry=registry,
         )
-        self._latency_child = self._latency.labels(model_version)
         self._value_child = self._prediction_value.labels(model_version)
         self._log_errors_child = self._log_errors.labels(model_version)
-        for code in ("2xx", "4xx", "5xx"):  # every series from the start, zero until it counts
-            self._requests.labels(code, model_version)
-        self._statuses: list[int] = []
-        self._seconds: list[float] = []
+        self._feedback_labels_stored = 0
         self._labels: list[npt.NDArray[np.generic]] = []
         self._positions: list[npt.NDArray[np.intp]] = []
         self._values: list[npt.NDArray[np.generic]] = []
 
     def observe_request(self, status: int, seconds: float) -> None:
-        self._statuses.append(status)
-        self._seconds.append(seconds)
+        """A ``/predict`` request."""
+        self._predict_requests.observe(status, seconds)
+
+    def observe_feedback(self, status: int, seconds: float, labels: int) -> None:
+        """A ``/feedback`` request that stored `labels` labels."""
+        self._feedback_requests.observe(status, seconds)
+        self._feedback_labels_stored += labels
 
     def observe_class_labels(self, predictions: npt.NDArray[np.generic]) -> None:
         self._labels.append(predictions)
@@ -126,18 +171,14 @@ class ServingMetrics:
 
     def flush(self) -> None:
         """Everything observed since the last flush, into the Prometheus metrics."""
-        statuses, self._statuses = self._statuses, []
-        seconds, self._seconds = self._seconds, []
+        self._predict_requests.flush()
+        self._feedback_requests.flush()
+        if self._feedback_labels_stored:
+            self._feedback_labels.inc(self._feedback_labels_stored)
+            self._feedback_labels_stored = 0
         labels, self._labels = self._labels, []
         positions, self._positions = self._positions, []
         values, self._values = self._values, []
-        by_class: collections.Counter[str] = collections.Counter()
-        for status, count in collections.Counter(statuses).items():  # few distinct: map those
-            by_class[status_class(status)] += count
-        for code, count in by_class.items():
-            self._requests.labels(code, self.model_version).inc(count)
-        if seconds:
-            _observe_many(self._latency_child, np.asarray(seconds))
         for label, count in _label_counts(labels).items():
             self._predictions.labels(str(label), self.model_version).inc(count)
         if positions:
