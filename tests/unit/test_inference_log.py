@@ -6,10 +6,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyarrow.fs import LocalFileSystem
 
+from mlkube.layout import (
+    LOG_CLASSES_METADATA,
+    LOG_MODEL_VERSION_COLUMN,
+    LOG_PROBABILITIES_COLUMN,
+    LOG_REQUEST_ID_COLUMN,
+)
 from mlkube.runtime.inference_log import (
     PREDICTION_COLUMN,
     TS_COLUMN,
@@ -290,3 +297,63 @@ def test_every_row_of_a_batch_has_the_batchs_time(tmp_path: Path) -> None:
     ts = read_window(str(tmp_path), rows=5).column(TS_COLUMN).to_pylist()
     assert ts[0] == ts[1] == ts[2] < ts[3] == ts[4]
     assert ts[0] >= int(before * 1000)
+
+
+def test_request_ids_are_made_per_row_by_the_writer(tmp_path: Path) -> None:
+    """A request's id is kept once; the writer makes ``<id>-<row>``, row counting from 0."""
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"x": np.arange(3.0)}, np.zeros(3), "order-17")
+        writer.append({"x": np.arange(1.0)}, np.zeros(1), "basket-9")
+        writer.append({"x": np.arange(2.0)}, np.zeros(2), "order-17")  # ids need not be unique
+    table = read_window(str(tmp_path), rows=6)
+    assert table.column(LOG_REQUEST_ID_COLUMN).to_pylist() == [
+        "order-17-0", "order-17-1", "order-17-2", "basket-9-0", "order-17-0", "order-17-1",
+    ]  # fmt: skip
+
+
+def test_probabilities_are_a_fixed_size_list_per_row(tmp_path: Path) -> None:
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"x": np.arange(2.0)}, np.array([0, 2]), "r", probabilities)
+        for i in range(1500):  # enough rows to grow the blocks, which keeps them row after row
+            writer.append({"x": np.array([float(i)])}, np.array([1]), f"s{i}", probabilities[:1])
+    table = pq.read_table(tmp_path / _segments(tmp_path)[0])
+    column = table.column(LOG_PROBABILITIES_COLUMN)
+    assert column.type == pa.list_(pa.float64(), 3)
+    assert column.to_pylist()[:3] == [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]]
+    assert column.to_pylist()[-1] == [0.7, 0.2, 0.1]
+
+
+def test_constants_and_metadata_go_into_every_segment(tmp_path: Path) -> None:
+    with SegmentWriter(
+        str(tmp_path),
+        "w1",
+        max_seconds=3600,
+        constants={LOG_MODEL_VERSION_COLUMN: "iris-3"},
+        metadata={LOG_CLASSES_METADATA: b'["setosa", "versicolor"]'},
+    ) as writer:
+        for _ in range(2):
+            writer.append({"x": np.arange(2.0)}, np.zeros(2))
+            writer.flush()
+    for name in _segments(tmp_path):
+        table = pq.read_table(tmp_path / name)
+        assert table.column(LOG_MODEL_VERSION_COLUMN).to_pylist() == ["iris-3", "iris-3"]
+        assert table.schema.metadata[LOG_CLASSES_METADATA] == b'["setosa", "versicolor"]'
+
+
+def test_rows_without_predictions_are_written_as_given_with_their_time(tmp_path: Path) -> None:
+    """The feedback log: ids, labels and outcomes; an outcome a row does not give is null."""
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append_rows({"requestId": ["a-0", "b-0"], "label": np.array([2, 0])})
+        writer.append_rows(
+            {"requestId": ["c-0", "d-0"], "label": np.array([1, 1]), "revenue": [12.5, None]}
+        )
+        with pytest.raises(ValueError, match="at least one column"):
+            writer.append_rows({})
+        with pytest.raises(ValueError, match="_mlkube_ts"):
+            writer.append_rows({TS_COLUMN: np.zeros(1)})
+    table = read_window(str(tmp_path), rows=4)
+    assert table.column_names == ["requestId", "label", TS_COLUMN, "revenue"]
+    assert table.column("label").to_pylist() == [2, 0, 1, 1]
+    assert table.schema.field("revenue").type == pa.float64()
+    assert table.column("revenue").to_pylist() == [None, None, 12.5, None]

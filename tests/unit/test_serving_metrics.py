@@ -40,3 +40,23 @@ def test_requests_are_counted_by_status_class() -> None:
         metrics.observe_request(status, 0.001)
     metrics.flush()
     assert _series(registry, "mlkube_requests_total") == {"2xx": 3.0, "4xx": 2.0, "5xx": 1.0}
+
+
+def test_feedback_requests_are_counted_apart_from_predictions() -> None:
+    """Canary analysis reads mlkube_requests_total as the predictions' error rate."""
+    registry = CollectorRegistry()
+    metrics = ServingMetrics("v1", registry=registry)
+    metrics.observe_request(200, 0.001)
+    metrics.observe_feedback(200, 0.002, labels=3)
+    metrics.observe_feedback(422, 0.001, labels=0)
+    metrics.flush()
+    assert _series(registry, "mlkube_requests_total") == {"2xx": 1.0, "4xx": 0.0, "5xx": 0.0}
+    assert _series(registry, "mlkube_feedback_requests_total") == {
+        "2xx": 1.0,
+        "4xx": 1.0,
+        "5xx": 0.0,
+    }
+    exposition = generate_latest(registry).decode()
+    assert 'mlkube_feedback_labels_total{model_version="v1"} 3.0' in exposition
+    assert 'mlkube_request_duration_seconds_count{model_version="v1"} 1.0' in exposition
+    assert 'mlkube_feedback_request_duration_seconds_count{model_version="v1"} 2.0' in exposition
