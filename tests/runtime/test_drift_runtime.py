@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,10 @@ import yaml
 from sklearn.datasets import load_breast_cancer
 
 from mlkube.api.driftmonitor import DriftMonitorSpec, Window
-from mlkube.runtime.cli import load_spec
+from mlkube.runtime.cli import load_spec, main
 from mlkube.runtime.drift import detect_drift, run_drift
-from mlkube.runtime.inference_log import SegmentWriter
+from mlkube.runtime.inference_log import SegmentWriter, count_rows
+from mlkube.runtime.outcome import EXIT_PERMANENT
 
 pytestmark = pytest.mark.runtime
 
@@ -120,3 +122,131 @@ def test_a_spec_file_may_be_a_manifest_or_its_spec(
     path = tmp_path / "monitor.yaml"
     path.write_text(yaml.safe_dump(document))
     assert load_spec(str(path), DriftMonitorSpec).deployment == "d"
+
+
+# --- windows per model version -----------------------------------------------------------------
+
+
+def _log(uri: str, frame: pd.DataFrame, writer: str = "pod-0", segment_rows: int = 100) -> None:
+    """`frame` logged as a server logs it, a segment per `segment_rows` rows."""
+    with SegmentWriter(uri, writer, max_rows=segment_rows, max_seconds=60) as log:
+        for start in range(0, len(frame), segment_rows):
+            batch = frame.iloc[start : start + segment_rows]
+            log.append(
+                {name: batch[name].to_numpy() for name in batch.columns}, np.zeros(len(batch))
+            )
+            log.flush()
+
+
+def _canary(rows: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+    """The stable version's two inputs plus the column a canary added."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "a": rng.normal(size=rows),
+            "b": rng.uniform(size=rows),
+            "added": rng.normal(shift, 1, size=rows),
+        }
+    )
+
+
+def _reference(tmp_path: Path, frame: pd.DataFrame, name: str) -> str:
+    uri = str(tmp_path / f"{name}.parquet")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), uri)
+    return uri
+
+
+def test_a_flat_window_spanning_two_schemas_ends_in_a_reason_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A canary that added a column logged into the stable version's flat directory: the check
+    of the canary's columns used to end in pyarrow's ``No match for FieldRef.Name(added)``."""
+    log_uri = str(tmp_path / "log")
+    _log(log_uri, _canary(400, 1)[["a", "b"]])
+    _log(log_uri, _canary(400, 2), writer="canary-0")
+    spec = _spec(window=Window(rows=800))
+    canary_reference = _reference(tmp_path, _canary(1000, 3), "canary")
+    report = run_drift(spec, canary_reference, log_uri)
+    assert report.verdict == "Error"
+    assert report.message is not None
+    assert "column 'added' is missing from 4 of 8 segments of the window" in report.message
+    assert report.rows == 800
+
+    # the stable version's columns are in every segment: a verdict on them
+    stable_reference = _reference(tmp_path, _canary(1000, 4)[["a", "b"]], "stable")
+    stable = run_drift(spec, stable_reference, log_uri)
+    assert stable.verdict == "NoDrift"
+    assert [c.name for c in stable.columns] == ["a", "b"]
+
+
+def test_each_version_is_checked_on_its_own_directory(tmp_path: Path) -> None:
+    log_uri = f"file://{tmp_path}/_inference/model"
+    _log(f"{log_uri}/stable-3", _canary(600, 1)[["a", "b"]])
+    _log(f"{log_uri}/canary-4", _canary(300, 2, shift=1.0))
+    _log(f"{log_uri}/_feedback", pd.DataFrame({"label": np.arange(50.0)}))
+    spec = _spec(window=Window(rows=10_000))
+    stable_reference = _reference(tmp_path, _canary(1000, 3)[["a", "b"]], "stable")
+    canary_reference = _reference(tmp_path, _canary(1000, 4), "canary")
+
+    stable = run_drift(spec, stable_reference, log_uri, model_version="stable-3")
+    assert (stable.verdict, stable.rows, stable.model_version) == ("NoDrift", 600, "stable-3")
+    canary = run_drift(
+        _spec(window=Window(rows=10_000), driftShare="0.3"),
+        canary_reference,
+        log_uri,
+        model_version="canary-4",
+    )
+    assert (canary.verdict, canary.rows, canary.drifted_columns) == ("Drift", 300, ["added"])
+    assert json.loads(canary.to_json())["modelVersion"] == "canary-4"
+
+    # without a version: the one that logged last, named in the result
+    newest = run_drift(spec, canary_reference, log_uri)
+    assert (newest.model_version, newest.rows) == ("canary-4", 300)
+    # the stable version never logged the canary's column: a reason, not a traceback
+    wrong = run_drift(spec, canary_reference, log_uri, model_version="stable-3")
+    assert wrong.verdict == "Error"
+    assert wrong.message == "column 'added' is missing from the inference log"
+    missing = run_drift(spec, stable_reference, log_uri, model_version="canary-9")
+    assert missing.verdict == "InsufficientData"
+    assert (
+        missing.message
+        == "0 rows in the window of model version canary-9, fewer than minRows (100)"
+    )
+    # every version's rows count towards minNewSamples, the feedback does not
+    assert count_rows(log_uri) == 900
+
+
+def test_a_column_whose_type_changed_within_the_version_is_named(tmp_path: Path) -> None:
+    log_uri = str(tmp_path / "log" / "v1")
+    frame = _canary(200, 1)[["a", "b"]]
+    _log(log_uri, frame)
+    _log(log_uri, frame.assign(b=frame["b"].map(lambda v: f"{v:.2f}")))
+    reference = _reference(tmp_path, _canary(1000, 2)[["a", "b"]], "reference")
+    report = run_drift(_spec(window=Window(rows=400)), reference, str(tmp_path / "log"), None, "v1")
+    assert report.verdict == "Error"
+    assert report.message is not None
+    assert report.message.startswith("column 'b' is numeric in segment ")
+    assert "but string in" in report.message
+
+
+def test_the_drift_command_reads_the_watched_version_and_reports_it(tmp_path: Path) -> None:
+    log_uri = str(tmp_path / "log")
+    _log(f"{log_uri}/v1", _canary(300, 1)[["a", "b"]])
+    _log(f"{log_uri}/v2", _canary(200, 2))
+    spec_file = tmp_path / "monitor.yaml"
+    spec_file.write_text(yaml.safe_dump({"deployment": "d", "window": {"rows": 1000}}))
+    reference = _reference(tmp_path, _canary(1000, 3), "canary")
+    result_file = tmp_path / "result.json"
+    arguments = ["drift", "--spec", str(spec_file), "--reference", reference, "--log", log_uri]
+    assert main([*arguments, "--model-version", "v2", "--result-file", str(result_file)]) == 0
+    result = json.loads(result_file.read_text())
+    assert (result["verdict"], result["rows"], result["modelVersion"]) == ("NoDrift", 200, "v2")
+    assert result["loggedRows"] == 500
+
+    assert main([*arguments, "--model-version", "v1", "--result-file", str(result_file)]) == (
+        EXIT_PERMANENT
+    )
+    result = json.loads(result_file.read_text())
+    assert result["verdict"] == "Error" and result["modelVersion"] == "v1"
+    assert result["message"] == "column 'added' is missing from the inference log"
+    assert len(result_file.read_bytes()) <= 4096

@@ -1,24 +1,29 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from mlkube.api.driftmonitor import ColumnOverride, ColumnResult, DriftMonitorSpec, DriftRun
+from mlkube.api.driftmonitor import ColumnOverride, ColumnResult, DriftMonitorSpec, DriftRun, Window
 from mlkube.runtime.drift import (
     CategoryCounts,
     ColumnDrift,
     DriftReport,
+    _NumericReference,
+    _Plan,
     category_counts,
     chi_squared,
     chi_squared_goodness_of_fit,
     detect_drift,
+    detect_window_drift,
     jensen_shannon,
     kolmogorov_sf,
     normalised_wasserstein,
@@ -26,6 +31,8 @@ from mlkube.runtime.drift import (
     numeric_statistics,
     two_proportion_z,
 )
+from mlkube.runtime.inference_log import TS_COLUMN, read_window, segment_name
+from mlkube.runtime.log_window import open_window
 
 pytestmark = pytest.mark.unit
 
@@ -367,3 +374,145 @@ def test_an_int_column_with_values_beyond_2_to_the_53_is_still_tested() -> None:
     current = pa.table({"seats": pa.array([*rng.integers(1, 50, 399), 2**53 + 1], pa.int64())})
     report = detect_drift(reference, current, _spec(minRows=100), {"seats": "int"})
     assert [c.name for c in report.columns] == ["seats"]
+
+
+# --- windows streamed from the log -------------------------------------------------------------
+
+
+def _write_log(directory: Path, frame: pd.DataFrame, segment_rows: int, writers: int = 1) -> None:
+    """`frame` as segments of `segment_rows` rows from `writers` interleaving writers: segment i
+    starts at second i and spans 2.5 s, so neighbours overlap in time, in steps of 10 ms that
+    several rows share."""
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for number, start in enumerate(range(0, len(frame), segment_rows)):
+        part = table.slice(start, segment_rows)
+        steps = np.linspace(0, 2500, part.num_rows, endpoint=False) // 10 * 10
+        ts = (1_700_000_000_000 + number * 1000 + steps).astype(np.int64)
+        part = part.append_column(TS_COLUMN, pa.array(ts))
+        name = segment_name(float(ts[-1]) / 1000, f"pod-{number % writers}", number)
+        pq.write_table(part, directory / name)
+
+
+def _moderate(rows: int, seed: int, shifted: bool) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "normal": rng.normal(0.12 if shifted else 0, 1, rows),
+            "ties": np.round(rng.normal(0, 1, rows), 1),
+            "few": rng.integers(0, 3, rows).astype(float),
+            "colour": rng.choice(["red", "green", "blue"], p=[0.5, 0.3, 0.2], size=rows),
+        }
+    )
+    frame.loc[::53, "normal"] = np.nan
+    if shifted:
+        frame["ties"] += 0.3
+    return frame
+
+
+@pytest.mark.parametrize("reference_rows", [800, 3_000, 20_000])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"method": "Evidently"},
+        {
+            "columns": [
+                ColumnOverride(name="normal", test="PSI"),
+                ColumnOverride(name="colour", test="PSI"),
+            ]
+        },
+        {"numericTest": "Wasserstein", "categoricalTest": "JensenShannon"},
+    ],
+    ids=["default", "evidently", "psi", "distances"],
+)
+def test_a_streamed_window_equals_the_window_in_memory(
+    tmp_path: Path, reference_rows: int, fields: dict[str, Any]
+) -> None:
+    _write_log(tmp_path, _moderate(60_000, 1, shifted=True), segment_rows=7_000, writers=2)
+    reference = pa.Table.from_pandas(_moderate(reference_rows, 2, shifted=False))
+    spec = _spec(window=Window(rows=50_000), drift_share="0.25", **fields)
+    exact = detect_drift(reference, read_window(str(tmp_path), rows=50_000), spec)
+    for workers in (1, 3):
+        streamed = detect_window_drift(
+            reference, open_window(str(tmp_path), rows=50_000), spec, None, workers
+        )
+        assert (streamed.verdict, streamed.rows) == (exact.verdict, 50_000)
+        assert streamed.drifted_columns == exact.drifted_columns
+        for ours, theirs in zip(streamed.columns, exact.columns, strict=True):
+            assert (ours.name, ours.test) == (theirs.name, theirs.test)
+            wasserstein = ours.test == "Wasserstein" or (ours.test == "KS" and ours.distance)
+            assert ours.statistic == pytest.approx(
+                theirs.statistic, abs=1e-4 if ours.test == "Wasserstein" else 1e-12
+            )
+            assert ours.p_value == pytest.approx(theirs.p_value, abs=1e-12)
+            assert ours.distance == pytest.approx(
+                theirs.distance, abs=1e-4 if wasserstein else 1e-12
+            )
+
+
+def test_a_small_streamed_window_is_compared_exactly(tmp_path: Path) -> None:
+    """At most 10,000 values per column: the values themselves, as in memory (exact KS p)."""
+    _write_log(tmp_path, _moderate(9_000, 1, shifted=True), segment_rows=1_000)
+    reference = pa.Table.from_pandas(_moderate(2_000, 2, shifted=False))
+    spec = _spec(window=Window(rows=8_500))
+    streamed = detect_window_drift(reference, open_window(str(tmp_path), rows=8_500), spec)
+    exact = detect_drift(reference, read_window(str(tmp_path), rows=8_500), spec)
+    assert [(c.name, c.statistic, c.p_value, c.distance) for c in streamed.columns] == [
+        (c.name, c.statistic, c.p_value, c.distance) for c in exact.columns
+    ]
+
+
+@pytest.mark.parametrize(("m", "n", "shift"), [(10_000, 300_000, 0.0), (2_000, 300_000, 0.02)])
+def test_the_streamed_wasserstein_distance_is_within_its_bound(
+    m: int, n: int, shift: float
+) -> None:
+    rng = np.random.default_rng(m)
+    reference, current = rng.normal(size=m), rng.normal(shift, 1, size=n)
+    plan = _Plan("x", "Numeric", "KS", None)
+    sums = _NumericReference(reference, plan, _spec()).start()
+    for part in np.array_split(current, 7):
+        sums.add(pa.array(part))
+    ours = sums.result().statistics()
+    exact = stats.wasserstein_distance(reference, current)
+    assert ours.ks_statistic == stats.ks_2samp(reference, current).statistic
+    assert abs(ours.wasserstein - exact) <= ours.wasserstein_error
+    assert 0 < ours.wasserstein_error < 1e-3  # a hundredth of the default threshold (std 1)
+    far = _NumericReference(reference, plan, _spec()).start()
+    far.add(pa.array(current + 3))  # the ECDFs never cross: exact
+    assert far.result().statistics().wasserstein_error == 0
+    assert far.result().statistics().wasserstein == pytest.approx(
+        stats.wasserstein_distance(reference, current + 3), rel=1e-12
+    )
+
+
+def test_a_streamed_window_holds_the_rows_read_window_returns(tmp_path: Path) -> None:
+    """Row and time windows keep their meaning: the same rows, ties at the edge included."""
+    frame = pd.DataFrame({"x": np.arange(30_000, dtype=np.float64)})
+    _write_log(tmp_path, frame, segment_rows=2_500, writers=3)
+    now = 1_700_000_000 + 14
+    windows = [(10_000, None), (12_345, None), (None, 5), (4_000, 8), (50_000, None), (None, 1)]
+    for rows, seconds in windows:
+        expected = read_window(str(tmp_path), rows=rows, seconds=seconds, now=now)
+        window = open_window(str(tmp_path), rows=rows, seconds=seconds, now=now)
+        seen: list[list[float]] = window.scan(
+            ["x"], list, lambda values, batch: values.extend(batch.column("x").to_pylist()), 2
+        )
+        streamed = sorted(v for part in seen for v in part)
+        assert window.rows == expected.num_rows == len(streamed)
+        assert streamed == sorted(expected.column("x").to_pylist())
+
+
+def test_the_report_names_the_version_and_the_reason_within_the_termination_message() -> None:
+    columns = [
+        ColumnDrift(f"feature_{i:04d}", "Numeric", "KS", 0.123456789, 1e-30, 0.3, i % 3 == 0)
+        for i in range(1000)
+    ]
+    report = DriftReport("Error", 5, 0.0, columns, "churn-model-17", "x" * 5000)
+    text = report.to_json()
+    assert len(text.encode()) <= 4096
+    message = json.loads(text)
+    assert message["modelVersion"] == "churn-model-17"
+    assert message["message"] == "x" * 1024
+    run = DriftRun.model_validate({"at": "2026-01-01T00:00:00Z", **message})
+    assert run.verdict == "Error"

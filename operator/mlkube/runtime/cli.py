@@ -93,12 +93,13 @@ def _drift(args: argparse.Namespace) -> int:
     from mlkube.runtime.inference_log import count_rows
 
     spec = load_spec(args.spec, DriftMonitorSpec)
-    report = run_drift(spec, args.reference, args.log)
+    report = run_drift(spec, args.reference, args.log, model_version=args.model_version)
     result = json.loads(report.to_json(TERMINATION_MESSAGE_BYTES - LOGGED_ROWS_RESERVE))
-    # every row ever logged, for the retrain rule's minNewSamples
+    # every row ever logged, by every version, for the retrain rule's minNewSamples
     result["loggedRows"] = count_rows(args.log)
     _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
-    return 0
+    # an Error verdict (the window's data cannot be compared) is not fixed by retrying the Job
+    return EXIT_PERMANENT if report.verdict == "Error" else 0
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -154,7 +155,16 @@ def parser() -> argparse.ArgumentParser:
         "--spec", required=True, help="DriftMonitor manifest or spec: a YAML file, or env:NAME"
     )
     drift.add_argument("--reference", required=True, help="reference Parquet URI")
-    drift.add_argument("--log", required=True, help="inference log directory URI")
+    drift.add_argument(
+        "--log",
+        required=True,
+        help="the Deployment's inference log directory URI (or a flat log directory)",
+    )
+    drift.add_argument(
+        "--model-version",
+        help="read only this ModelVersion's directory <log>/<NAME>/ (default: the flat log, "
+        "else the version that logged last); the result names the version in modelVersion",
+    )
     drift.add_argument("--result-file")
 
     verify = commands.add_parser("verify", help="check an artifact against its recorded sha256")

@@ -421,15 +421,17 @@ def detect_window_drift(
     Same tests and figures as `detect_drift` on the window read whole, except the Wasserstein
     distance of a column with more than EXACT_KS_MAX_ROWS values in the window, which is exact but
     in the gaps between reference values where the ECDFs cross, there within
-    ``wasserstein_error`` (see `_streamed_statistics`). WindowError (a ValueError) when the
-    window's segments lack a tested column or type it differently; ValueError as `detect_drift`.
+    ``wasserstein_error`` (see `_streamed_statistics`). Every column of the reference (or of
+    `column_types`) not ignored by an override is tested, so each must be in the window: a
+    WindowError (a ValueError) names one that is not, or that segments type differently;
+    ValueError as `detect_drift` otherwise.
     """
     ref_table = _as_table(reference)
     if window.rows < spec.min_rows:
         return DriftReport("InsufficientData", window.rows, 0.0)
     if ref_table.num_rows == 0:
         raise ValueError("the reference sample has no rows")
-    plans = _plans(ref_table, window.column_names, spec, column_types)
+    plans = _plans(ref_table, None, spec, column_types)
     window.check_columns([plan.name for plan in plans])
     references: dict[str, _NumericReference | _CategoricalReference] = {
         plan.name: _NumericReference(_numbers(ref_table.column(plan.name)), plan, spec)
@@ -492,22 +494,25 @@ def _as_table(data: pa.Table | pd.DataFrame) -> pa.Table:
 
 def _plans(
     reference: pa.Table,
-    current_names: Sequence[str],
+    current_names: Sequence[str] | None,
     spec: DriftMonitorSpec,
     column_types: dict[str, str] | None,
 ) -> list[_Plan]:
+    """The columns to test: `column_types`' (each required on both sides), else the reference's
+    columns in `current_names`, or all of them when that is None (the caller checks they are)."""
     if column_types is None:
         names = [
             n
             for n in reference.column_names
-            if n in current_names and not n.startswith(RESERVED_COLUMN_PREFIX)
+            if (current_names is None or n in current_names)
+            and not n.startswith(RESERVED_COLUMN_PREFIX)
         ]
     else:
         names = list(column_types)
     for name in names:
         if name not in reference.column_names:
             raise ValueError(f"column {name!r} is missing from the reference sample")
-        if name not in current_names:
+        if current_names is not None and name not in current_names:
             raise ValueError(f"column {name!r} is missing from the inference log")
     overrides: dict[str, ColumnOverride] = {o.name: o for o in spec.columns}
     unknown = sorted(set(overrides) - set(names))
@@ -750,10 +755,13 @@ class _NumericSums:
         self.below += below
         self.at_most += at_most
         last = int(at_most[-1])
-        # each value up to u_{k-1} against the smallest reference value at or above it
-        gaps = np.repeat(points, np.diff(at_most, prepend=0)) - ordered[:last]
-        running = np.concatenate([[0.0], np.cumsum(gaps)])
-        self.gaps[:-1] += np.diff(running[at_most], prepend=0.0)
+        if last:
+            # per gap (u_{j-1}, u_j], count * u_j - sum: a sum per gap, so rounding is relative
+            # to the gap's own values, not to a running total over the batch
+            counts = np.diff(at_most, prepend=0)
+            filled = np.flatnonzero(counts)
+            sums = np.add.reduceat(ordered[:last], (at_most - counts)[filled])
+            self.gaps[filled] += counts[filled] * points[filled] - sums
         self.gaps[-1] += float(np.sum(ordered[last:] - points[-1]))
         if self.reference.psi_edges is not None:
             self.psi_at_most += np.searchsorted(ordered, self.reference.psi_edges, side="right")
