@@ -769,13 +769,20 @@ class _NumericSums:
             self._count_few(ordered)
 
     def _count_few(self, ordered: Floats) -> None:
-        assert self.few is not None and self.reference.few_values is not None
         distinct, counts = np.unique(ordered, return_counts=True)
         if distinct.size > EVIDENTLY_FEW_VALUES:
             self.few = None
+        else:
+            self._add_few(dict(zip(distinct.tolist(), counts.tolist(), strict=True)))
+
+    def _add_few(self, counts: dict[Any, int] | None) -> None:
+        """Add value counts; past EVIDENTLY_FEW_VALUES values in both samples, stop (None)."""
+        if self.few is None or counts is None:
+            self.few = None
             return
-        for value, count in zip(distinct.tolist(), counts.tolist(), strict=True):
+        for value, count in counts.items():
             self.few[value] = self.few.get(value, 0) + count
+        assert self.reference.few_values is not None
         if len(self.few.keys() | self.reference.few_values.keys()) > EVIDENTLY_FEW_VALUES:
             self.few = None
 
@@ -791,15 +798,7 @@ class _NumericSums:
         self.at_most += other.at_most
         self.gaps += other.gaps
         self.psi_at_most += other.psi_at_most
-        if self.few is None or other.few is None:
-            self.few = None
-        else:
-            for value, count in other.few.items():
-                self.few[value] = self.few.get(value, 0) + count
-            if len(self.few.keys() | (self.reference.few_values or {}).keys()) > (
-                EVIDENTLY_FEW_VALUES
-            ):
-                self.few = None
+        self._add_few(other.few)
 
     def result(self) -> NumericComparison:
         reference = self.reference

@@ -103,11 +103,6 @@ class LogWindow:
     segments: tuple[WindowSegment, ...]
     rows: int
 
-    @property
-    def column_names(self) -> list[str]:
-        """Every column in at least one of the segments, in first-seen order."""
-        return list(dict.fromkeys(n for s in self.segments for n in s.schema.names))
-
     def check_columns(self, names: Sequence[str]) -> None:
         """WindowError naming the first of `names` that some segments lack or type differently
         (ints and floats count as one type: the log promotes an int column that takes floats)."""
