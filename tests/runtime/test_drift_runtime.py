@@ -16,6 +16,7 @@ from mlkube.api.driftmonitor import DriftMonitorSpec, Window
 from mlkube.runtime.cli import load_spec, main
 from mlkube.runtime.drift import detect_drift, run_drift
 from mlkube.runtime.inference_log import SegmentWriter, count_rows
+from mlkube.runtime.log_window import read_version_window
 from mlkube.runtime.outcome import EXIT_PERMANENT
 
 pytestmark = pytest.mark.runtime
@@ -214,6 +215,21 @@ def test_each_version_is_checked_on_its_own_directory(tmp_path: Path) -> None:
     )
     # every version's rows count towards minNewSamples, the feedback does not
     assert count_rows(log_uri) == 900
+    # quality checks read a version's window as a table
+    table = read_version_window(log_uri, "canary-4", rows=250, columns=["added"])
+    assert table.column_names == ["added"] and table.num_rows == 250
+    assert read_version_window(log_uri, None, rows=10_000).num_rows == 300
+
+
+def test_a_numeric_reference_column_logged_as_text_is_named(tmp_path: Path) -> None:
+    frame = _canary(300, 1)[["a", "b"]]
+    _log(str(tmp_path / "log"), frame.assign(a=frame["a"].map(str)))
+    reference = _reference(tmp_path, _canary(1000, 2)[["a", "b"]], "reference")
+    report = run_drift(_spec(window=Window(rows=300)), reference, str(tmp_path / "log"))
+    assert report.verdict == "Error"
+    assert report.message == (
+        "column 'a' is numeric in the reference sample but string in the inference log"
+    )
 
 
 def test_a_column_whose_type_changed_within_the_version_is_named(tmp_path: Path) -> None:

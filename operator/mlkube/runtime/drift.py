@@ -61,7 +61,7 @@ from scipy.spatial import distance
 from mlkube.api.driftmonitor import ColumnOverride, DriftMonitorSpec
 from mlkube.layout import RESERVED_COLUMN_PREFIX
 from mlkube.runtime.artifacts import join
-from mlkube.runtime.log_window import LogWindow, open_window, resolve_version_log
+from mlkube.runtime.log_window import LogWindow, WindowError, open_window, resolve_version_log
 from mlkube.runtime.outcome import MESSAGE_LIMIT
 
 ColumnKind = Literal["Numeric", "Categorical"]
@@ -433,6 +433,17 @@ def detect_window_drift(
         raise ValueError("the reference sample has no rows")
     plans = _plans(ref_table, None, spec, column_types)
     window.check_columns([plan.name for plan in plans])
+    for plan in plans:
+        logged = window.logged_type(plan.name)
+        if plan.kind == "Numeric" and not (
+            pa.types.is_integer(logged)
+            or pa.types.is_floating(logged)
+            or pa.types.is_boolean(logged)
+        ):
+            raise WindowError(
+                f"column {plan.name!r} is numeric in the reference sample but {logged} in the "
+                "inference log"
+            )
     references: dict[str, _NumericReference | _CategoricalReference] = {
         plan.name: _NumericReference(_numbers(ref_table.column(plan.name)), plan, spec)
         if plan.kind == "Numeric"

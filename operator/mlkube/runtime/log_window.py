@@ -125,6 +125,10 @@ class LogWindow:
                     f"{_name(b.path)}: the log changed schema within the window"
                 )
 
+    def logged_type(self, name: str) -> pa.DataType:
+        """The type of a column in the newest segment (`check_columns` says whether all agree)."""
+        return self.segments[-1].schema.field(name).type
+
     def scan(
         self,
         columns: Sequence[str],
