@@ -124,6 +124,34 @@ def canary_progress(deployment: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def live_quality(monitor: dict[str, Any]) -> str | None:
+    """A DriftMonitor's last live-quality figures, realised beside estimated, in one block."""
+    perf = (monitor.get("status") or {}).get("performance")
+    if not perf:
+        return None
+    name = (monitor.get("metadata") or {}).get("name", "")
+    figures = [f"{perf.get('metric') or '-'} {perf.get('value') or '-'}"]
+    figures += [f"{key} {perf[key]}" for key in ("estimated", "offline") if perf.get(key)]
+    lines = [
+        f"live quality ({name}, {perf.get('modelVersion') or '-'}): {perf['verdict']}   "
+        + "   ".join(figures),
+        f"  labelled {perf.get('labelledRows', 0)} of {perf.get('rows', 0)} rows"
+        + (f" ({perf['labelledShare']} of those due)" if perf.get("labelledShare") else "")
+        + (f", {perf['unknownIds']} labels for unknown ids" if perf.get("unknownIds") else ""),
+    ]
+    if perf.get("outcomes"):
+        lines.append(
+            "  outcomes " + ", ".join(f"{k} {v}" for k, v in sorted(perf["outcomes"].items()))
+        )
+    for cut in perf.get("slices") or []:
+        lines.append(f"  slice {cut['value']}: {cut.get('metric') or '-'} ({cut['rows']} rows)")
+    if perf.get("worstSliceGap"):
+        lines.append(f"  worst slice gap {perf['worstSliceGap']}")
+    if perf.get("message"):
+        lines.append(f"  {perf['message']}")
+    return "\n".join(lines)
+
+
 def gitops_rollback_hint(deployment: dict[str, Any]) -> str | None:
     """What to change in Git so a rollback sticks, when a GitOps tool owns the spec."""
     tool = managed_by_gitops(deployment.get("metadata", {}))
@@ -145,6 +173,12 @@ def _status(cluster: Cluster, args: argparse.Namespace) -> int:
             print(f"deployment.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)
             return 1
         print(canary_progress(deployment))
+        for monitor in cluster.list_objects(BY_KIND["DriftMonitor"], args.namespace):
+            quality = (
+                live_quality(monitor) if monitor["spec"].get("deployment") == args.name else None
+            )
+            if quality:
+                print(quality)
         return 0
     for kind in KINDS:
         items = cluster.list_objects(kind, namespace)

@@ -239,6 +239,54 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.features[1]: Duplicate value",
     ),
     ("an unknown stage", example("ModelVersion", stage="Live"), "spec.stage: Unsupported value"),
+    # -- live quality and labelled production data ---------------------------------------------
+    (
+        "a dataset with neither uri nor inferenceLog",
+        example("TrainingJob", dataset={"format": "Csv"}),
+        "dataset must set uri, inferenceLog or both",
+    ),
+    (
+        "appendOriginal without the original",
+        example(
+            "TrainingJob", dataset={"inferenceLog": {"deployment": "iris", "appendOriginal": True}}
+        ),
+        "dataset.uri must be set when inferenceLog.appendOriginal is true",
+    ),
+    (
+        "an original beside the log that would be ignored",
+        example(
+            "TrainingJob", dataset={"uri": "builtin:iris", "inferenceLog": {"deployment": "iris"}}
+        ),
+        "inferenceLog.appendOriginal must be true when dataset.uri is set beside it",
+    ),
+    (
+        "an inference log window of both rows and seconds",
+        example(
+            "TrainingJob",
+            dataset={"inferenceLog": {"deployment": "iris", "rows": 10, "seconds": 60}},
+        ),
+        "inferenceLog must set at most one of rows and seconds",
+    ),
+    (
+        "a performance threshold and a maximum drop at once",
+        example("DriftMonitor", performance={"threshold": "0.9", "maxDrop": "0.05"}),
+        "performance must set at most one of threshold and maxDrop",
+    ),
+    (
+        "an accuracy threshold above 1",
+        example("DriftMonitor", performance={"metric": "Accuracy", "threshold": "90"}),
+        "performance.threshold must be at most 1 for Accuracy, F1 and RocAuc",
+    ),
+    (
+        "an unknown live metric",
+        example("DriftMonitor", performance={"metric": "Precision"}),
+        "spec.performance.metric: Unsupported value",
+    ),
+    (
+        "an outcome name with a space",
+        example("DriftMonitor", performance={"outcomes": [{"name": "fraud loss"}]}),
+        "spec.performance.outcomes[0].name",
+    ),
 ]
 
 
@@ -262,6 +310,26 @@ def test_bad_specs_are_refused_naming_the_field(
         ),
         ("TrainingJob", {"estimator": RIDGE, "qualityGates": {"minR2": "-0.5", "maxRmse": "3"}}),
         ("Deployment", {"strategy": analysis(maxPredictionShift="1", maxErrorRatePercent="100")}),
+        (
+            "TrainingJob",
+            {
+                "dataset": {
+                    "uri": "builtin:iris",
+                    "inferenceLog": {"deployment": "iris", "rows": 5000, "appendOriginal": True},
+                }
+            },
+        ),
+        (
+            "DriftMonitor",
+            {
+                "performance": {
+                    "metric": "Rmse",
+                    "threshold": "12.5",
+                    "outcomes": [{"name": "revenue", "aggregate": "Mean"}],
+                    "sliceBy": "region",
+                }
+            },
+        ),
     ],
 )
 def test_values_at_their_bounds_are_accepted(

@@ -10,6 +10,7 @@ from mlkube.cli import (
     gitops_rollback_hint,
     headers_for,
     json_path,
+    live_quality,
     rows_for,
     table,
 )
@@ -114,3 +115,37 @@ def test_rollback_prints_the_git_change_only_for_gitops_objects() -> None:
     assert "modelVersion: iris-v0" in hint
     flux = {"labels": {"kustomize.toolkit.fluxcd.io/name": "apps"}}
     assert managed_by_gitops(flux) == "Flux"
+
+
+def test_live_quality_shows_realised_beside_estimated_with_outcomes_and_slices() -> None:
+    monitor = {
+        "metadata": {"name": "iris-quality"},
+        "spec": {"deployment": "iris"},
+        "status": {
+            "performance": {
+                "modelVersion": "iris-v2",
+                "verdict": "Degraded",
+                "metric": "Accuracy",
+                "value": "0.7",
+                "estimated": "0.95",
+                "offline": "0.97",
+                "rows": 1000,
+                "labelledRows": 900,
+                "labelledShare": "0.9",
+                "unknownIds": 4,
+                "outcomes": {"revenue": "1234.5"},
+                "slices": [{"value": "web", "rows": 300, "metric": "0.55"}],
+                "worstSliceGap": "-0.15",
+            }
+        },
+    }
+    text = live_quality(monitor)
+    assert text is not None
+    lines = text.splitlines()
+    assert lines[0].startswith("live quality (iris-quality, iris-v2): Degraded")
+    assert "Accuracy 0.7   estimated 0.95   offline 0.97" in lines[0]
+    assert "labelled 900 of 1000 rows (0.9 of those due), 4 labels for unknown ids" in lines[1]
+    assert "outcomes revenue 1234.5" in text
+    assert "slice web: 0.55 (300 rows)" in text
+    assert "worst slice gap -0.15" in text
+    assert live_quality({"metadata": {"name": "m"}, "status": {}}) is None

@@ -90,25 +90,37 @@ WATCHED = DriftMonitorSpec.model_validate(
 DEGRADED = {
     "modelVersion": "iris-v2",
     "verdict": "Drift",
-    "performance": {
+    "performance": {  # runtime.quality.PerformanceReport.to_result's shape
         "modelVersion": "iris-v2",
         "verdict": "Degraded",
         "metric": "Accuracy",
         "value": "0.7",
-        "estimated": "0.95",
+        "estimated": {"accuracy": "0.95", "f1": "0.94"},
+        "estimateGap": "-0.25",
         "offline": "0.97",
         "rows": 1000,
-        "labelledRows": 900,
+        "labelled": 900,
         "labelledShare": "0.9",
-        "outcomes": {"revenue": "1234.5"},
+        "pending": 0,
+        "late": 2,
+        "duplicates": 5,
+        "unknownIds": 3,
+        "slices": {"by": "channel", "gap": "0.2", "worst": [["web", "0.5", 300]]},
+        "outcomes": {"revenue": {"sum": "1234.5", "rows": 900}},
     },
 }
 
 
 def test_a_degraded_run_sets_performance_degraded_with_its_figures() -> None:
     status = fold_drift_run(DriftMonitorStatus(), DEGRADED, "job-0", WATCHED, NOW)
-    assert status.performance is not None
-    assert status.performance.outcomes == {"revenue": "1234.5"}
+    performance = status.performance
+    assert performance is not None
+    assert performance.outcomes == {"revenue": "1234.5"}
+    assert (performance.estimated, performance.estimate_gap) == ("0.95", "-0.25")
+    assert (performance.labelled_rows, performance.late_labels) == (900, 2)
+    assert (performance.duplicate_labels, performance.unknown_ids) == (5, 3)
+    assert performance.slices[0].value == "web"
+    assert performance.worst_slice_gap == "0.2"
     assert status.last_run is not None
     assert (status.last_run.performance, status.last_run.performance_value) == ("Degraded", "0.7")
     assert status.last_run.model_version == "iris-v2"
@@ -117,10 +129,11 @@ def test_a_degraded_run_sets_performance_degraded_with_its_figures() -> None:
     assert (found.status, found.reason, found.observed_generation) == ("True", "BelowThreshold", 3)
     assert "live Accuracy 0.7" in found.message
     assert "offline 0.97" in found.message
+    assert "estimated 0.95" in found.message
 
 
 def test_too_few_labels_is_unknown_and_a_healthy_run_clears_the_condition() -> None:
-    few = {"verdict": "InsufficientLabels", "metric": "Accuracy", "rows": 50, "labelledRows": 3}
+    few = {"verdict": "InsufficientLabels", "metric": "Accuracy", "rows": 50, "labelled": 3}
     unknown = condition(
         performance_condition([], fold_drift_run(
             DriftMonitorStatus(), {"performance": few}, "j", WATCHED, NOW
@@ -138,7 +151,7 @@ def test_too_few_labels_is_unknown_and_a_healthy_run_clears_the_condition() -> N
 
 
 def test_a_malformed_performance_result_is_an_error_naming_why() -> None:
-    bad = {"performance": {"verdict": "Great", "rows": -1}}
+    bad = {"performance": {"verdict": "Great", "rows": -1, "outcomes": {"x": {}}}}
     status = fold_drift_run(DriftMonitorStatus(), bad, "j", WATCHED, NOW)
     assert status.performance is not None
     assert status.performance.verdict == "Error"

@@ -185,6 +185,27 @@ def test_registered_version_carries_lineage_and_no_owner() -> None:
     assert "approval" not in manual["spec"]
 
 
+def test_a_version_trained_on_production_data_names_the_log_window_in_lineage() -> None:
+    owner = Owner(kind="TrainingJob", name="iris-retrain-1", namespace="ns", uid="u")
+    production = TrainingJobSpec.model_validate(
+        {**SPEC.to_api(), "dataset": {"inferenceLog": {"deployment": "iris", "rows": 5000}}}
+    )
+    window = {
+        "deployment": "iris", "modelVersions": ["iris-v1", "iris-v2"], "rows": 4200,
+        "first": "2026-11-26T12:00:00Z", "last": "2026-11-27T11:59:00Z",
+        "feedbackFiles": ["s3://ml/ns/labels/2026-11-27.csv"],
+    }  # fmt: skip
+    manifest = model_version_manifest(
+        owner, production, {**RESULT, "inferenceLog": window}, "img", NOW
+    )
+    lineage = ModelVersionSpec.model_validate(manifest["spec"]).lineage
+    assert lineage.dataset_uri == "inferenceLog:iris?rows=5000"
+    assert lineage.inference_log is not None
+    assert lineage.inference_log.model_versions == ["iris-v1", "iris-v2"]
+    assert lineage.inference_log.feedback_files == ["s3://ml/ns/labels/2026-11-27.csv"]
+    assert lineage.inference_log.rows == 4200
+
+
 def test_results_are_read_from_the_named_container() -> None:
     drift_pod = {
         "metadata": {"creationTimestamp": "2026-11-27T12:00:00Z"},

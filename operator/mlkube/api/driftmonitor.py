@@ -259,11 +259,23 @@ class PerformanceResult(ApiModel):
         max_length=32,
         description="Estimated from the logged probabilities before labels (CBPE).",
     )
+    estimate_gap: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Realised minus estimated on the same labelled rows: far from 0, the "
+        "estimate cannot be trusted (concept drift, inputs the training data never covered).",
+    )
     offline: str | None = Field(
         default=None, max_length=32, description="The ModelVersion's figure on its held-out split."
     )
     rows: int = Field(default=0, ge=0, description="Logged predictions in the window.")
     labelled_rows: int = Field(default=0, ge=0)
+    pending_rows: int = Field(
+        default=0, ge=0, description="Unlabelled rows younger than labelDelaySeconds."
+    )
+    late_labels: int = Field(
+        default=0, ge=0, description="Labels that came after labelDelaySeconds: not joined."
+    )
     labelled_share: str | None = Field(
         default=None, max_length=32, description="Of the rows old enough to have their label."
     )

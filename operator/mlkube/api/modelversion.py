@@ -42,9 +42,27 @@ class Column(ApiModel):
     )
 
 
+class LogWindow(ApiModel):
+    """Which labelled production data a version was trained on (dataset.inferenceLog)."""
+
+    deployment: str = Field(max_length=63)
+    model_versions: list[str] = Field(default_factory=list, max_length=8)
+    first: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="Oldest row logged."
+    )
+    last: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="Newest row logged."
+    )
+    rows: int = Field(default=0, ge=0, description="Logged rows joined with a label: trained on.")
+    feedback_files: list[str] = Field(
+        default_factory=list, max_length=8, description="Bulk feedback files read (the first 8)."
+    )
+
+
 class Lineage(ApiModel):
     training_job: str | None = None
     dataset_uri: str | None = None
+    inference_log: LogWindow | None = None
     dataset_digest: str | None = None
     image: str | None = None
     estimator: str | None = None

@@ -27,12 +27,69 @@ DATASET_URI = r"^(builtin:[a-z_]+|file://.+|https://.+|s3://.+)$"
 SIGNED_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
+class InferenceLogDataset(ApiModel):
+    """Labelled production data: the inputs a Deployment of this namespace logged, joined by
+    request id with the ground truth posted to its ``/feedback`` (and bulk feedback files)."""
+
+    model_config = api_config(
+        cel(
+            "!(has(self.rows) && has(self.seconds))",
+            "inferenceLog must set at most one of rows and seconds",
+        )
+    )
+
+    deployment: str = Field(pattern=DNS_LABEL, max_length=63, description="In this namespace.")
+    rows: int | None = Field(
+        default=None, ge=1, description="The last N logged rows (before the join)."
+    )
+    seconds: int | None = Field(default=None, ge=1, description="Rows logged in the last N s.")
+    append_original: bool = Field(
+        default=False, description="Also train on dataset.uri: the original data plus today's."
+    )
+    feedback_uris: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Bulk feedback files or prefixes (requestId,label[,outcome...]) in the "
+        "namespace's store, beside what /feedback received.",
+    )
+
+
 class Dataset(ApiModel):
-    uri: str = Field(
+    model_config = api_config(
+        cel(
+            "has(self.uri) || has(self.inferenceLog)",
+            "dataset must set uri, inferenceLog or both",
+        ),
+        cel(
+            "!has(self.inferenceLog) || !self.inferenceLog.appendOriginal || has(self.uri)",
+            "dataset.uri must be set when inferenceLog.appendOriginal is true",
+            field_path=".uri",
+        ),
+        cel(
+            "!has(self.uri) || !has(self.inferenceLog) || self.inferenceLog.appendOriginal",
+            "inferenceLog.appendOriginal must be true when dataset.uri is set beside it",
+            field_path=".inferenceLog.appendOriginal",
+        ),
+    )
+
+    uri: str | None = Field(
+        default=None,
         pattern=DATASET_URI,
         description="builtin:<name> (iris, wine, breast_cancer, diabetes), file://, https:// or s3://",
     )
     format: Literal["Auto", "Csv", "Parquet"] = "Auto"
+    inference_log: InferenceLogDataset | None = None
+
+    def describe(self) -> str:
+        """The data as lineage and messages name it."""
+        log = self.inference_log
+        if log is None:
+            return str(self.uri)
+        window = (
+            f"rows={log.rows}" if log.rows else f"seconds={log.seconds}" if log.seconds else "all"
+        )
+        source = f"inferenceLog:{log.deployment}?{window}"
+        return f"{self.uri}+{source}" if self.uri else source
 
 
 ESTIMATOR_NAMES: list[JsonValue] = [name for name in sorted(ESTIMATORS)]

@@ -153,13 +153,19 @@ class TrainingJobReconciler:
         if isinstance(champion, str):
             self._fail(r, "ChampionNotFound", champion, version)
             return None
+        log = r.spec.dataset.inference_log
+        feedback = {
+            f"spec.dataset.inferenceLog.feedbackUris[{i}]": uri
+            for i, uri in enumerate(log.feedback_uris if log else [])
+        }
         forbidden = ctx.forbidden(
             r.namespace,
             {
                 "spec.dataset.uri": r.spec.dataset.uri,
                 "spec.qualityGates.champion.modelVersion": champion[0] if champion else None,
+                **feedback,
             },
-            data_fields={"spec.dataset.uri"},
+            data_fields={"spec.dataset.uri"},  # feedback files live in the store, never https
         )
         if forbidden is not None:
             self._fail(r, FORBIDDEN_URI, forbidden.message, version)

@@ -66,16 +66,60 @@ def fold_drift_run(
 
 
 def _performance(result: object) -> PerformanceResult | None:
-    """A run's live-quality result; one the status cannot hold is an Error naming why."""
+    """A run's live-quality result (``runtime.quality.PerformanceReport.to_result``) as status
+    holds it; one the status cannot hold is an Error naming why."""
     if result is None:
         return None
     try:
-        return PerformanceResult.model_validate(result)
-    except ValidationError as e:
+        if not isinstance(result, dict):
+            raise TypeError(f"expected an object, got {type(result).__name__}")
+        return PerformanceResult.model_validate(_status_shape(result))
+    except (ValidationError, TypeError, ValueError, KeyError, IndexError) as e:
+        why = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
         return PerformanceResult(
-            verdict="Error",
-            message=f"the run's performance result is malformed: {e.errors()[0]['msg']}"[:1024],
+            verdict="Error", message=f"the run's performance result is malformed: {why}"[:1024]
         )
+
+
+_ESTIMATED_KEYS = {"Accuracy": "accuracy", "F1": "f1", "RocAuc": "rocAuc"}
+
+
+def _status_shape(result: dict[str, Any]) -> dict[str, Any]:
+    """The termination message's compact keys mapped onto PerformanceResult's fields."""
+    slices = result.get("slices") or {}
+    outcomes = {}
+    for name, entry in (result.get("outcomes") or {}).items():
+        if "sum" not in entry and "mean" not in entry:
+            raise KeyError(f"outcome {name} has no sum or mean")
+        value = entry.get("sum", entry.get("mean"))
+        if value is not None:  # a mean over no rows
+            outcomes[name] = str(value)
+    message = result.get("reason") or result.get("message") or slices.get("reason")
+    return {
+        "modelVersion": result.get("modelVersion"),
+        "verdict": result.get("verdict"),
+        "metric": result.get("metric"),
+        "value": result.get("value"),
+        "estimated": (result.get("estimated") or {}).get(
+            _ESTIMATED_KEYS.get(str(result.get("metric")), "")
+        ),
+        "estimateGap": result.get("estimateGap"),
+        "offline": result.get("offline"),
+        "rows": result.get("rows") or 0,
+        "labelledRows": result.get("labelled") or 0,
+        "labelledShare": result.get("labelledShare"),
+        "pendingRows": result.get("pending") or 0,
+        "lateLabels": result.get("late") or 0,
+        "unknownIds": result.get("unknownIds") or 0,
+        "duplicateLabels": result.get("duplicates") or 0,
+        "outcomes": outcomes,
+        "slices": [
+            {"value": str(value)[:256], "metric": metric, "rows": rows}
+            for value, metric, rows in slices.get("worst") or []
+        ],
+        "worstSliceGap": slices.get("gap"),
+        "message": None if message is None else str(message)[:1024],
+    }
 
 
 def performance_condition(
@@ -93,7 +137,8 @@ def performance_condition(
         limit = f" (offline {performance.offline})" if performance.offline else ""
         return set_condition(
             conditions, PERFORMANCE_DEGRADED, "True", "BelowThreshold",
-            f"{performance.model_version}: {figure}{limit} is past the threshold",
+            f"{performance.model_version}: {figure}{limit} is past the threshold"
+            + (f"; estimated {performance.estimated}" if performance.estimated else ""),
             generation, now,
         )  # fmt: skip
     if performance.verdict == "Healthy":

@@ -17,6 +17,7 @@ from mlkube.api.modelversion import (
     Column,
     Framework,
     Lineage,
+    LogWindow,
     ModelVersionSpec,
     model_version_name,
 )
@@ -184,7 +185,10 @@ def model_version_manifest(
         metrics={str(k): str(v) for k, v in (result.get("metrics") or {}).items()},
         lineage=Lineage(
             training_job=owner.name,
-            dataset_uri=spec.dataset.uri,
+            dataset_uri=spec.dataset.describe(),
+            inference_log=LogWindow.model_validate(result["inferenceLog"])
+            if result.get("inferenceLog")
+            else None,
             dataset_digest=result.get("datasetDigest"),
             image=image,
             estimator=spec.estimator.class_name,

@@ -6,16 +6,19 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import fsspec
 import pandas as pd
 from sklearn import datasets as sk_datasets
 
 from mlkube.api.modelversion import Column, ColumnType
-from mlkube.api.trainingjob import ColumnRange, Dataset, DataTests
+from mlkube.api.trainingjob import ColumnRange, Dataset, DataTests, InferenceLogDataset
 from mlkube.estimators import BUILTIN_DATASETS
-from mlkube.layout import RESERVED_COLUMN_PREFIX
+from mlkube.layout import RESERVED_COLUMN_PREFIX, inference_log_uri
+from mlkube.runtime import quality
 from mlkube.runtime.outcome import RunFailure
 
 
@@ -24,6 +27,9 @@ class LoadedDataset:
     frame: pd.DataFrame
     digest: str
     """sha256 of the bytes read (or of a canonical CSV for built-in sets): lineage, not security."""
+    log_window: dict[str, Any] | None = None
+    """For labelled production data: the ModelVersion lineage's ``inferenceLog`` (which
+    Deployment, versions, time span, rows and feedback files went in)."""
 
 
 def _snake(name: str) -> str:
@@ -51,6 +57,8 @@ def _read_format(uri: str, declared: str) -> str:
 
 def load_dataset(dataset: Dataset) -> LoadedDataset:
     uri = dataset.uri
+    if uri is None:
+        raise RunFailure("DatasetNotFound", "dataset.uri: not set")
     if uri.startswith("builtin:"):
         return _load_builtin(uri.removeprefix("builtin:"))
     try:
@@ -68,6 +76,99 @@ def load_dataset(dataset: Dataset) -> LoadedDataset:
             "DataValidationFailed", f"dataset.uri: {uri} is not valid {fmt}: {e}"
         ) from e
     return LoadedDataset(frame=frame, digest=hashlib.sha256(data).hexdigest())
+
+
+def load_training_data(
+    dataset: Dataset,
+    target: str,
+    features: list[str] | None,
+    artifact_root: str,
+    namespace: str,
+    now: float | None = None,
+) -> LoadedDataset:
+    """The rows to train on: ``dataset.uri``, the labelled production data of
+    ``dataset.inferenceLog`` (a Deployment of `namespace` only: its log is found under this
+    namespace's part of the store, so another team's never is), or the original followed by it.
+    `now` is epoch seconds (default: the clock). Raises RunFailure naming the field."""
+    original = load_dataset(dataset) if dataset.uri else None
+    log = dataset.inference_log
+    if log is None:
+        assert original is not None, "the CRD requires dataset.uri or dataset.inferenceLog"
+        return original
+    log_uri = inference_log_uri(artifact_root, namespace, log.deployment)
+    names = features or (
+        [c for c in original.frame.columns if c != target]
+        if original is not None
+        else _logged_features(log_uri, target)
+    )
+    try:
+        frame, lineage = quality.labelled_rows(
+            log_uri,
+            names,
+            target,
+            rows=log.rows,
+            seconds=log.seconds,
+            feedback_uris=log.feedback_uris,
+            now=now,
+        )
+    except quality.QualityError as e:
+        raise RunFailure("DataValidationFailed", f"dataset.inferenceLog: {e}") from e
+    except OSError as e:
+        raise RunFailure(
+            "DatasetNotFound", f"dataset.inferenceLog: cannot read {log_uri}: {e}", permanent=False
+        ) from e
+    if frame.empty and original is None:
+        raise RunFailure(
+            "DatasetNotFound",
+            f"dataset.inferenceLog: Deployment {log.deployment} has no logged prediction with a "
+            f"label in the window (log {log_uri}): post ground truth to its /feedback first",
+        )
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    if original is not None:
+        missing = [c for c in [*names, target] if c not in original.frame.columns]
+        if missing:
+            raise RunFailure(
+                "DataValidationFailed",
+                f"dataset.uri: {dataset.uri} has no column {missing[0]!r}, which the inference "
+                "log's rows have (inferenceLog.appendOriginal)",
+            )
+        frame = pd.concat([original.frame[[*names, target]], frame], ignore_index=True)
+        digest.update(original.digest.encode())
+    return LoadedDataset(frame, digest.hexdigest(), _log_window(log, lineage))
+
+
+def _logged_features(log_uri: str, target: str) -> list[str]:
+    """The feature columns the newest version logged, when the spec names none."""
+    versions = quality.log_versions(log_uri)
+    for version in reversed(versions):
+        window = quality.read_version_window(log_uri, version, rows=1, seconds=None)
+        names = [c for c in window.column_names if not c.startswith(RESERVED_COLUMN_PREFIX)]
+        if names:
+            return [c for c in names if c != target]
+    raise RunFailure(
+        "DatasetNotFound",
+        f"dataset.inferenceLog: nothing is logged under {log_uri}: the Deployment has served no "
+        "prediction yet, or it is not in this namespace",
+    )
+
+
+def _log_window(log: InferenceLogDataset, lineage: dict[str, Any]) -> dict[str, Any]:
+    spans = lineage.get("versions") or {}
+
+    def when(key: str, pick: Any) -> str | None:
+        if not spans:
+            return None
+        ms = pick(v[key] for v in spans.values())
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return {
+        "deployment": log.deployment,
+        "modelVersions": list(spans)[:8],  # a pod's termination message holds 4 KiB in all
+        "first": when("firstTs", min),
+        "last": when("lastTs", max),
+        "rows": int(lineage.get("rows") or 0),
+        "feedbackFiles": [str(f)[-120:] for f in lineage.get("feedbackFiles") or []][:8],
+    }
 
 
 def column_type(series: pd.Series) -> ColumnType:

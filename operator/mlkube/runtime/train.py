@@ -51,7 +51,7 @@ from mlkube.api.trainingjob import (
 )
 from mlkube.estimators import ESTIMATORS, Task
 from mlkube.runtime import artifacts
-from mlkube.runtime.datasets import check_data, load_dataset
+from mlkube.runtime.datasets import LoadedDataset, check_data, load_training_data
 from mlkube.runtime.outcome import RunFailure, one_line
 from mlkube.runtime.quality import CALIBRATION_FILE, Calibration, fit_calibration
 from mlkube.runtime.transforms import as_text
@@ -308,12 +308,14 @@ def _champion_failure(
     return None
 
 
-def _lineage(request: TrainRequest, dataset_digest: str) -> dict[str, Any]:
+def _lineage(request: TrainRequest, loaded: LoadedDataset) -> dict[str, Any]:
     spec = request.spec
     return {
         "trainingJob": request.training_job,
-        "datasetUri": spec.dataset.uri,
-        "datasetDigest": dataset_digest,
+        "datasetUri": spec.dataset.describe(),
+        "datasetDigest": loaded.digest,
+        **({"inferenceLog": loaded.log_window} if loaded.log_window else {}),
+        "inferenceLog": loaded.log_window,
         "image": request.image,
         "estimator": spec.estimator.class_name,
         "params": spec.estimator.hyperparameters,
@@ -331,8 +333,10 @@ def train(request: TrainRequest) -> dict[str, Any]:
     """Run the whole training; returns the result document, or raises RunFailure."""
     spec = request.spec
     task = ESTIMATORS[spec.estimator.class_name]
-    with _phase("DatasetNotFound", f"dataset.uri {spec.dataset.uri}"):
-        loaded = load_dataset(spec.dataset)
+    with _phase("DatasetNotFound", f"dataset {spec.dataset.describe()}"):
+        loaded = load_training_data(
+            spec.dataset, spec.target, spec.features, request.artifact_root, request.namespace
+        )
     with _phase("DataValidationFailed", "checking the data"):
         frame = loaded.frame
         features = spec.features or [str(c) for c in frame.columns if c != spec.target]
@@ -374,7 +378,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
                 artifacts.join(directory, artifacts.METRICS_FILE), metrics
             ),
             artifacts.LINEAGE_FILE: artifacts.write_json(
-                artifacts.join(directory, artifacts.LINEAGE_FILE), _lineage(request, loaded.digest)
+                artifacts.join(directory, artifacts.LINEAGE_FILE), _lineage(request, loaded)
             ),
             artifacts.REFERENCE_FILE: artifacts.write_bytes(
                 artifacts.join(directory, artifacts.REFERENCE_FILE),
@@ -394,6 +398,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "sha256": digest,
         "files": files,
         "datasetDigest": loaded.digest,
+        **({"inferenceLog": loaded.log_window} if loaded.log_window else {}),
         "metrics": {k: f"{v:.6g}" for k, v in metrics.items()},
         "classes": classes,
         "columns": [[c.name, c.type, *([True] if c.nullable else [])] for c in columns],
