@@ -147,7 +147,7 @@ def test_a_bad_request_id_is_a_400_naming_it(
     body: dict[str, Any] = {"instances": rows(iris_artifact.features.iloc[:1])}
     if body_id is not None:
         body["id"] = body_id
-    headers = {} if header is None else {"X-Request-ID": header.encode()}
+    headers = {} if header is None else {b"X-Request-ID": header.encode()}
     response = httpx.post(f"{server.url}/predict", json=body, headers=headers)
     assert response.status_code == 400, response.text
     assert named in response.json()["error"]

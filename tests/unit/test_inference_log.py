@@ -344,10 +344,14 @@ def test_constants_and_metadata_go_into_every_segment(tmp_path: Path) -> None:
 def test_rows_without_predictions_are_written_as_given_with_their_time(tmp_path: Path) -> None:
     """The feedback log: ids, labels and outcomes; an outcome a row does not give is null."""
     with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
-        writer.append_rows({"requestId": ["a-0", "b-0"], "label": np.array([2, 0])})
-        writer.append_rows(
-            {"requestId": ["c-0", "d-0"], "label": np.array([1, 1]), "revenue": [12.5, None]}
-        )
+        first: dict[str, Values] = {"requestId": ["a-0", "b-0"], "label": np.array([2, 0])}
+        second: dict[str, Values] = {
+            "requestId": ["c-0", "d-0"],
+            "label": np.array([1, 1]),
+            "revenue": [12.5, None],
+        }
+        writer.append_rows(first)
+        writer.append_rows(second)
         with pytest.raises(ValueError, match="at least one column"):
             writer.append_rows({})
         with pytest.raises(ValueError, match="_mlkube_ts"):
