@@ -59,15 +59,35 @@ def train(kube: KubeCluster, namespace: str, name: str, **spec: Any) -> dict[str
 
 
 def predict(
-    kube: KubeCluster, namespace: str, rows: list[dict[str, float]]
+    kube: KubeCluster,
+    namespace: str,
+    rows: list[dict[str, float]],
+    request_id: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """POST through the API server's service proxy: works from any machine with the kubeconfig."""
+    """POST /predict through the API server's service proxy (works from any machine with the
+    kubeconfig), with an ``X-Request-ID`` when given."""
+    extra = {} if request_id is None else {"X-Request-ID": request_id}
+    return post(kube, namespace, "predict", {"instances": rows}, extra)
+
+
+def post(
+    kube: KubeCluster,
+    namespace: str,
+    path: str,
+    document: dict[str, Any],
+    extra_headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """POST a JSON document to the ``iris`` Service's `path` through the API server's proxy."""
     api = kube.api_client
     method, url, headers, body, _ = api.param_serialize(
         "POST",
-        f"/api/v1/namespaces/{namespace}/services/iris:http/proxy/predict",
-        header_params={"Content-Type": "application/json", "Accept": "application/json"},
-        body={"instances": rows},
+        f"/api/v1/namespaces/{namespace}/services/iris:http/proxy/{path}",
+        header_params={
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            **(extra_headers or {}),
+        },
+        body=document,
         auth_settings=["BearerToken"],
     )
     try:

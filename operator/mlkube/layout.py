@@ -15,6 +15,8 @@ SCHEMA_FILE = "schema.json"
 METRICS_FILE = "metrics.json"
 LINEAGE_FILE = "lineage.json"
 REFERENCE_FILE = "reference.parquet"
+CALIBRATION_FILE = "calibration.json"
+"""Per-class isotonic knots for the logged probabilities (runtime.quality.Calibration)."""
 
 RESERVED_COLUMN_PREFIX = "_mlkube_"
 """The inference log's own columns start with this; no feature may, so none collides with them."""

@@ -14,9 +14,10 @@ import pytest
 from sklearn.datasets import load_wine
 
 from mlkube.api.trainingjob import TrainingJobSpec
+from mlkube.layout import CALIBRATION_FILE
 from mlkube.runtime import artifacts
 from mlkube.runtime.outcome import RunFailure
-from mlkube.runtime.quality import CALIBRATION_FILE, Calibration
+from mlkube.runtime.quality import Calibration
 from mlkube.runtime.train import Champion, TrainRequest, termination_message, train
 
 

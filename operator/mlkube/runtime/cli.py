@@ -91,10 +91,16 @@ def _train(args: argparse.Namespace) -> int:
 def _drift(args: argparse.Namespace) -> int:
     from mlkube.runtime.drift import TERMINATION_MESSAGE_BYTES, run_drift
     from mlkube.runtime.inference_log import count_rows
+    from mlkube.runtime.quality import RESULT_BYTES, version_performance
 
     spec = load_spec(args.spec, DriftMonitorSpec)
     report = run_drift(spec, args.reference, args.log, model_version=args.model_version)
-    result = json.loads(report.to_json(TERMINATION_MESSAGE_BYTES - LOGGED_ROWS_RESERVE))
+    reserve = LOGGED_ROWS_RESERVE + (0 if spec.performance is None else RESULT_BYTES + 32)
+    result = json.loads(report.to_json(TERMINATION_MESSAGE_BYTES - reserve))
+    if spec.performance is not None:  # live quality of the same version, judged on labels
+        result["performance"] = version_performance(
+            spec, args.log, result.get("modelVersion") or args.model_version, args.model_uri
+        )
     # every row ever logged, by every version, for the retrain rule's minNewSamples
     result["loggedRows"] = count_rows(args.log)
     _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
@@ -164,6 +170,11 @@ def parser() -> argparse.ArgumentParser:
         "--model-version",
         help="read only this ModelVersion's directory <log>/<NAME>/ (default: the flat log, "
         "else the version that logged last); the result names the version in modelVersion",
+    )
+    drift.add_argument(
+        "--model-uri",
+        help="the watched version's artifact directory: task, classes, offline metrics and "
+        "calibration for spec.performance",
     )
     drift.add_argument("--result-file")
 

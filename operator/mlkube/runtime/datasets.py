@@ -19,6 +19,7 @@ from mlkube.api.trainingjob import ColumnRange, Dataset, DataTests, InferenceLog
 from mlkube.estimators import BUILTIN_DATASETS
 from mlkube.layout import RESERVED_COLUMN_PREFIX, inference_log_uri
 from mlkube.runtime import quality
+from mlkube.runtime.log_window import read_version_window
 from mlkube.runtime.outcome import RunFailure
 
 
@@ -141,7 +142,7 @@ def _logged_features(log_uri: str, target: str) -> list[str]:
     """The feature columns the newest version logged, when the spec names none."""
     versions = quality.log_versions(log_uri)
     for version in reversed(versions):
-        window = quality.read_version_window(log_uri, version, rows=1, seconds=None)
+        window = read_version_window(log_uri, version, rows=1)
         names = [c for c in window.column_names if not c.startswith(RESERVED_COLUMN_PREFIX)]
         if names:
             return [c for c in names if c != target]

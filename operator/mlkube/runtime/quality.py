@@ -53,6 +53,7 @@ from mlkube.api.driftmonitor import (
 )
 from mlkube.estimators import Task
 from mlkube.layout import (
+    CALIBRATION_FILE,
     FEEDBACK_LABEL_COLUMN,
     FEEDBACK_REQUEST_ID_COLUMN,
     LOG_CLASSES_METADATA,
@@ -60,14 +61,14 @@ from mlkube.layout import (
     LOG_PROBABILITIES_COLUMN,
     LOG_REQUEST_ID_COLUMN,
     LOG_TS_COLUMN,
+    METRICS_FILE,
     feedback_uri,
     join,
-    version_log_uri,
 )
-from mlkube.runtime.inference_log import read_window
+from mlkube.runtime import artifacts
+from mlkube.runtime.log_window import read_version_window
+from mlkube.runtime.outcome import one_line
 
-CALIBRATION_FILE = "calibration.json"
-"""Beside the model: per-class isotonic knots for the logged probabilities (see Calibration)."""
 RESULT_BYTES = 1400
 """The compact result shares a 4 KiB termination message with the drift result."""
 TOP_SLICES = 20
@@ -274,24 +275,6 @@ def log_versions(log_uri: str) -> list[str]:
         str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
     ]
     return sorted(n for n in names if not n.startswith("_"))
-
-
-def read_version_window(
-    log_uri: str,
-    model_version: str,
-    rows: int | None,
-    seconds: int | None,
-    columns: list[str] | None = None,
-    now: float | None = None,
-) -> pa.Table:
-    """One version's window of the log (`now` in epoch seconds); the one place that reads it."""
-    return read_window(
-        version_log_uri(log_uri, model_version),
-        rows=rows,
-        seconds=seconds,
-        columns=columns,
-        now=now,
-    )
 
 
 def logged_request_ids(log_uri: str) -> pa.Array:
@@ -1120,6 +1103,52 @@ def run_performance(
 
 
 # --- retraining data ---------------------------------------------------------------------------
+
+
+def version_performance(
+    spec: DriftMonitorSpec,
+    log_uri: str,
+    model_version: str | None,
+    model_uri: str | None,
+    now: float | None = None,
+    max_bytes: int = RESULT_BYTES,
+) -> dict[str, Any]:
+    """`run_performance` for the version a drift run watched, with what it needs read from the
+    version's directory (task and classes from schema.json, offline figures from metrics.json,
+    calibration.json if recorded), as its compact result. Whatever stops it (no version, bad
+    feedback, an unreadable store) is a result with verdict ``Error`` and a one-line reason, so
+    the run still reports its drift verdict."""
+    try:
+        if model_version is None or model_uri is None:
+            raise QualityError(
+                "spec.performance needs the watched model version and its artifact "
+                "(--model-version and --model-uri)"
+            )
+        schema = artifacts.load_schema(model_uri)
+        offline = artifacts.read_json(artifacts.join(model_uri, METRICS_FILE))
+        try:
+            calibration = Calibration.from_json(
+                artifacts.read_json(artifacts.join(model_uri, CALIBRATION_FILE))
+            )
+        except FileNotFoundError:
+            calibration = None
+        report = run_performance(
+            spec,
+            log_uri,
+            model_version,
+            task=schema.task,
+            classes=schema.classes,
+            offline_metrics={str(k): float(v) for k, v in dict(offline).items()},
+            calibration=calibration,
+            now=now,
+        )
+    except (QualityError, artifacts.ArtifactError, OSError, ValueError, KeyError) as e:
+        return {
+            "modelVersion": model_version,
+            "verdict": "Error",
+            "reason": one_line(e)[: 4 * TEXT_LIMIT],
+        }
+    return report.to_result(max_bytes)
 
 
 def labelled_rows(

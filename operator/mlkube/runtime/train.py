@@ -50,10 +50,11 @@ from mlkube.api.trainingjob import (
     TrainingJobSpec,
 )
 from mlkube.estimators import ESTIMATORS, Task
+from mlkube.layout import CALIBRATION_FILE
 from mlkube.runtime import artifacts
 from mlkube.runtime.datasets import LoadedDataset, check_data, load_training_data
 from mlkube.runtime.outcome import RunFailure, one_line
-from mlkube.runtime.quality import CALIBRATION_FILE, Calibration, fit_calibration
+from mlkube.runtime.quality import Calibration, fit_calibration
 from mlkube.runtime.transforms import as_text
 
 REFERENCE_SAMPLE_ROWS = 5000
