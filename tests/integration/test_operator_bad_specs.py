@@ -67,11 +67,42 @@ def test_bad_specs_end_with_a_reason(
         kube,
         ns,
         manifest(
+            "TrainingJob",
+            "other-labels",
+            {
+                **TRAINING,
+                "dataset": {
+                    "inferenceLog": {
+                        "deployment": "iris",
+                        "feedbackUris": ["file:///var/lib/mlkube/artifacts/team-b/labels.csv"],
+                    }
+                },
+            },
+        ),
+    )
+    create(
+        kube,
+        ns,
+        manifest(
             "TrainingJob", "no-image", {**TRAINING, "image": "localhost/mlkube-missing:0.0.1"}
         ),
     )
     create(kube, ns, manifest("TrainingJob", "good", TRAINING))
     create(kube, ns, manifest("Deployment", "ghost", {"modelVersion": "iris-v42"}))
+    create(
+        kube,
+        ns,
+        manifest(
+            "DriftMonitor",
+            "other-labels",
+            {
+                "deployment": "ghost",
+                "performance": {
+                    "feedbackUris": ["s3://another-bucket/labels/", "file:///etc/passwd"]
+                },
+            },
+        ),
+    )
 
     missing = training_finished(kube, ns, "missing-data")
     assert missing["phase"] == "Failed"
@@ -82,6 +113,20 @@ def test_bad_specs_end_with_a_reason(
     assert elsewhere["reason"] == "ForbiddenURI"
     assert elsewhere["message"].startswith(
         "spec.dataset.uri: file:///var/lib/mlkube/artifacts/team-b/data.csv is outside this namespace's store"
+    )
+
+    watching = eventually(
+        lambda: condition(status_of(kube, ns, "driftmonitors", "other-labels"), "Ready"),
+        60,
+        "the DriftMonitor reading another store's labels to be refused",
+    )
+    assert (watching["status"], watching["reason"]) == ("False", "ForbiddenURI")
+    assert watching["message"].startswith("spec.performance.feedbackUris[0]: s3://another-bucket/")
+
+    labels = condition(training_finished(kube, ns, "other-labels"), "Failed")
+    assert labels["reason"] == "ForbiddenURI"
+    assert labels["message"].startswith(
+        "spec.dataset.inferenceLog.feedbackUris[0]: file:///var/lib/mlkube/artifacts/team-b/"
     )
 
     no_image = training_finished(kube, ns, "no-image")
