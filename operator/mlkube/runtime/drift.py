@@ -130,9 +130,10 @@ class DriftReport:
         return [c.name for c in self.columns if c.drifted]
 
     def to_json(self, max_bytes: int = TERMINATION_MESSAGE_BYTES) -> str:
-        """Compact JSON for a termination message. Drifted names take at most half of it, then
-        per-column details (drifted columns first) while they fit; ``driftedColumnsOmitted`` and
-        ``columnsOmitted`` count what did not."""
+        """Compact JSON for a termination message: the verdict, ``modelVersion`` and
+        ``message`` (at most MESSAGE_LIMIT characters) when set; drifted names take at most half
+        of what is left, then per-column details (drifted columns first) while they fit;
+        ``driftedColumnsOmitted`` and ``columnsOmitted`` count what did not."""
         message: dict[str, Any] = {
             "verdict": self.verdict,
             "rows": self.rows,
