@@ -508,3 +508,28 @@ def test_an_indefinite_pause_keeps_analysing_in_the_background() -> None:
     d = step(s, d.status, T0 + timedelta(seconds=30),
              counters={"canary/p": pod(100, 60), "stable/q": pod(100)})  # fmt: skip
     assert d.status.aborted_version == "iris-v2"
+
+
+def labelled_pod(requests: int, labelled: int, correct: int) -> dict[str, float]:
+    return {**pod(requests), "live|labelled": labelled, "live|correct": correct}
+
+
+def test_a_canary_waits_for_labels_then_rolls_back_on_worse_live_accuracy() -> None:
+    analysis = {"minRequestCount": 20, "intervalSeconds": 30, "minLabelledRows": 50,
+                "maxQualityDrop": "0.1"}  # fmt: skip
+    steps = [{"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}]
+    s = spec(strategy={"canary": {"steps": steps, "analysis": analysis}})
+    status = DeploymentStatus(stable_version="iris-v1", canary_version="iris-v2", current_step=1,
+                              canary_weight=50, step_started_at="2026-11-27T12:00:00Z")  # fmt: skip
+    few = {"canary/p": labelled_pod(100, 10, 5), "stable/q": labelled_pod(100, 80, 76)}
+    d = step(s, status, T0, counters=few)
+    assert d.status.last_analysis is not None
+    assert d.status.last_analysis.result == "Inconclusive"
+    assert (d.status.current_step, d.status.analysis_baseline) == (1, None), "the window grows"
+    enough = {"canary/p": labelled_pod(200, 60, 30), "stable/q": labelled_pod(200, 160, 150)}
+    d = step(s, d.status, T0 + timedelta(seconds=30), counters=enough)
+    assert d.status.aborted_version == "iris-v2"
+    assert d.status.last_analysis is not None
+    assert "live Accuracy 0.5 is 0.4375 worse than the stable's 0.9375" in (
+        d.status.last_analysis.message
+    )

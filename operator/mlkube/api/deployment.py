@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from mlkube.api.common import (
     DECIMAL,
     DNS_LABEL,
+    MESSAGE_LENGTH,
+    NAME_LENGTH,
+    NUMBER_LENGTH,
+    OBJECT_NAME_LENGTH,
+    TEXT_LENGTH,
     ApiModel,
     JsonDict,
     Resources,
@@ -16,6 +21,7 @@ from mlkube.api.common import (
     api_config,
     at_most,
     cel,
+    keys_at_most,
     validations,
 )
 
@@ -48,17 +54,46 @@ class CanaryStep(ApiModel):
 class Analysis(ApiModel):
     """Thresholds a canary must meet, measured from the pods' own /metrics."""
 
+    model_config = api_config(
+        cel(
+            "has(self.minLabelledRows) == has(self.maxQualityDrop)",
+            "minLabelledRows and maxQualityDrop must be set together",
+        )
+    )
+
     interval_seconds: int = Field(default=30, ge=1, description="Between background analyses.")
     min_request_count: int = Field(default=20, ge=0)
     max_error_rate_percent: str = Field(
-        default="5", pattern=DECIMAL, json_schema_extra=at_most(100, "maxErrorRatePercent")
+        default="5",
+        pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
+        json_schema_extra=at_most(100, "maxErrorRatePercent"),
+        description="Largest share of the canary's prediction requests that may fail: its 5xx, "
+        "plus its 4xx rate in excess of the stable's 4xx rate in the same window by more than "
+        "three standard errors of the difference (bad clients hit both versions alike; a canary "
+        "refusing what the stable accepts does not).",
     )
     max_p95_latency_ms: int = Field(default=500, ge=1)
     max_prediction_shift: str = Field(
         default="0.25",
         pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
         json_schema_extra=at_most(1, "maxPredictionShift"),
         description="Largest Jensen-Shannon distance between canary and stable predictions.",
+    )
+    min_labelled_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description="Judge live quality: the labelled predictions (labels posted to /feedback, "
+        "counted by the pod that answered the row) each of canary and stable need in a window; "
+        "fewer make the analysis Inconclusive. Unset: live quality is reported, never judged.",
+    )
+    max_quality_drop: str | None = Field(
+        default=None,
+        pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
+        description="How much worse the canary's live accuracy (regressors: mean absolute "
+        "error, in the label's units) may be than the stable's, in the same window.",
     )
     failure_limit: int = Field(default=1, ge=1, description="Failed analyses that abort a rollout.")
     inconclusive_limit: int = Field(
@@ -110,9 +145,9 @@ class Strategy(ApiModel):
 
 
 class ParentRef(ApiModel):
-    name: str = Field(pattern=DNS_LABEL)
-    namespace: str | None = Field(default=None, pattern=DNS_LABEL)
-    section_name: str | None = None
+    name: str = Field(pattern=DNS_LABEL, max_length=NAME_LENGTH)
+    namespace: str | None = Field(default=None, pattern=DNS_LABEL, max_length=NAME_LENGTH)
+    section_name: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
 
 
 class Autoscaling(ApiModel):
@@ -138,8 +173,8 @@ class DeploymentSpec(ApiModel):
         ),
     )
 
-    model_version: str | None = Field(default=None, pattern=DNS_LABEL)
-    model: str | None = Field(default=None, pattern=DNS_LABEL)
+    model_version: str | None = Field(default=None, pattern=DNS_LABEL, max_length=NAME_LENGTH)
+    model: str | None = Field(default=None, pattern=DNS_LABEL, max_length=NAME_LENGTH)
     latest_approved: bool = Field(
         default=False, description="Follow the newest approved ModelVersion of `model`."
     )
@@ -149,7 +184,9 @@ class DeploymentSpec(ApiModel):
     replicas: int = Field(default=1, ge=0, le=100)
     autoscaling: Autoscaling | None = None
     resources: Resources | None = None
-    image: str | None = Field(default=None, description="Server image; default: the operator's.")
+    image: str | None = Field(
+        default=None, max_length=TEXT_LENGTH, description="Server image; default: the operator's."
+    )
     port: int = Field(default=3000, ge=1024, le=65535)
     traffic: Literal["Replicas", "GatewayAPI"] = Field(
         default="Replicas",
@@ -160,6 +197,20 @@ class DeploymentSpec(ApiModel):
     strategy: Strategy = Field(default_factory=Strategy)
 
 
+class LiveQualityResult(ApiModel):
+    """Live quality of canary and stable over the labels counted in the analysed window."""
+
+    metric: Literal["Accuracy", "Mae"]
+    canary: str | None = Field(
+        default=None, max_length=NUMBER_LENGTH, description="Unset without labelled rows."
+    )
+    stable: str | None = Field(
+        default=None, max_length=NUMBER_LENGTH, description="Unset without labelled rows."
+    )
+    canary_labelled_rows: int = Field(default=0, ge=0)
+    stable_labelled_rows: int = Field(default=0, ge=0)
+
+
 class AnalysisResult(ApiModel):
     result: Literal["Passed", "Failed", "Inconclusive"]
     step: int | None = Field(
@@ -167,20 +218,27 @@ class AnalysisResult(ApiModel):
     )
     at: str = Field(json_schema_extra={"format": "date-time"})
     requests: int = 0
-    error_rate_percent: str | None = None
-    p95_latency_ms: str | None = None
-    prediction_shift: str | None = None
-    message: str = ""
+    error_rate_percent: str | None = Field(default=None, max_length=NUMBER_LENGTH)
+    p95_latency_ms: str | None = Field(default=None, max_length=NUMBER_LENGTH)
+    prediction_shift: str | None = Field(default=None, max_length=NUMBER_LENGTH)
+    live_quality: LiveQualityResult | None = None
+    message: str = Field(default="", max_length=MESSAGE_LENGTH)
 
+
+CountersMap = Annotated[
+    dict[str, float],
+    Field(max_length=2048, json_schema_extra=keys_at_most(TEXT_LENGTH, "counters")),
+]
+"""One pod's counters: a few per status code and latency bucket, one per predicted class."""
 
 DeploymentPhase = Literal["Pending", "Progressing", "Paused", "Healthy", "Degraded"]
 
 
 class DeploymentStatus(StatusBase):
     phase: DeploymentPhase | None = None
-    stable_version: str | None = None
-    canary_version: str | None = None
-    previous_stable_version: str | None = None
+    stable_version: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
+    canary_version: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
+    previous_stable_version: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
     scale_down_at: str | None = Field(
         default=None,
         json_schema_extra={"format": "date-time"},
@@ -192,16 +250,22 @@ class DeploymentStatus(StatusBase):
     analysis_failures: int = Field(default=0, ge=0)
     analysis_inconclusive: int = Field(default=0, ge=0)
     last_analysis: AnalysisResult | None = None
-    analysis_baseline: dict[str, dict[str, float]] | None = Field(
+    analysis_baseline: dict[str, CountersMap] | None = Field(
         default=None,
+        max_length=512,
+        json_schema_extra=keys_at_most(TEXT_LENGTH, "analysisBaseline"),
         description="Each pod's counters at the last conclusive analysis (`canary/<pod>`, "
         "`stable/<pod>`): the next one judges only the requests since.",
     )
     aborted_version: str | None = Field(
-        default=None, description="A version rolled back; not retried until `mlkube retry`."
+        default=None,
+        max_length=OBJECT_NAME_LENGTH,
+        description="A version rolled back; not retried until `mlkube retry`.",
     )
-    handled_action: str | None = Field(default=None, description="Last CLI action carried out.")
-    service_name: str | None = None
+    handled_action: str | None = Field(
+        default=None, max_length=TEXT_LENGTH, description="Last CLI action carried out."
+    )
+    service_name: str | None = Field(default=None, max_length=NAME_LENGTH)
     ready_replicas: int | None = None
 
 

@@ -1,7 +1,10 @@
 """Canary analysis figures from the model servers' own /metrics (Prometheus text).
 
 The operator reads each pod's /metrics through the API server's pod proxy, so analysis needs no
-Prometheus; these pure functions turn the scraped texts into `CanaryMetrics`.
+Prometheus; these pure functions turn the scraped texts into `CanaryMetrics`. Live quality comes
+from the same scrapes: each server counts the labels for the rows it answered
+(``mlkube.runtime.live_quality``), so canary and stable are compared on the labels counted in the
+same window.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,9 +27,39 @@ _SERIES = {
     f"{PREDICTED_LABELS}_total": ("label", "label"),
     f"{PREDICTED_VALUES}_bucket": ("value", "le"),
 }
+_LIVE_SERIES = {
+    "mlkube_labelled_predictions_total": "labelled",
+    "mlkube_correct_predictions_total": "correct",
+    "mlkube_absolute_error_sum_total": "absolute_error",
+    "mlkube_squared_error_sum_total": "squared_error",
+}
+CLIENT_ERROR_MARGIN = 3.0
+"""Standard errors of the difference between canary and stable 4xx rates that sampling alone may
+explain: requests land on either version at random, so equal rates rarely come out equal."""
 
 Counters = dict[str, float]
-"""One pod's counters that analysis needs, flat: `requests|2xx`, `latency|0.05`, `label|setosa`."""
+"""One pod's counters that analysis needs, flat: `requests|2xx`, `latency|0.05`, `label|setosa`,
+`live|labelled`."""
+QualityMetric = Literal["Accuracy", "Mae"]
+
+
+@dataclass(frozen=True)
+class LiveQuality:
+    """Live accuracy (classifiers) or mean absolute error (regressors) of canary and stable, over
+    the labels their pods counted in the same window; None on a side without labelled rows."""
+
+    metric: QualityMetric
+    canary: float | None
+    stable: float | None
+    canary_labelled: int
+    stable_labelled: int
+
+    def drop(self) -> float | None:
+        """How much worse the canary is: the stable's accuracy minus the canary's, or the
+        canary's MAE minus the stable's; None without both figures."""
+        if self.canary is None or self.stable is None:
+            return None
+        return self.stable - self.canary if self.metric == "Accuracy" else self.canary - self.stable
 
 
 @dataclass(frozen=True)
@@ -34,9 +68,12 @@ class CanaryMetrics:
 
     requests: int
     errors: int
+    """5xx answers plus `excess_client_errors`."""
     p95_latency_ms: float | None = None
     prediction_shift: float | None = None
     """Jensen-Shannon distance between canary and stable prediction distributions."""
+    live_quality: LiveQuality | None = None
+    """None when the canary's servers count no live quality (no inference log)."""
 
 
 def parse_counters(text: str) -> Counters:
@@ -44,9 +81,14 @@ def parse_counters(text: str) -> Counters:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             series = _SERIES.get(sample.name)
+            live = _LIVE_SERIES.get(sample.name)
             if series is not None:
                 key = f"{series[0]}|{sample.labels.get(series[1], '')}"
-                counters[key] = counters.get(key, 0.0) + sample.value
+            elif live is not None:
+                key = f"live|{live}"
+            else:
+                continue
+            counters[key] = counters.get(key, 0.0) + sample.value
     return counters
 
 
@@ -71,6 +113,8 @@ class Scrape:
         self.latency_buckets: Counter[float] = Counter()
         self.labels: Counter[str] = Counter()
         self.value_buckets: Counter[float] = Counter()
+        self.live: dict[str, float] = {}
+        """Live-quality sums by name (`labelled`, `correct`, `absolute_error`, ...)."""
         for text in texts:
             self._add(parse_counters(text))
         if counters:
@@ -85,6 +129,8 @@ class Scrape:
                 self.latency_buckets[float(label)] += int(value)
             elif series == "label":
                 self.labels[label] += int(value)
+            elif series == "live":
+                self.live[label] = self.live.get(label, 0.0) + value
             else:
                 self.value_buckets[float(label)] += int(value)
 
@@ -99,6 +145,23 @@ class Scrape:
     @property
     def client_errors(self) -> int:
         return self.requests_by_code.get("4xx", 0)
+
+    @property
+    def labelled(self) -> int:
+        return int(self.live.get("labelled", 0))
+
+    def quality_metric(self) -> QualityMetric | None:
+        """Accuracy where the servers count correct predictions, MAE where they sum errors."""
+        if "correct" in self.live:
+            return "Accuracy"
+        return "Mae" if "absolute_error" in self.live else None
+
+    def live_quality(self) -> float | None:
+        """Accuracy or MAE over the labelled rows; None without any."""
+        if not self.labelled:
+            return None
+        total = self.live.get("correct" if "correct" in self.live else "absolute_error", 0.0)
+        return total / self.labelled
 
     def prediction_distribution(self) -> Counter[str]:
         """Class labels for classifiers; per-bucket counts of predicted values for regressors."""
@@ -148,10 +211,25 @@ def jensen_shannon_distance(left: Counter[str], right: Counter[str]) -> float | 
 
 
 def excess_client_errors(canary: Scrape, stable: Scrape) -> int:
-    """4xx answers beyond the stable's own 4xx rate: the same bad clients hit both versions, but a
-    canary refusing what the stable accepts (a new required column, say) serves nothing."""
-    expected = canary.requests * stable.client_errors / stable.requests if stable.requests else 0
-    return max(0, canary.client_errors - math.floor(expected))
+    """The canary's 4xx answers beyond what the stable's 4xx rate in the same window explains.
+
+    Bad clients (malformed bodies, a ``GET /predict`` flood from anywhere) hit both versions
+    alike, but a canary refusing what the stable accepts (a new required column, say) is the
+    canary's fault. With rates p = 4xx / requests on each side, the excess rate is
+    ``max(0, p_canary - p_stable - 3 * sqrt(p_canary (1 - p_canary) / n_canary + p_stable
+    (1 - p_stable) / n_stable))``: the difference less three standard errors, as requests split
+    between the versions at random. Times the canary's requests, rounded down. With no stable
+    request in the window the stable's rate counts as 0."""
+    if not canary.requests:
+        return 0
+    p_canary = canary.client_errors / canary.requests
+    variance = p_canary * (1 - p_canary) / canary.requests
+    p_stable = 0.0
+    if stable.requests:
+        p_stable = stable.client_errors / stable.requests
+        variance += p_stable * (1 - p_stable) / stable.requests
+    excess = p_canary - p_stable - CLIENT_ERROR_MARGIN * math.sqrt(variance)
+    return max(0, math.floor(excess * canary.requests + 1e-9))
 
 
 def canary_metrics(canary_texts: Iterable[str], stable_texts: Iterable[str]) -> CanaryMetrics:
@@ -163,6 +241,19 @@ def window_metrics(canary: Counters, stable: Counters) -> CanaryMetrics:
     return figures(Scrape(counters=canary), Scrape(counters=stable))
 
 
+def live_quality(canary: Scrape, stable: Scrape) -> LiveQuality | None:
+    metric = canary.quality_metric()
+    if metric is None:
+        return None
+    return LiveQuality(
+        metric=metric,
+        canary=canary.live_quality(),
+        stable=stable.live_quality() if stable.quality_metric() == metric else None,
+        canary_labelled=canary.labelled,
+        stable_labelled=stable.labelled if stable.quality_metric() == metric else 0,
+    )
+
+
 def figures(canary: Scrape, stable: Scrape) -> CanaryMetrics:
     p95 = histogram_quantile(0.95, canary.latency_buckets)
     return CanaryMetrics(
@@ -172,4 +263,5 @@ def figures(canary: Scrape, stable: Scrape) -> CanaryMetrics:
         prediction_shift=jensen_shannon_distance(
             canary.prediction_distribution(), stable.prediction_distribution()
         ),
+        live_quality=live_quality(canary, stable),
     )

@@ -21,8 +21,9 @@ from mlkube.api.deployment import (
     DeploymentPhase,
     DeploymentSpec,
     DeploymentStatus,
+    LiveQualityResult,
 )
-from mlkube.core.analysis import CanaryMetrics, Counters, window, window_metrics
+from mlkube.core.analysis import CanaryMetrics, Counters, LiveQuality, window, window_metrics
 from mlkube.core.conditions import condition_status, parse_timestamp, set_condition, timestamp
 
 WAIT_FOR_PODS_SECONDS = 5.0
@@ -106,6 +107,7 @@ def evaluate_analysis(
         prediction_shift=None
         if metrics.prediction_shift is None
         else f"{metrics.prediction_shift:.4f}",
+        live_quality=_live_result(metrics.live_quality),
     )
     failures = []
     if error_rate > Decimal(analysis.max_error_rate_percent):
@@ -123,9 +125,43 @@ def evaluate_analysis(
             f"prediction shift {metrics.prediction_shift:.4f} exceeds maxPredictionShift "
             f"{analysis.max_prediction_shift}"
         )
+    live = metrics.live_quality
+    too_few_labels = None
+    if analysis.min_labelled_rows is not None and analysis.max_quality_drop is not None:
+        labelled = (0, 0) if live is None else (live.canary_labelled, live.stable_labelled)
+        drop = None if live is None else live.drop()
+        if min(labelled) < analysis.min_labelled_rows or live is None or drop is None:
+            too_few_labels = (
+                f"{labelled[0]} labelled rows on the canary and {labelled[1]} on the stable, "
+                f"fewer than minLabelledRows {analysis.min_labelled_rows} on a side"
+            )
+        elif Decimal(repr(drop)) > Decimal(analysis.max_quality_drop):
+            failures.append(
+                f"live {live.metric} {_quality(live.canary)} is {drop:.4g} worse than the "
+                f"stable's {_quality(live.stable)}, beyond maxQualityDrop "
+                f"{analysis.max_quality_drop}"
+            )
     if failures:
         return figures.model_copy(update={"result": "Failed", "message": "; ".join(failures)})
+    if too_few_labels is not None:
+        return figures.model_copy(update={"result": "Inconclusive", "message": too_few_labels})
     return figures.model_copy(update={"message": f"{metrics.requests} requests within thresholds"})
+
+
+def _quality(value: float | None) -> str | None:
+    return None if value is None else f"{value:.6g}"
+
+
+def _live_result(live: LiveQuality | None) -> LiveQualityResult | None:
+    if live is None:
+        return None
+    return LiveQualityResult(
+        metric=live.metric,
+        canary=_quality(live.canary),
+        stable=_quality(live.stable),
+        canary_labelled_rows=live.canary_labelled,
+        stable_labelled_rows=live.stable_labelled,
+    )
 
 
 def split_replicas(spec: DeploymentSpec, weight: int, total: int | None = None) -> tuple[int, int]:

@@ -12,6 +12,12 @@ Names (all labelled ``model_version`` so canary and stable can be told apart):
   ``mlkube_feedback_request_duration_seconds{model_version}``: the same for ``POST /feedback``, in
   series of their own, so the error rate and latency canary analysis reads stay the predictions'.
 - ``mlkube_feedback_labels_total{model_version}``: labels stored from ``/feedback``.
+- Live quality, from the labels naming rows this server answered (``live_quality``):
+  ``mlkube_labelled_predictions_total{model_version}``; for classifiers
+  ``mlkube_correct_predictions_total{model_version}``, for regressors
+  ``mlkube_absolute_error_sum_total{model_version}`` and
+  ``mlkube_squared_error_sum_total{model_version}``. Accuracy, MAE and RMSE over a window are
+  ratios of their increases, which canary analysis compares between canary and stable.
 
 They are registered on prometheus_client's default registry, which BentoML's ``/metrics`` serves
 (in its multiprocess mode too), so they appear next to BentoML's own ``bentoml_service_*`` series.
@@ -21,10 +27,14 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+if TYPE_CHECKING:
+    from mlkube.runtime.live_quality import Counted
 
 LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
@@ -109,7 +119,7 @@ class ServingMetrics:
         class_labels: Sequence[object] = (),
     ) -> None:
         """`class_labels`: a classifier's ``classes_``, which `observe_classes` counts by
-        position."""
+        position; without them the model is a regressor (its live quality is an error)."""
         self.model_version = model_version
         self._class_labels = [str(label) for label in class_labels]
         self._predict_requests = _RequestSeries("mlkube_", "Prediction", model_version, registry)
@@ -141,6 +151,20 @@ class ServingMetrics:
             ["model_version"],
             registry=registry,
         )
+        self._labelled = self._live_counter(
+            "labelled_predictions", "Answered rows a label was counted for.", registry
+        )
+        if class_labels:
+            self._correct = self._live_counter(
+                "correct_predictions", "Labelled rows answered right (classifiers).", registry
+            )
+        else:
+            self._absolute_error = self._live_counter(
+                "absolute_error_sum", "Sum of |label - prediction| (regressors).", registry
+            )
+            self._squared_error = self._live_counter(
+                "squared_error_sum", "Sum of (label - prediction)^2 (regressors).", registry
+            )
         self._value_child = self._prediction_value.labels(model_version)
         self._log_errors_child = self._log_errors.labels(model_version)
         self._feedback_labels_stored = 0
@@ -191,6 +215,21 @@ class ServingMetrics:
 
     def inference_log_failed(self) -> None:
         self._log_errors_child.inc()
+
+    def observe_labelled(self, counted: Counted) -> None:
+        """Labels counted by the live-quality thread; straight into Prometheus (a few updates
+        a poll, and its counters lock themselves), from any thread."""
+        self._labelled.inc(counted.labelled)
+        if self._class_labels:
+            self._correct.inc(counted.correct)
+        else:
+            self._absolute_error.inc(counted.absolute_error)
+            self._squared_error.inc(counted.squared_error)
+
+    def _live_counter(self, name: str, what: str, registry: CollectorRegistry) -> Counter:
+        return Counter(f"mlkube_{name}", what, ["model_version"], registry=registry).labels(
+            self.model_version
+        )
 
 
 def _label_counts(batches: list[npt.NDArray[np.generic]]) -> dict[object, int]:

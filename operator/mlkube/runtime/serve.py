@@ -14,6 +14,8 @@ Environment (the primary interface; the operator sets these on the pod):
   and the labels posted to ``/feedback`` to ``<uri>/_feedback/`` (``mlkube.layout``).
 - ``MLKUBE_POD_NAME``: writer id of the inference log segments (default: the host name).
 - ``MLKUBE_MODEL_VERSION``: the ``model_version`` label of the metrics (default: ``unknown``).
+- ``MLKUBE_LIVE_QUALITY_ROWS``: answered rows kept to count live quality from the labels
+  (default 500000; 0 turns the counting off; ``live_quality``).
 - ``MLKUBE_PREDICTION_BUCKETS``: optional comma-separated bucket bounds of the regressor
   prediction histogram (default: symmetric 1-2-5 steps, see ``metrics``).
 - Test and chaos knobs, for exercising canary analysis; leave unset in production:
@@ -86,6 +88,7 @@ from mlkube.layout import (
 )
 from mlkube.runtime import artifacts
 from mlkube.runtime.inference_log import Batch, SegmentWriter, Values
+from mlkube.runtime.live_quality import MAX_ROWS, LiveQuality
 from mlkube.runtime.metrics import PREDICTION_VALUE_BUCKETS, ServingMetrics
 
 logger = logging.getLogger("mlkube.serve")
@@ -96,6 +99,7 @@ ENV_INFERENCE_LOG_URI = "MLKUBE_INFERENCE_LOG_URI"
 ENV_POD_NAME = "MLKUBE_POD_NAME"
 ENV_MODEL_VERSION = "MLKUBE_MODEL_VERSION"
 ENV_PREDICTION_BUCKETS = "MLKUBE_PREDICTION_BUCKETS"
+ENV_LIVE_QUALITY_ROWS = "MLKUBE_LIVE_QUALITY_ROWS"
 ENV_FAULT_ERROR_PERCENT = "MLKUBE_FAULT_ERROR_PERCENT"
 ENV_FAULT_DELAY_MS = "MLKUBE_FAULT_DELAY_MS"
 
@@ -163,6 +167,7 @@ class ServeSettings:
     pod_name: str
     model_version: str
     prediction_buckets: tuple[float, ...]
+    live_quality_rows: int
     fault_error_percent: float
     fault_delay_ms: float
 
@@ -183,6 +188,9 @@ class ServeSettings:
                 if buckets
                 else PREDICTION_VALUE_BUCKETS
             ),
+            live_quality_rows=int(
+                _number_between(environ, ENV_LIVE_QUALITY_ROWS, 0, 10**8, default=MAX_ROWS)
+            ),
             fault_error_percent=_number_between(environ, ENV_FAULT_ERROR_PERCENT, 0, 100),
             fault_delay_ms=_number_between(environ, ENV_FAULT_DELAY_MS, 0, 600_000),
         )
@@ -198,8 +206,10 @@ def _number(name: str, text: str) -> float:
     return value
 
 
-def _number_between(environ: Mapping[str, str], name: str, low: float, high: float) -> float:
-    value = _number(name, environ.get(name, "").strip() or "0")
+def _number_between(
+    environ: Mapping[str, str], name: str, low: float, high: float, default: float = 0
+) -> float:
+    value = _number(name, environ.get(name, "").strip() or str(default))
     if not low <= value <= high:
         raise ServeConfigError(f"{name}={value:g} must be between {low:g} and {high:g}")
     return value
@@ -930,6 +940,7 @@ class MLKubeModelServer:
         self._metrics_flushed = time.perf_counter()
         self.inference_log: SegmentWriter | None = None
         self.feedback_log: SegmentWriter | None = None
+        self.live_quality: LiveQuality | None = None
         if settings.inference_log_uri:
             classes = self.predictor.classes.tolist()
             self.inference_log = SegmentWriter(
@@ -949,6 +960,13 @@ class MLKubeModelServer:
                 settings.pod_name,
                 retention_segments=None,
             )
+            if settings.live_quality_rows:
+                self.live_quality = LiveQuality(
+                    feedback_uri(settings.inference_log_uri),
+                    self.predictor.classes if self.predictor.is_classifier else None,
+                    self.metrics.observe_labelled,
+                    max_rows=settings.live_quality_rows,
+                )
         self.feedback = FeedbackReader(
             self.predictor.classes if self.predictor.is_classifier else None
         )
@@ -962,10 +980,14 @@ class MLKubeModelServer:
         # as the process; frozen, a full collection no longer walks it (45 ms -> ~0 ms here).
         gc.collect()
         gc.freeze()
+        if self.live_quality is not None:
+            self.live_quality.start()
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def close_logs(self) -> None:
         """Write out what both logs buffered (a SIGTERM shuts down through here)."""
+        if self.live_quality is not None:
+            self.live_quality.stop()
         for writer in (self.inference_log, self.feedback_log):
             if writer is not None:
                 try:
@@ -1064,3 +1086,5 @@ class MLKubeModelServer:
             except Exception:
                 logger.exception("inference log append failed")
                 self.metrics.inference_log_failed()
+        if self.live_quality is not None and request_id is not None:
+            self.live_quality.observe(request_id, prediction.values)
