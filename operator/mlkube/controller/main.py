@@ -19,22 +19,25 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import kopf
-from prometheus_client import start_http_server
 
 from mlkube.api.common import GROUP, VERSION
 from mlkube.api.crdgen import KINDS
 from mlkube.config import OperatorConfig
+from mlkube.controller import metrics
 from mlkube.controller.cache import Body
 from mlkube.controller.context import Context
 from mlkube.controller.deployment import DeploymentReconciler
 from mlkube.controller.driftmonitor import DriftMonitorReconciler
 from mlkube.controller.events import EventRecorder
 from mlkube.controller.kube import Cluster
+from mlkube.controller.metrics_auth import MetricsAuth, serve_metrics
 from mlkube.controller.modelversion import ModelVersionReconciler
 from mlkube.controller.queue import Key, WorkQueue
 from mlkube.controller.trainingjob import TrainingJobReconciler
 
 METRICS_PORT = int(os.environ.get("MLKUBE_METRICS_PORT", "8080"))
+METRICS_SECURE = os.environ.get("MLKUBE_METRICS_SECURE", "true").lower() != "false"
+"""/metrics only for tokens allowed to get it (`metrics_auth`); the chart's metrics.secure."""
 WORKERS = int(os.environ.get("MLKUBE_WORKERS", "16"))
 MANAGED = {"app.kubernetes.io/managed-by": "mlkube"}
 CHILD_EVENT_DELAY = 1.0
@@ -78,6 +81,7 @@ class Operator:
         kept = self.ctx.caches.objects[kind].observe(event_type, body)
         if kept is None:
             self.seen.pop(key, None)
+            metrics.forget(*key)
             return
         fingerprint = (
             meta.get("generation"),
@@ -141,10 +145,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     # a line per watch event is noise at 1,000 objects; our own loggers say what matters
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if METRICS_PORT:
-        start_http_server(METRICS_PORT)
     global _operator  # noqa: PLW0603 - one per run: a restarted operator starts afresh
     _operator = Operator()
+    if METRICS_PORT:
+        serve_metrics(METRICS_PORT, MetricsAuth(_operator.ctx.kube) if METRICS_SECURE else None)
     _operator.task = asyncio.create_task(_operator.queue.serve())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -50,6 +50,31 @@ RECONCILE_DEADLINES = Counter(
     "Reconciles that ran past their deadline.",
     ["kind"],
 )
+
+_SERIES_OF: dict[str, tuple[Gauge, ...]] = {
+    "Deployment": (CANARY_WEIGHT, CANARY_STEP),
+    "DriftMonitor": (
+        DRIFT_SHARE,
+        DRIFT_STATISTIC,
+        DRIFT_DETECTED,
+        LIVE_PERFORMANCE,
+        LABELLED_SHARE,
+    ),
+}
+"""The gauges labelled with one object of a kind (by `namespace` and the kind's name)."""
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """Drop a deleted object's series: a stale value would be scraped forever, naming a tenant's
+    object long after it is gone."""
+    label = kind.lower()
+    for gauge in _SERIES_OF.get(kind, ()):
+        for metric in gauge.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if labels.get("namespace") == namespace and labels.get(label) == name:
+                    with suppress(KeyError):  # a concurrent forget took it first
+                        gauge.remove(*labels.values())
 
 
 @contextmanager
