@@ -3,7 +3,8 @@ loop once per artifact-storage mode (a PVC per namespace, then S3 object storage
 
 helm install (CRDs from the chart) -> operator Ready -> train -> `mlkube approve` -> serve ->
 a second version canaries to stable while `helm upgrade` swaps the operator's image tag ->
-shifted inputs -> drift -> retrain -> `helm uninstall` keeps the CRDs and every user object.
+shifted inputs with their true labels posted to /feedback -> drift and degraded live quality ->
+retrain -> `helm uninstall` keeps the CRDs and every user object.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from tests.integration.fixtures import (
     training_finished,
 )
 from tests.loop import (
+    IRIS,
     ROWS,
     Traffic,
+    post,
     predict,
     run_drift_check,
     train,
@@ -247,6 +250,8 @@ def test_the_chart_runs_the_whole_loop(
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftMonitor", "metadata": {"name": "iris"},
                 "spec": {
                     "deployment": "iris", "schedule": "0 0 1 1 *", "window": {"rows": 150}, "minRows": 100,
+                    "performance": {"maxDrop": "0.1", "minLabelledRows": 100,
+                                    "outcomes": [{"name": "revenue"}]},
                     "action": {"type": "Retrain", "retrain": {"cooldownSeconds": 3600, "template": retrain}},
                 },
             })  # fmt: skip
@@ -260,12 +265,25 @@ def test_the_chart_runs_the_whole_loop(
                  "petal_width_cm": row["petal_width_cm"] + 1.5}
                 for row in ROWS
             ]  # fmt: skip
+            truth = IRIS.target.tolist()
             for start in range(0, 150, 10):
-                assert predict(kube, ns, shifted[start : start + 10])[0] == 200
-            time.sleep(12)  # the server flushes its inference log every 10 s
+                status, answer = predict(kube, ns, shifted[start : start + 10], f"e2e-{start}")
+                assert status == 200, answer
+                labels = [
+                    {"requestId": rid, "label": truth[start + row], "outcomes": {"revenue": 1}}
+                    for row, rid in enumerate(answer["requestIds"])
+                ]
+                assert post(kube, ns, "feedback", {"feedback": labels})[0] == 200
+            time.sleep(12)  # the server flushes its inference log and labels every 10 s
             run_drift_check(kube, ns, 1)
-            run = wait_runs(kube, ns, 1)["lastRun"]
+            monitored = wait_runs(kube, ns, 1)
+            run = monitored["lastRun"]
             assert run["verdict"] == "Drift", run
+            # the shifted inputs lie outside the training data: the labels show the damage
+            quality = monitored["performance"]
+            assert (quality["verdict"], quality["labelledRows"]) == ("Degraded", 150), quality
+            assert quality["outcomes"] == {"revenue": "150"}
+            assert condition(monitored, "PerformanceDegraded")["status"] == "True"
             drifted = eventually(
                 lambda: (
                     (s := status_of(kube, ns, "driftmonitors", "iris")).get("retrainCount") == 1

@@ -16,11 +16,7 @@ import pytest
 from mlkube.api.driftmonitor import DriftMonitorSpec
 from mlkube.layout import (
     FEEDBACK_DIR,
-    LOG_CLASSES_METADATA,
-    LOG_MODEL_VERSION_COLUMN,
     LOG_PREDICTION_COLUMN,
-    LOG_PROBABILITIES_COLUMN,
-    LOG_REQUEST_ID_COLUMN,
     LOG_TS_COLUMN,
 )
 from mlkube.runtime.inference_log import segment_name
@@ -32,6 +28,7 @@ from mlkube.runtime.quality import (
     read_feedback,
     run_performance,
 )
+from tests.unit.test_quality import log_window
 
 NOW = 1_700_000_000.0
 NOW_MS = int(NOW * 1000)
@@ -50,24 +47,11 @@ def write_segment(
     **features: list[Any],
 ) -> None:
     """One segment of `version`'s part of the log, as a server writes it."""
-    columns: dict[str, Any] = {
-        **features,
-        LOG_PREDICTION_COLUMN: pa.array(predictions),
-        LOG_TS_COLUMN: pa.array(ts, pa.int64()),
-        LOG_REQUEST_ID_COLUMN: pa.array(ids, pa.string()),
-        LOG_MODEL_VERSION_COLUMN: pa.array([version] * len(ids), pa.string()),
-    }
-    metadata = None
-    if probabilities is not None:
-        assert classes is not None
-        columns[LOG_PROBABILITIES_COLUMN] = pa.FixedSizeListArray.from_arrays(
-            pa.array(probabilities.ravel(), pa.float64()), len(classes)
-        )
-        metadata = {LOG_CLASSES_METADATA: json.dumps(classes).encode()}
     directory = log / version
     directory.mkdir(parents=True, exist_ok=True)
     name = segment_name(max(ts) / 1000, "pod-a", seq)
-    pq.write_table(pa.table(columns, metadata=metadata), directory / name)
+    table = log_window(ids, predictions, ts, probabilities, classes, version, **features)
+    pq.write_table(table, directory / name)
 
 
 def write_feedback_segment(
