@@ -17,7 +17,7 @@ from tests.cluster.fixtures import KubeCluster
 from tests.integration.fixtures import GROUP, PLURAL, VERSION, create, rejection
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = {
+EXAMPLES: dict[str, dict[str, Any]] = {
     doc["kind"]: doc
     for path in sorted((ROOT / "examples").glob("*.yaml"))
     for doc in yaml.safe_load_all(path.read_text())
@@ -260,6 +260,14 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "inferenceLog.appendOriginal must be true when dataset.uri is set beside it",
     ),
     (
+        "a champion named twice over",
+        example(
+            "TrainingJob",
+            qualityGates={"champion": {"modelVersion": "iris-v1", "deployment": "iris"}},
+        ),
+        "qualityGates.champion must set exactly one of modelVersion and deployment",
+    ),
+    (
         "an inference log window of both rows and seconds",
         example(
             "TrainingJob",
@@ -410,3 +418,87 @@ def test_kubectl_get_mlkube_lists_all_four_kinds_with_columns(
         + kubectl("get", "deployments", "-n", namespace).stdout
     )
     assert "iris" not in apps, "a bare `deployments` still means apps/v1"
+
+
+LOGISTIC = "sklearn.linear_model.LogisticRegression"
+MEGABYTE = "x" * 2**20
+
+
+def hyperparameters(values: dict[str, Any]) -> dict[str, Any]:
+    return example("TrainingJob", estimator={"className": LOGISTIC, "hyperparameters": values})
+
+
+OVERSIZE: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "hyperparameters with 65 keys",
+        hyperparameters({f"p{i}": i for i in range(65)}),
+        "spec.estimator.hyperparameters: Too many: 65: must have at most 64 items",
+    ),
+    (
+        "a 1 MB hyperparameter string",
+        hyperparameters({"note": MEGABYTE}),
+        "spec.estimator.hyperparameters.note: Too long: may not be more than 256",
+    ),
+    (
+        "hyperparameters nested three deep",
+        hyperparameters({"layers": [[[1]]]}),
+        "spec.estimator.hyperparameters.layers[0][0]: Too many: 1: must have at most 0 items",
+    ),
+    (
+        "a 1 MB dataset.uri",
+        example("TrainingJob", dataset={"uri": f"https://example.com/{MEGABYTE}"}),
+        "spec.dataset.uri: Too long: may not be more than 2048",
+    ),
+    (
+        "a 1 MB lineage.params string",
+        example("ModelVersion", lineage={"params": {"C": MEGABYTE}}),
+        "spec.lineage.params.C: Too long",
+    ),
+    (
+        "a metrics key of 300 characters",
+        example("ModelVersion", metrics={"a" * 300: "0.9"}),
+        "metrics keys must be at most 253 characters",
+    ),
+    (
+        "1025 features",
+        example("TrainingJob", features=[f"f{i}" for i in range(1025)]),
+        "spec.features: Too many: 1025: must have at most 1024 items",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"), [(m, msg) for _, m, msg in OVERSIZE], ids=[i for i, _, _ in OVERSIZE]
+)
+def test_oversize_specs_are_refused_naming_the_field(
+    kube_cluster: KubeCluster, namespace: str, manifest: dict[str, Any], message: str
+) -> None:
+    """Issue 16: unbounded specs once got the operator OOMKilled for every tenant."""
+    assert message in rejection(kube_cluster, namespace, manifest)
+
+
+def test_hyperparameters_keep_nulls_lists_and_maps(
+    kube_cluster: KubeCluster, namespace: str
+) -> None:
+    """The bounds keep what scikit-learn takes: None, a tuple of layer sizes, class weights."""
+    values = {"C": 0.5, "max_depth": None, "hidden": [100, 50], "class_weight": [{"0": 1}]}
+    created = create(kube_cluster, namespace, hyperparameters(values), dry_run=True)
+    assert created["spec"]["estimator"]["hyperparameters"] == values
+
+
+def test_an_oversize_status_is_refused_naming_the_field(
+    kube_cluster: KubeCluster, namespace: str
+) -> None:
+    manifest = example("TrainingJob")
+    create(kube_cluster, namespace, manifest)
+    with pytest.raises(ApiException) as refused:
+        kube_cluster.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            "trainingjobs",
+            manifest["metadata"]["name"],
+            {"status": {"progress": MEGABYTE}},
+        )
+    assert refused.value.status == 422
+    assert "status.progress: Too long" in str(refused.value.body)

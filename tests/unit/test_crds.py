@@ -137,3 +137,54 @@ def test_cron_rule_rejects(schedule: str) -> None:
 def test_examples_parse_as_their_kind(path: Path) -> None:
     for document in yaml.safe_load_all(path.read_text()):
         MODELS[document["kind"]].model_validate(document)
+
+
+UNBOUNDED_REPEAT = re.compile(r"(?<!\\)[*+]|\{\d+,\}")
+
+
+def bounded_string(node: dict[str, Any]) -> bool:
+    """maxLength, an enum, a date-time, or a pattern that repeats nothing without bound."""
+    pattern = node.get("pattern")
+    return (
+        "maxLength" in node
+        or "enum" in node
+        or node.get("format") == "date-time"
+        or (pattern is not None and not UNBOUNDED_REPEAT.search(pattern))
+    )
+
+
+def unbounded(path: str, node: dict[str, Any]) -> list[str]:
+    """What about one schema node has no bound; a node of any type needs all three."""
+    types = {node["type"]} if "type" in node else {"string", "array", "object"}
+    if node.get("x-kubernetes-int-or-string"):
+        types = {"string"}
+    missing = []
+    if "string" in types and not bounded_string(node):
+        missing.append(f"{path}: a string without maxLength")
+    if "array" in types and "maxItems" not in node:
+        missing.append(f"{path}: a list without maxItems")
+    free_form = "additionalProperties" in node or node.get("x-kubernetes-preserve-unknown-fields")
+    if "object" in types and free_form and "maxProperties" not in node:
+        missing.append(f"{path}: a map without maxProperties")
+    values = node.get("additionalProperties")
+    typed = isinstance(values, dict) and (
+        "type" in values or "x-kubernetes-int-or-string" in values
+    )
+    key_rules = [r for r in node.get("x-kubernetes-validations", []) if "k.size() <=" in r["rule"]]
+    if typed and not key_rules:
+        missing.append(f"{path}: a map whose keys have no bound (keys_at_most)")
+    return missing
+
+
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_every_string_list_and_map_has_a_bound(name: str) -> None:
+    """One unbounded field lets one tenant's objects fill the operator's memory (issue 16):
+    a new field without a bound fails here."""
+    schema = all_crds()[name]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    found = [
+        problem
+        for part in ("spec", "status")
+        for path, node in walk(schema["properties"][part], f".{part}")
+        for problem in unbounded(path, node)
+    ]
+    assert not found, "\n".join(found)

@@ -25,6 +25,7 @@ from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 JsonSchema = dict[str, Any]
 
 _DROPPED_KEYS = {"title", "$defs"}
+RULES = "x-kubernetes-validations"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,12 @@ def _resolve(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     ref: str = node["$ref"]
     target = defs[ref.rsplit("/", 1)[-1]]
     siblings = {k: v for k, v in node.items() if k != "$ref"}
-    return {**target, **siblings}
+    merged = {**target, **siblings}
+    # A field's own rules (immutable) come beside its model's rules, never instead of them.
+    rules = [*target.get(RULES, []), *siblings.get(RULES, [])]
+    if rules:
+        merged[RULES] = rules
+    return merged
 
 
 def _rewrite(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:

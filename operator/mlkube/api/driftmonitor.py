@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from mlkube.api.common import (
     DECIMAL,
     DNS_LABEL,
+    MAP_KEY_LENGTH,
+    NAME_LENGTH,
+    NUMBER_LENGTH,
+    OBJECT_NAME_LENGTH,
+    TEXT_LENGTH,
+    URI_LENGTH,
     ApiModel,
+    NumberStr,
     Resources,
     StatusBase,
     api_config,
     at_most,
     cel,
+    keys_at_most,
     unique_by,
 )
 from mlkube.api.trainingjob import TrainingJobSpec
@@ -62,16 +70,21 @@ class Window(ApiModel):
 
 class Reference(ApiModel):
     model_version: str | None = Field(
-        default=None, pattern=DNS_LABEL, description="Default: the Deployment's stable version."
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=NAME_LENGTH,
+        description="Default: the Deployment's stable version.",
     )
-    uri: str | None = Field(default=None, description="A Parquet file overriding the sample.")
+    uri: str | None = Field(
+        default=None, max_length=URI_LENGTH, description="A Parquet file overriding the sample."
+    )
 
 
 class ColumnOverride(ApiModel):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=TEXT_LENGTH)
     kind: Literal["Numeric", "Categorical"] | None = None
     test: Literal["KS", "Wasserstein", "PSI", "ChiSquared", "JensenShannon"] | None = None
-    threshold: str | None = Field(default=None, pattern=DECIMAL)
+    threshold: str | None = Field(default=None, pattern=DECIMAL, max_length=NUMBER_LENGTH)
     ignore: bool = False
 
 
@@ -145,11 +158,13 @@ class Performance(ApiModel):
     threshold: str | None = Field(
         default=None,
         pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
         description="Absolute bound: the least Accuracy/F1/RocAuc, the most Rmse/Mae.",
     )
     max_drop: str | None = Field(
         default=None,
         pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
         description="The most the live metric may fall below (Rmse, Mae: rise above) the "
         "ModelVersion's offline metric on its held-out split. Without threshold and maxDrop "
         "the metric is reported and never degraded.",
@@ -173,7 +188,7 @@ class Performance(ApiModel):
         description="An input column: the metric per value (at most 20 largest slices) and the "
         "worst slice's gap to the whole (the bias view).",
     )
-    feedback_uris: list[str] = Field(
+    feedback_uris: list[Annotated[str, Field(max_length=URI_LENGTH)]] = Field(
         default_factory=list,
         max_length=16,
         description="Bulk feedback: CSV or Parquet files (requestId,label[,outcome...]) or "
@@ -182,7 +197,9 @@ class Performance(ApiModel):
 
 
 class DriftMonitorSpec(ApiModel):
-    deployment: str = Field(pattern=DNS_LABEL, description="The mlkube Deployment to watch.")
+    deployment: str = Field(
+        pattern=DNS_LABEL, max_length=NAME_LENGTH, description="The mlkube Deployment to watch."
+    )
     schedule: str = Field(
         default="*/10 * * * *",
         max_length=64,
@@ -206,11 +223,17 @@ class DriftMonitorSpec(ApiModel):
     )
     numeric_test: NumericTest = "KS"
     categorical_test: CategoricalTest = "ChiSquared"
-    p_value: str = Field(default="0.05", pattern=DECIMAL, json_schema_extra=at_most(1, "pValue"))
-    distance_threshold: str = Field(default="0.1", pattern=DECIMAL)
+    p_value: str = Field(
+        default="0.05",
+        pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
+        json_schema_extra=at_most(1, "pValue"),
+    )
+    distance_threshold: str = Field(default="0.1", pattern=DECIMAL, max_length=NUMBER_LENGTH)
     drift_share: str = Field(
         default="0.5",
         pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
         json_schema_extra=at_most(1, "driftShare"),
         description="Share of drifted columns that is dataset drift.",
     )
@@ -226,15 +249,15 @@ class DriftMonitorSpec(ApiModel):
     action: Action = Field(default_factory=Action)
     history_limit: int = Field(default=10, ge=1, le=100)
     resources: Resources | None = None
-    image: str | None = None
+    image: str | None = Field(default=None, max_length=TEXT_LENGTH)
 
 
 class ColumnResult(ApiModel):
-    name: str
-    test: str
-    statistic: str
-    p_value: str | None = None
-    distance: str | None = None
+    name: str = Field(max_length=TEXT_LENGTH)
+    test: str = Field(max_length=NUMBER_LENGTH)
+    statistic: str = Field(max_length=NUMBER_LENGTH)
+    p_value: str | None = Field(default=None, max_length=NUMBER_LENGTH)
+    distance: str | None = Field(default=None, max_length=NUMBER_LENGTH)
     drifted: bool
 
 
@@ -281,9 +304,10 @@ class PerformanceResult(ApiModel):
     )
     unknown_ids: int = Field(default=0, ge=0, description="Labels naming no logged prediction.")
     duplicate_labels: int = Field(default=0, ge=0, description="Labels replaced by a later one.")
-    outcomes: dict[str, str] = Field(
+    outcomes: dict[str, NumberStr] = Field(
         default_factory=dict,
-        json_schema_extra={"maxProperties": 16},
+        max_length=16,
+        json_schema_extra=keys_at_most(MAP_KEY_LENGTH, "outcomes"),
         description="Each spec.performance.outcomes entry, summed or averaged.",
     )
     slices: list[SliceResult] = Field(
@@ -299,25 +323,35 @@ class DriftRun(ApiModel):
     at: str = Field(json_schema_extra={"format": "date-time"})
     verdict: Literal["NoDrift", "Drift", "InsufficientData", "Error"]
     rows: int = 0
-    drift_share: str | None = None
-    drifted_columns: list[str] = Field(default_factory=list)
-    job: str | None = None
-    message: str | None = Field(default=None, description="Why a run ended in Error.")
-    model_version: str | None = Field(default=None, description="The version watched.")
+    drift_share: str | None = Field(default=None, max_length=NUMBER_LENGTH)
+    drifted_columns: list[Annotated[str, Field(max_length=TEXT_LENGTH)]] = Field(
+        default_factory=list, max_length=1024
+    )
+    job: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
+    message: str | None = Field(
+        default=None, max_length=TEXT_LENGTH, description="Why a run ended in Error."
+    )
+    model_version: str | None = Field(
+        default=None, max_length=OBJECT_NAME_LENGTH, description="The version watched."
+    )
     performance: PerformanceVerdict | None = None
-    performance_value: str | None = None
+    performance_value: str | None = Field(default=None, max_length=NUMBER_LENGTH)
 
 
 class DriftMonitorStatus(StatusBase):
-    cron_job_name: str | None = None
+    cron_job_name: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
     last_run: DriftRun | None = None
-    columns: list[ColumnResult] = Field(default_factory=list, description="Of the last run.")
+    columns: list[ColumnResult] = Field(
+        default_factory=list, max_length=1024, description="Of the last run."
+    )
     performance: PerformanceResult | None = Field(default=None, description="Of the last run.")
-    history: list[DriftRun] = Field(default_factory=list)
+    history: list[DriftRun] = Field(
+        default_factory=list, max_length=100, description="The last spec.historyLimit runs."
+    )
     consecutive_detections: int = Field(default=0, ge=0)
     rows_at_last_retrain: int | None = None
     last_retrain_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
-    last_retrain_job: str | None = None
+    last_retrain_job: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
     retrain_count: int = Field(default=0, ge=0)
 
 

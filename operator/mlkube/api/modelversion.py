@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from mlkube.api.common import DNS_LABEL, ApiModel, StatusBase, immutable, unique_by
+from mlkube.api.common import (
+    DNS_LABEL,
+    MAP_KEY_LENGTH,
+    NAME_LENGTH,
+    OBJECT_NAME_LENGTH,
+    TEXT_LENGTH,
+    URI_LENGTH,
+    ApiModel,
+    FreeForm,
+    NumberStr,
+    StatusBase,
+    TextStr,
+    UriStr,
+    immutable,
+    keys_at_most,
+    unique_by,
+)
 from mlkube.estimators import Task
 
 SHA256 = r"^[a-f0-9]{64}$"
@@ -15,12 +31,19 @@ ColumnType = Literal["float", "int", "string", "bool"]
 
 
 class Artifact(ApiModel):
-    uri: str = Field(min_length=1, description="Directory holding model.joblib and its records.")
+    uri: str = Field(
+        min_length=1,
+        max_length=URI_LENGTH,
+        description="Directory holding model.joblib and its records.",
+    )
     sha256: str = Field(pattern=SHA256, description="Digest of model.joblib, verified before load.")
     files: dict[str, str] = Field(
         default_factory=dict,
         max_length=32,
-        json_schema_extra={"additionalProperties": {"type": "string", "pattern": SHA256}},
+        json_schema_extra={
+            "additionalProperties": {"type": "string", "pattern": SHA256},
+            **keys_at_most(MAP_KEY_LENGTH, "artifact.files"),
+        },
         description="sha256 of every other file a server or a drift check reads "
         "(schema.json, reference.parquet, ...), by file name; all verified before Ready.",
     )
@@ -29,12 +52,12 @@ class Artifact(ApiModel):
 
 class Framework(ApiModel):
     name: Literal["scikit-learn"] = "scikit-learn"
-    version: str
-    python_version: str | None = None
+    version: str = Field(max_length=TEXT_LENGTH)
+    python_version: str | None = Field(default=None, max_length=TEXT_LENGTH)
 
 
 class Column(ApiModel):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=TEXT_LENGTH)
     type: ColumnType
     nullable: bool = Field(
         default=False,
@@ -45,8 +68,10 @@ class Column(ApiModel):
 class LogWindow(ApiModel):
     """Which labelled production data a version was trained on (dataset.inferenceLog)."""
 
-    deployment: str = Field(max_length=63)
-    model_versions: list[str] = Field(default_factory=list, max_length=8)
+    deployment: str = Field(max_length=NAME_LENGTH)
+    model_versions: list[Annotated[str, Field(max_length=OBJECT_NAME_LENGTH)]] = Field(
+        default_factory=list, max_length=8
+    )
     first: str | None = Field(
         default=None, json_schema_extra={"format": "date-time"}, description="Oldest row logged."
     )
@@ -54,27 +79,31 @@ class LogWindow(ApiModel):
         default=None, json_schema_extra={"format": "date-time"}, description="Newest row logged."
     )
     rows: int = Field(default=0, ge=0, description="Logged rows joined with a label: trained on.")
-    feedback_files: list[str] = Field(
+    feedback_files: list[UriStr] = Field(
         default_factory=list, max_length=8, description="Bulk feedback files read (the first 8)."
     )
 
 
 class Lineage(ApiModel):
-    training_job: str | None = None
-    dataset_uri: str | None = None
+    training_job: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
+    dataset_uri: str | None = Field(
+        default=None, max_length=2 * URI_LENGTH, description="dataset.uri, inferenceLog or both."
+    )
     inference_log: LogWindow | None = None
-    dataset_digest: str | None = None
-    image: str | None = None
-    estimator: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    dataset_digest: str | None = Field(default=None, max_length=TEXT_LENGTH)
+    image: str | None = Field(default=None, max_length=TEXT_LENGTH)
+    estimator: str | None = Field(default=None, max_length=TEXT_LENGTH)
+    params: FreeForm = Field(default_factory=dict)
     seed: int | None = None
 
 
 class Approval(ApiModel):
     approved: bool
-    by: str = Field(min_length=1, description="Person or policy that decided.")
+    by: str = Field(
+        min_length=1, max_length=TEXT_LENGTH, description="Person or policy that decided."
+    )
     at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=TEXT_LENGTH)
 
 
 Stage = Literal["None", "Staging", "Production", "Archived"]
@@ -89,16 +118,26 @@ class ModelVersionSpec(ApiModel):
     input_schema: list[Column] = Field(
         min_length=1, max_length=1024, json_schema_extra=unique_by("name")
     )
-    target: str | None = None
-    classes: list[str] | None = Field(default=None, description="Class labels of a classifier.")
-    metrics: dict[str, str] = Field(default_factory=dict)
+    target: str | None = Field(default=None, max_length=TEXT_LENGTH)
+    classes: list[TextStr] | None = Field(
+        default=None, max_length=1024, description="Class labels of a classifier."
+    )
+    metrics: dict[str, NumberStr] = Field(
+        default_factory=dict,
+        max_length=64,
+        json_schema_extra=keys_at_most(MAP_KEY_LENGTH, "metrics"),
+    )
     lineage: Lineage = Field(default_factory=Lineage)
     reference_sample_uri: str | None = Field(
-        default=None, description="Parquet sample of the training inputs, the drift reference."
+        default=None,
+        max_length=URI_LENGTH,
+        description="Parquet sample of the training inputs, the drift reference.",
     )
     approval: Approval | None = None
     stage: Stage = "None"
-    aliases: list[str] = Field(default_factory=list, max_length=16)
+    aliases: list[Annotated[str, Field(max_length=NAME_LENGTH)]] = Field(
+        default_factory=list, max_length=16
+    )
 
 
 class ModelVersionStatus(StatusBase):

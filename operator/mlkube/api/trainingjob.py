@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, JsonValue, field_validator
 
 from mlkube.api.common import (
     DECIMAL,
     DNS_LABEL,
+    MAP_KEY_LENGTH,
+    MESSAGE_LENGTH,
+    NAME_LENGTH,
+    NUMBER_LENGTH,
+    OBJECT_NAME_LENGTH,
+    TEXT_LENGTH,
+    URI_LENGTH,
     ApiModel,
+    FreeForm,
     JsonDict,
+    NumberStr,
     Resources,
     StatusBase,
+    TextStr,
+    UriStr,
     api_config,
     at_most,
     cel,
     immutable,
+    keys_at_most,
     unique_by,
 )
 from mlkube.api.modelversion import ColumnType
@@ -46,7 +58,7 @@ class InferenceLogDataset(ApiModel):
     append_original: bool = Field(
         default=False, description="Also train on dataset.uri: the original data plus today's."
     )
-    feedback_uris: list[str] = Field(
+    feedback_uris: list[UriStr] = Field(
         default_factory=list,
         max_length=16,
         description="Bulk feedback files or prefixes (requestId,label[,outcome...]) in the "
@@ -75,6 +87,7 @@ class Dataset(ApiModel):
     uri: str | None = Field(
         default=None,
         pattern=DATASET_URI,
+        max_length=URI_LENGTH,
         description="builtin:<name> (iris, wine, breast_cancer, diabetes), file://, https:// or s3://",
     )
     format: Literal["Auto", "Csv", "Parquet"] = "Auto"
@@ -100,7 +113,7 @@ class Estimator(ApiModel):
         json_schema_extra={"enum": ESTIMATOR_NAMES},
         description="An allowlisted scikit-learn estimator class path.",
     )
-    hyperparameters: dict[str, Any] = Field(
+    hyperparameters: FreeForm = Field(
         default_factory=dict,
         description="Keyword arguments for the estimator's constructor.",
     )
@@ -130,9 +143,9 @@ class ColumnRange(ApiModel):
         )
     )
 
-    column: str = Field(min_length=1)
-    min: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
-    max: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
+    column: str = Field(min_length=1, max_length=TEXT_LENGTH)
+    min: str | None = Field(default=None, pattern=SIGNED_DECIMAL, max_length=NUMBER_LENGTH)
+    max: str | None = Field(default=None, pattern=SIGNED_DECIMAL, max_length=NUMBER_LENGTH)
 
 
 class ColumnTest(ApiModel):
@@ -146,7 +159,7 @@ class ColumnTest(ApiModel):
         ),
     )
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=TEXT_LENGTH)
     type: ColumnType | None = Field(
         default=None,
         description="float, int, string or bool; a value that is not one fails the run naming its row.",
@@ -156,7 +169,7 @@ class ColumnTest(ApiModel):
         description="Whether the column may have missing values (then a request may send null "
         "for it); default: as dataTests.maxMissingPercent allows.",
     )
-    values: list[str] | None = Field(
+    values: list[TextStr] | None = Field(
         default=None, min_length=1, max_length=4096, description="The allowed categories."
     )
 
@@ -190,7 +203,10 @@ class NumericPreprocessing(ApiModel):
 
     impute: Literal["None", "Mean", "Median", "Constant"] = "Median"
     fill_value: str | None = Field(
-        default=None, pattern=SIGNED_DECIMAL, description="For impute: Constant; default 0."
+        default=None,
+        pattern=SIGNED_DECIMAL,
+        max_length=NUMBER_LENGTH,
+        description="For impute: Constant; default 0.",
     )
     scale: Literal["None", "Standard", "MinMax"] = "None"
 
@@ -223,18 +239,46 @@ class Preprocessing(ApiModel):
 class ChampionGate(ApiModel):
     """The new model must beat an earlier version on the same held-out split by a margin."""
 
-    model_version: str = Field(pattern=DNS_LABEL, description="Name of the ModelVersion to beat.")
-    min_improvement: str = Field(default="0", pattern=DECIMAL)
+    model_config = api_config(
+        cel(
+            "has(self.modelVersion) != has(self.deployment)",
+            "qualityGates.champion must set exactly one of modelVersion and deployment",
+        )
+    )
+
+    model_version: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=NAME_LENGTH,
+        description="Name of the ModelVersion to beat.",
+    )
+    deployment: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=NAME_LENGTH,
+        description="Beat the version this Deployment (same namespace) serves as stable when the "
+        "training starts: with dataset.inferenceLog, the serving version is scored on the same "
+        "held-out split of the labelled production data.",
+    )
+    min_improvement: str = Field(default="0", pattern=DECIMAL, max_length=NUMBER_LENGTH)
 
 
 class QualityGates(ApiModel):
     min_accuracy: str | None = Field(
-        default=None, pattern=DECIMAL, json_schema_extra=at_most(1, "minAccuracy")
+        default=None,
+        pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
+        json_schema_extra=at_most(1, "minAccuracy"),
     )
-    min_f1: str | None = Field(default=None, pattern=DECIMAL, json_schema_extra=at_most(1, "minF1"))
-    min_r2: str | None = Field(default=None, pattern=SIGNED_DECIMAL)
-    max_rmse: str | None = Field(default=None, pattern=DECIMAL)
-    max_mae: str | None = Field(default=None, pattern=DECIMAL)
+    min_f1: str | None = Field(
+        default=None,
+        pattern=DECIMAL,
+        max_length=NUMBER_LENGTH,
+        json_schema_extra=at_most(1, "minF1"),
+    )
+    min_r2: str | None = Field(default=None, pattern=SIGNED_DECIMAL, max_length=NUMBER_LENGTH)
+    max_rmse: str | None = Field(default=None, pattern=DECIMAL, max_length=NUMBER_LENGTH)
+    max_mae: str | None = Field(default=None, pattern=DECIMAL, max_length=NUMBER_LENGTH)
     champion: ChampionGate | None = None
 
 
@@ -278,8 +322,8 @@ class TrainingJobSpec(ApiModel):
         description="Name of the model in the registry; versions are numbered per model.",
     )
     dataset: Dataset = Field(json_schema_extra=immutable("dataset"))
-    target: str = Field(default="target", min_length=1)
-    features: list[str] | None = Field(
+    target: str = Field(default="target", min_length=1, max_length=TEXT_LENGTH)
+    features: list[TextStr] | None = Field(
         default=None,
         max_length=1024,
         json_schema_extra={"x-kubernetes-list-type": "set"},
@@ -295,7 +339,9 @@ class TrainingJobSpec(ApiModel):
         description="AutoApproveOnGates approves the ModelVersion when every gate passed.",
     )
     resources: Resources | None = None
-    image: str | None = Field(default=None, description="Trainer image; default: the operator's.")
+    image: str | None = Field(
+        default=None, max_length=TEXT_LENGTH, description="Trainer image; default: the operator's."
+    )
     active_deadline_seconds: int = Field(default=3600, ge=1)
     backoff_limit: int = Field(default=0, ge=0, le=10)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
@@ -307,13 +353,19 @@ Phase = Literal["Pending", "Suspended", "Running", "Succeeded", "Failed"]
 
 class TrainingJobStatus(StatusBase):
     phase: Phase | None = None
-    job_name: str | None = None
+    job_name: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
     start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
-    metrics: dict[str, str] = Field(default_factory=dict)
-    model_version: str | None = Field(default=None, description="The ModelVersion produced.")
+    metrics: dict[str, NumberStr] = Field(
+        default_factory=dict,
+        max_length=64,
+        json_schema_extra=keys_at_most(MAP_KEY_LENGTH, "metrics"),
+    )
+    model_version: str | None = Field(
+        default=None, max_length=OBJECT_NAME_LENGTH, description="The ModelVersion produced."
+    )
     version: int | None = None
-    progress: str | None = None
+    progress: str | None = Field(default=None, max_length=MESSAGE_LENGTH)
 
 
 class TrainingJob(ApiModel):
