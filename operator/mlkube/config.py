@@ -38,6 +38,14 @@ class OperatorConfig:
     workload_run_as_user: int | None = 65532
     """The uid (and gid, fsGroup) of workload pods; None lets the platform choose one, as
     OpenShift's restricted SCC does."""
+    scrape_timeout_seconds: float = 5.0
+    """A canary analysis' scrape of a Deployment's pods is whole within this or inconclusive
+    (Prometheus' scrape_timeout, default 10 s; shorter here, as a reconcile waits on it)."""
+    scrape_max_bytes: int = 4 << 20
+    """A pod's /metrics larger than this is cut off (Prometheus' body_size_limit)."""
+    leader_election_lease: str | None = None
+    """`<namespace>/<name>` of the Lease that picks the one replica that reconciles; None: no
+    election (a single process, as the integration tests run it)."""
 
     def __post_init__(self) -> None:
         """Refuse a prefix that would open every namespace's store to every namespace.
@@ -45,6 +53,15 @@ class OperatorConfig:
         Raises:
             ValueError: an allowed prefix contains the artifact root or lies inside it.
         """
+        if self.scrape_timeout_seconds <= 0 or self.scrape_max_bytes <= 0:
+            raise ValueError(
+                "MLKUBE_SCRAPE_TIMEOUT_SECONDS and MLKUBE_SCRAPE_MAX_BYTES must be > 0"
+            )
+        if self.leader_election_lease is not None and self.leader_election_lease.count("/") != 1:
+            raise ValueError(
+                f"MLKUBE_LEADER_ELECTION_LEASE={self.leader_election_lease}: "
+                "expected <namespace>/<name>"
+            )
         root = directory(self.artifact_root)
         for prefix in self.allowed_uri_prefixes:
             shared = directory(prefix)
@@ -78,6 +95,11 @@ class OperatorConfig:
             image_pull_policy=os.environ.get("MLKUBE_IMAGE_PULL_POLICY") or cls.image_pull_policy,
             image_pull_secrets=_names(os.environ.get("MLKUBE_IMAGE_PULL_SECRETS", "")),
             workload_run_as_user=_uid(os.environ.get("MLKUBE_WORKLOAD_RUN_AS_USER", "65532")),
+            scrape_timeout_seconds=float(
+                os.environ.get("MLKUBE_SCRAPE_TIMEOUT_SECONDS") or cls.scrape_timeout_seconds
+            ),
+            scrape_max_bytes=int(os.environ.get("MLKUBE_SCRAPE_MAX_BYTES") or cls.scrape_max_bytes),
+            leader_election_lease=os.environ.get("MLKUBE_LEADER_ELECTION_LEASE") or None,
         )
 
 

@@ -22,7 +22,7 @@ from mlkube.builders.common import artifact_pvc
 from mlkube.config import OperatorConfig
 from mlkube.controller.cache import Body, Store
 from mlkube.controller.errors import ApiError, Forbidden, Invalid
-from mlkube.controller.kube import Cluster
+from mlkube.controller.kube import Cluster, Scraped
 from mlkube.controller.queue import Key
 from mlkube.core.conditions import condition, set_condition
 from mlkube.tenancy import ForbiddenURI, forbidden_uri
@@ -183,6 +183,12 @@ class Context:
             namespace,
             self.config.allowed_uri_prefixes,
             data_fields,
+        )
+
+    def scrape(self, namespace: str, pods: list[str], port: int) -> Scraped:
+        """The pods' /metrics, within the configured time and byte bounds."""
+        return self.kube.scrape(
+            namespace, pods, port, self.config.scrape_timeout_seconds, self.config.scrape_max_bytes
         )
 
     def ensure_artifact_storage(self, namespace: str) -> None:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import quote, urlencode
@@ -31,9 +35,10 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 POOL_CONNECTIONS = 64
 """Kept-alive connections: more than the work queue's threads plus the event sender, so no request
 pays for a new TLS handshake (the client's default is 5 per CPU)."""
-SCRAPE_TIMEOUT = (2.0, 3.0)
-SCRAPE_MAX_BYTES = 1 << 20
-"""A pod's /metrics larger than this is not ours to parse."""
+SCRAPE_CONNECT_TIMEOUT = 2.0
+SCRAPE_CHUNK = 64 * 1024
+SCRAPE_PARALLEL = 16
+"""Pods of one Deployment scraped at once (more wait their turn within the same deadline)."""
 logger = logging.getLogger("mlkube.kube")
 
 _PLURALS: dict[tuple[str, str], str] = {
@@ -102,9 +107,38 @@ class Cluster:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
-        max_bytes: int | None = None,
     ) -> Any:
         """JSON in, JSON out (text when the answer is not JSON); failures raised as ApiError."""
+        try:
+            response = self._send(
+                method, path, body, query, content_type,
+                urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+            )  # fmt: skip
+            try:
+                data = response.read()
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.HTTPError as e:
+            raise Temporary(0, type(e).__name__, str(e)) from e
+        if response.status >= 300:
+            raise classify(response.status, response.reason or "", data, response.headers)
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data.decode(errors="replace")
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: dict[str, str] | None,
+        content_type: str,
+        timeout: urllib3.Timeout,
+    ) -> urllib3.BaseHTTPResponse:
+        """The response with its headers read and its body not yet."""
         API_REQUESTS.labels(method).inc()
         url_path = f"{path}?{urlencode(query)}" if query else path
         headers = {"Accept": "application/json, */*", "Content-Type": content_type}
@@ -112,33 +146,15 @@ class Cluster:
             method, url_path, header_params=headers, auth_settings=["BearerToken"]
         )
         payload = json.dumps(body) if body is not None else None
-        try:
-            response = self.api.rest_client.pool_manager.request(
-                method,
-                url,
-                body=payload,
-                headers=headers,
-                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
-                retries=False,  # the work queue is the one place that retries
-                preload_content=False,
-            )
-            try:
-                data = response.read(max_bytes) if max_bytes else response.read()
-                truncated = bool(max_bytes) and response.read(1) != b""
-            finally:
-                response.release_conn()
-        except urllib3.exceptions.HTTPError as e:
-            raise Temporary(0, type(e).__name__, str(e)) from e
-        if response.status >= 300:
-            raise classify(response.status, response.reason or "", data, response.headers)
-        if truncated:
-            raise Temporary(response.status, "TooLarge", f"answer larger than {max_bytes} bytes")
-        if not data:
-            return None
-        try:
-            return json.loads(data)
-        except ValueError:
-            return data.decode(errors="replace")
+        return self.api.rest_client.pool_manager.request(
+            method,
+            url,
+            body=payload,
+            headers=headers,
+            timeout=timeout,
+            retries=False,  # the work queue is the one place that retries
+            preload_content=False,
+        )
 
     # -- any kind ---------------------------------------------------------------------------
 
@@ -265,16 +281,93 @@ class Cluster:
         except ApiError as e:  # an Event is a courtesy: losing one must not stop a reconcile
             logger.warning("could not post event %s on %s: %s", reason, meta["name"], e)
 
-    def scrape(self, namespace: str, pod: str, port: int, path: str = "metrics") -> str | None:
-        """A pod's HTTP endpoint through the API server's pod proxy (works in and out of cluster),
-        with a short timeout and a size cap: a hung or chatty pod costs seconds, never a reconcile."""
-        proxy = f"{resource_path('v1', 'Pod', namespace, f'{pod}:{port}', 'proxy')}/{path}"
+    def scrape(
+        self,
+        namespace: str,
+        pods: list[str],
+        port: int,
+        timeout: float,
+        max_bytes: int,
+        path: str = "metrics",
+    ) -> Scraped:
+        """Pods' HTTP endpoint through the API server's pod proxy (works in and out of cluster),
+        all at once within one deadline, each answer within `max_bytes`, as Prometheus bounds a
+        scrape (scrape_timeout, body_size_limit). The proxy is a long-running request, so socket
+        timeouts alone would let a pod that drips a byte a second hold a worker for ever."""
+        deadline = time.monotonic() + timeout
+        texts: dict[str, str] = {}
+        exceeded: dict[str, str] = {}
+        if not pods:
+            return Scraped(texts, exceeded)
+
+        def one(pod: str) -> str:
+            proxy = f"{resource_path('v1', 'Pod', namespace, f'{pod}:{port}', 'proxy')}/{path}"
+            return self._get_bounded(proxy, timeout, deadline, max_bytes)
+
+        with ThreadPoolExecutor(min(len(pods), SCRAPE_PARALLEL), "scrape") as pool:
+            answers = {pod: pool.submit(one, pod) for pod in pods}
+        for pod, answer in answers.items():
+            try:
+                texts[pod] = answer.result()
+            except ScrapeLimit as e:
+                exceeded[pod] = str(e)
+                logger.warning("scrape of %s/%s cut off: %s", namespace, pod, e)
+            except ApiError as e:
+                logger.info("no metrics from %s/%s: %s", namespace, pod, e)
+        return Scraped(texts, exceeded)
+
+    def _get_bounded(self, path: str, timeout: float, deadline: float, max_bytes: int) -> str:
+        """A GET whose answer must be whole by `deadline` (monotonic) and at most `max_bytes`.
+
+        Raises:
+            ScrapeLimit: the answer was not whole in time, or was larger.
+            ApiError: the API server or the pod refused, or the connection failed.
+        """
+        late = ScrapeLimit(f"answered no whole /metrics within {timeout:g}s (scrape timeout)")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise late
         try:
-            text = self.request("GET", proxy, timeout=SCRAPE_TIMEOUT, max_bytes=SCRAPE_MAX_BYTES)
-        except ApiError as e:
-            logger.info("no metrics from %s/%s: %s", namespace, pod, e)
-            return None
-        return text if isinstance(text, str) else json.dumps(text)
+            response = self._send(
+                "GET", path, None, None, "application/json",
+                urllib3.Timeout(total=left, connect=min(SCRAPE_CONNECT_TIMEOUT, left)),
+            )  # fmt: skip
+        except urllib3.exceptions.TimeoutError as e:
+            raise late from e
+        except urllib3.exceptions.HTTPError as e:
+            raise Temporary(0, type(e).__name__, str(e)) from e
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            response.shutdown()  # a blocked read returns at once, however slowly bytes drip
+
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), expire)
+        timer.start()
+        data = bytearray()
+        complete = False
+        try:
+            while chunk := response.read(SCRAPE_CHUNK):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise ScrapeLimit(
+                        f"answered more than {max_bytes} bytes of /metrics (scrape byte limit)"
+                    )
+            complete = not expired.is_set()
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if not expired.is_set():
+                raise Temporary(0, type(e).__name__, str(e)) from e
+        finally:
+            timer.cancel()
+            timer.join()  # an expiry under way ends before the connection goes back
+            if not complete:
+                response.close()  # half read: never reused
+            response.release_conn()
+        if not complete:
+            raise late
+        if response.status >= 300:
+            raise classify(response.status, response.reason or "", bytes(data), response.headers)
+        return data.decode(errors="replace")
 
     def pod_logs(self, namespace: str, label_selector: str) -> dict[str, str]:
         """Logs of every pod matching the selector, by pod name."""
@@ -290,4 +383,16 @@ class Cluster:
         return str(self.request("GET", "/version")["gitVersion"])
 
 
-__all__ = ["API_VERSION", "GROUP", "VERSION", "Body", "Cluster", "load_config"]
+class ScrapeLimit(Exception):
+    """A pod's answer was cut off by the scrape's time or byte bound."""
+
+
+@dataclass(frozen=True)
+class Scraped:
+    texts: dict[str, str]
+    """Each answering pod's text."""
+    exceeded: dict[str, str]
+    """Pods whose answer was cut off by a bound, with why: their figures cannot be judged."""
+
+
+__all__ = ["API_VERSION", "GROUP", "VERSION", "Body", "Cluster", "Scraped", "load_config"]
