@@ -48,18 +48,28 @@ class DeploymentReconciler:
                 return None
             return self._reconcile(read)
 
-    def _scrape(self, r: Read_, role: str, version: str | None) -> dict[str, Counters]:
-        """Each ready pod's counters, keyed `<role>/<pod>`; a pod that does not answer in time is
-        left out of this look (never waited for)."""
-        if version is None:
-            return {}
-        selector = f"{DEPLOYMENT_LABEL}={r.name},{VERSION_LABEL}={version}"
-        counters = {}
-        for pod in self.ctx.kube.list_of("v1", "Pod", r.namespace, selector):
-            text = self.ctx.kube.scrape(r.namespace, pod["metadata"]["name"], r.spec.port)
-            if text:
-                counters[f"{role}/{pod['metadata']['name']}"] = parse_counters(text)
-        return counters
+    def _scrape(self, r: Read_) -> dict[str, Counters] | None:
+        """The canary's and the stable's pods' counters, keyed `<role>/<pod>`, scraped at once
+        within one deadline. A pod that does not answer is left out of this look; one cut off by
+        the time or byte bound makes the look inconclusive (None), with a Warning saying why."""
+        versions = {"canary": r.status.canary_version, "stable": r.status.stable_version}
+        roles = {}
+        for role, version in versions.items():
+            if version is not None:
+                selector = f"{DEPLOYMENT_LABEL}={r.name},{VERSION_LABEL}={version}"
+                for pod in self.ctx.kube.list_of("v1", "Pod", r.namespace, selector):
+                    roles[pod["metadata"]["name"]] = role
+        scraped = self.ctx.scrape(r.namespace, list(roles), r.spec.port)
+        if scraped.exceeded:
+            why = "; ".join(f"pod {pod} {reason}" for pod, reason in scraped.exceeded.items())
+            message = f"analysis inconclusive: {why}"
+            self.ctx.post_event(r.obj, "Warning", "ScrapeLimitExceeded", message)
+            return None
+        return {
+            f"{roles[pod]}/{pod}": parse_counters(text)
+            for pod, text in scraped.texts.items()
+            if text
+        }
 
     def _reconcile(self, r: Read_) -> float | None:
         ctx, spec, status = self.ctx, r.spec, r.status
@@ -86,12 +96,7 @@ class DeploymentReconciler:
             for version in (status.stable_version, target)
             if version is not None and version in versions
         }
-        counters = None
-        if status.canary_version:
-            counters = {
-                **self._scrape(r, "canary", status.canary_version),
-                **self._scrape(r, "stable", status.stable_version),
-            }
+        counters = self._scrape(r) if status.canary_version else None
         action = pending_action(r.obj["metadata"].get("annotations") or {}, status.handled_action)
         observation = Observation(
             target=target,
