@@ -111,6 +111,9 @@ def test_object_storage_values_reach_the_operator() -> None:
         (["--set", "artifacts.root=s3://models//../x"], "/artifacts/root"),
         (["--set", "artifacts.root=file:///data"], "/artifacts/root"),
         (["--set", "artifacts.pvc.accessMode=RWX"], "/artifacts/pvc/accessMode"),
+        (["--set", "quota.enabled=true"], "quota.namespaces must list the namespaces"),
+        (["--set", "quota.namespaces={Team_A}"], "/quota/namespaces/0"),
+        (["--set", "quota.objects.jobs=5"], "/quota/objects"),
     ],
 )
 def test_values_that_cannot_work_are_refused_with_the_value_named(
@@ -119,3 +122,24 @@ def test_values_that_cannot_work_are_refused_with_the_value_named(
     done = render(*values)
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def quotas(*values: str) -> list[dict[str, Any]]:
+    done = render(*values)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "ResourceQuota"]
+
+
+def test_object_quotas_are_off_by_default_and_count_every_kind_per_listed_namespace() -> None:
+    assert quotas() == []
+    rendered = quotas(
+        "--set", "quota.enabled=true", "--set", "quota.namespaces={team-a,team-b}",
+        "--set", "quota.objects.trainingjobs=30",
+    )  # fmt: skip
+    assert [q["metadata"]["namespace"] for q in rendered] == ["team-a", "team-b"]
+    assert rendered[0]["spec"]["hard"] == {
+        "count/trainingjobs.mlkube.io": "30",
+        "count/modelversions.mlkube.io": "500",
+        "count/deployments.mlkube.io": "50",
+        "count/driftmonitors.mlkube.io": "50",
+    }
