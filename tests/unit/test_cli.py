@@ -135,7 +135,7 @@ def test_live_quality_shows_realised_beside_estimated_with_outcomes_and_slices()
                 "unknownIds": 4,
                 "outcomes": {"revenue": "1234.5"},
                 "slices": [{"value": "web", "rows": 300, "metric": "0.55"}],
-                "worstSliceGap": "-0.15",
+                "worstSliceGap": "0.15",
             }
         },
     }
@@ -147,5 +147,5 @@ def test_live_quality_shows_realised_beside_estimated_with_outcomes_and_slices()
     assert "labelled 900 of 1000 rows (0.9 of those due), 4 labels for unknown ids" in lines[1]
     assert "outcomes revenue 1234.5" in text
     assert "slice web: 0.55 (300 rows)" in text
-    assert "worst slice gap -0.15" in text
+    assert "worst slice gap 0.15" in text
     assert live_quality({"metadata": {"name": "m"}, "status": {}}) is None
