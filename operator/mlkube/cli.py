@@ -20,6 +20,7 @@ from mlkube.core.canary import Action
 from mlkube.core.conditions import timestamp
 
 if TYPE_CHECKING:
+    from mlkube.controller.errors import ApiError
     from mlkube.controller.kube import Cluster
 
 _PART = re.compile(r"[^.\[]+(?:\[[^\]]*\])?")
@@ -194,17 +195,59 @@ def _status(cluster: Cluster, args: argparse.Namespace) -> int:
     return 0
 
 
+def whoami(cluster: Cluster) -> str:
+    """The requesting user's name as the API server sees it (SelfSubjectReview): the approver
+    the chart's mlkube-approval policy accepts."""
+    review = cluster.request(
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+    )
+    return str(review["status"]["userInfo"]["username"])
+
+
+def approval_refused(error: ApiError, name: str, namespace: str, user: str) -> str:
+    """What to tell a user whose approval the API server refused, and how to get the right."""
+    lines = [f"mlkube: cannot record a decision on modelversion {name}: {error.message}"]
+    if error.status == 403:
+        account = user.removeprefix("system:serviceaccount:")
+        subject = f"--user={user}" if account == user else f"--serviceaccount={account}"
+        lines += [
+            f"Approving takes the verb `approve` on modelversions.{GROUP} in {namespace}, which"
+            f" {user} lacks (editing ModelVersions is not enough).",
+            "A platform team grants it with a RoleBinding to the ClusterRole mlkube-approver:",
+            f"  kubectl create rolebinding {user.rpartition(':')[2]}-approves -n {namespace}"
+            f" --clusterrole=mlkube-approver {subject}",
+        ]
+    elif error.status == 422 and "approval.by" in error.message:
+        lines.append(
+            f"The approver recorded is the user making the change: drop --by (you: {user})."
+        )
+    return "\n".join(lines)
+
+
 def _approve(cluster: Cluster, args: argparse.Namespace) -> int:
+    from mlkube.controller.errors import ApiError, Forbidden, Invalid
+
+    try:
+        user = whoami(cluster)
+    except ApiError:  # an API server older than 1.28: the approver must be named
+        user = args.by or ""
     approval = {
         "approved": not args.reject,
-        "by": args.by,
+        "by": args.by or user,
         "at": timestamp(datetime.now(UTC)),
         **({"reason": args.reason} if args.reason else {}),
     }
-    cluster.patch_object(
-        BY_KIND["ModelVersion"], args.namespace, args.name, {"spec": {"approval": approval}}
-    )
-    print(f"modelversion {args.name} {'rejected' if args.reject else 'approved'} by {args.by}")
+    try:
+        cluster.patch_object(
+            BY_KIND["ModelVersion"], args.namespace, args.name, {"spec": {"approval": approval}}
+        )
+    except (Forbidden, Invalid) as e:
+        print(approval_refused(e, args.name, args.namespace, user), file=sys.stderr)
+        return 1
+    decision = "rejected" if args.reject else "approved"
+    print(f"modelversion {args.name} {decision} by {approval['by']}")
     return 0
 
 
@@ -249,7 +292,11 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("name", nargs="?", help="a Deployment (mlkube.io) to show in detail")
     approve = commands.add_parser("approve", help="approve (or --reject) a ModelVersion")
     approve.add_argument("name")
-    approve.add_argument("--by", default="mlkube-cli")
+    approve.add_argument(
+        "--by",
+        help="the approver to record (default: you, as the API server knows you; where the"
+        " chart's approval policy runs it must be you)",
+    )
     approve.add_argument("--reason")
     approve.add_argument("--reject", action="store_true")
     for verb, text in (
