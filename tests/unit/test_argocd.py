@@ -246,7 +246,7 @@ def test_approve_and_reject_write_an_approval_the_operator_reads(lua: Lua) -> No
             folder / verb / "action.lua", load(folder / "testdata/awaiting_approval.yaml")
         )
         assert Approval.model_validate(obj["spec"]["approval"]) == Approval(
-            approved=approved, by="argocd", at=timestamp(NOW)
+            approved=approved, by="system:serviceaccount:argocd:argocd-server", at=timestamp(NOW)
         )
 
 
