@@ -8,6 +8,9 @@ so kopf writes nothing onto any object (no progress or diff-base annotations, no
 kopf's own retries never run: the work queue is the one place that retries.
 
 Kinds are always selected by group, so `deployments.mlkube.io` is never confused with apps/v1.
+
+With `MLKUBE_LEADER_ELECTION_LEASE` (the chart sets it) every replica watches and fills its caches,
+but only the one holding the Lease runs the work queue; one that loses the Lease exits at once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable
+from http.server import ThreadingHTTPServer
 from typing import Any, cast
 
 import kopf
@@ -30,6 +35,7 @@ from mlkube.controller.deployment import DeploymentReconciler
 from mlkube.controller.driftmonitor import DriftMonitorReconciler
 from mlkube.controller.events import EventRecorder
 from mlkube.controller.kube import Cluster
+from mlkube.controller.leader import Elector
 from mlkube.controller.metrics_auth import MetricsAuth, serve_metrics
 from mlkube.controller.modelversion import ModelVersionReconciler
 from mlkube.controller.queue import Key, WorkQueue
@@ -38,7 +44,6 @@ from mlkube.controller.trainingjob import TrainingJobReconciler
 METRICS_PORT = int(os.environ.get("MLKUBE_METRICS_PORT", "8080"))
 METRICS_SECURE = os.environ.get("MLKUBE_METRICS_SECURE", "true").lower() != "false"
 """/metrics only for tokens allowed to get it (`metrics_auth`); the chart's metrics.secure."""
-WORKERS = int(os.environ.get("MLKUBE_WORKERS", "16"))
 MANAGED = {"app.kubernetes.io/managed-by": "mlkube"}
 CHILD_EVENT_DELAY = 1.0
 """Seconds a child's event waits before its owner looks: a burst of them (created, scheduled,
@@ -49,17 +54,29 @@ OWNER_LABELS = {
     "mlkube.io/driftmonitor": "DriftMonitor",
 }
 """A Job's label naming the object it belongs to."""
+RELEASE_WAIT = 10.0
+"""Seconds a stopping leader waits for running reconciles before handing its Lease over."""
+logger = logging.getLogger("mlkube.operator")
 
 
 class Operator:
     """The process-wide pieces, made at start-up."""
 
     def __init__(self) -> None:
-        self.queue = WorkQueue(self.reconcile, workers=WORKERS)
+        workers = int(os.environ.get("MLKUBE_WORKERS", "16"))
+        # a quarter of the workers at most scrape one namespace's pods: a tenant whose pods answer
+        # slowly (each scrape up to its timeout) never holds the workers other namespaces need
+        self.queue = WorkQueue(
+            self.reconcile, workers=workers, lane=self.scraping, lane_limit=max(1, workers // 4)
+        )
         kube = Cluster()
+        config = OperatorConfig.from_env()
         self.events = EventRecorder(kube.post_event)
-        self.ctx = Context(
-            kube, OperatorConfig.from_env(), post_event=self.events.record, enqueue=self.queue.add
+        self.ctx = Context(kube, config, post_event=self.events.record, enqueue=self.queue.add)
+        self.elector = (
+            None
+            if config.leader_election_lease is None
+            else Elector(kube, config.leader_election_lease, identity())
         )
         self.reconcilers: dict[str, Callable[[str, str], float | None]] = {
             "TrainingJob": TrainingJobReconciler(self.ctx),
@@ -69,10 +86,42 @@ class Operator:
         }
         self.seen: dict[Key, tuple[Any, ...]] = {}
         self.task: asyncio.Task[None] | None = None
+        self.metrics_server: ThreadingHTTPServer | None = None
 
     def reconcile(self, key: Key) -> float | None:
         kind, namespace, name = key
         return self.reconcilers[kind](namespace, name)
+
+    def scraping(self, key: Key) -> str | None:
+        """The queue's lane of a Deployment whose reconcile scrapes its pods (it has a canary)."""
+        kind, namespace, name = key
+        body = self.ctx.caches.objects[kind].get(namespace, name) if kind == "Deployment" else None
+        canary = ((body or {}).get("status") or {}).get("canaryVersion")
+        return f"scrape/{namespace}" if canary else None
+
+    async def run(self) -> None:
+        """The work queue, while this replica leads (always, without an election)."""
+        if self.elector is None:
+            await self.queue.serve()
+            return
+        if not await asyncio.to_thread(self.elector.acquire):
+            return  # stopped while standing by
+        serving = asyncio.create_task(self.queue.serve())
+        try:
+            await asyncio.to_thread(self.elector.hold)
+        finally:
+            serving.cancel()
+        if not self.elector.stopping.is_set():
+            # another replica may reconcile already: no reconcile of ours may go on, not even
+            # one running now, so the process ends here and the kubelet starts it afresh
+            logger.critical("lost the Lease: exiting")
+            os._exit(1)
+
+    async def hand_over(self) -> None:
+        """After `run` was stopped: a leader whose reconciles all ended releases its Lease, so
+        a standby takes over at its next look instead of once the Lease expires."""
+        if self.elector is not None and await asyncio.to_thread(self.queue.idle, RELEASE_WAIT):
+            await asyncio.to_thread(self.elector.release)
 
     def object_event(self, kind: str, event_type: str | None, body: Body) -> None:
         """Cache the object; enqueue it unless only its status moved (our own write)."""
@@ -123,6 +172,11 @@ class NoDiffBase(kopf.DiffBaseStorage):
 _operator: Operator | None = None
 
 
+def identity() -> str:
+    """The pod's name (the chart sets POD_ID, as kopf reads it), else this host's."""
+    return os.environ.get("POD_ID") or socket.gethostname()
+
+
 def operator() -> Operator:
     assert _operator is not None, "made by the startup handler, before any watch event"
     return _operator
@@ -148,16 +202,23 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _operator  # noqa: PLW0603 - one per run: a restarted operator starts afresh
     _operator = Operator()
     if METRICS_PORT:
-        serve_metrics(METRICS_PORT, MetricsAuth(_operator.ctx.kube) if METRICS_SECURE else None)
-    _operator.task = asyncio.create_task(_operator.queue.serve())
+        auth = MetricsAuth(_operator.ctx.kube) if METRICS_SECURE else None
+        _operator.metrics_server = serve_metrics(METRICS_PORT, auth)
+    _operator.task = asyncio.create_task(_operator.run())
 
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
     op = operator()
+    if op.elector is not None:
+        op.elector.stop()
     if op.task is not None:
         op.task.cancel()
+    if op.metrics_server is not None:
+        await asyncio.to_thread(op.metrics_server.shutdown)  # waits out one poll interval
+        op.metrics_server.server_close()
     await asyncio.to_thread(op.events.flush)
+    await op.hand_over()
 
 
 def _watch_kind(kind: str, plural: str) -> None:
