@@ -6,6 +6,10 @@ key is due first. One key is never reconciled twice at once, and a slow key only
 worker: each reconcile has a deadline, after which its worker moves on (the key stays locked
 until its thread ends, which every request's own timeout guarantees).
 
+A lane bounds how many keys of one kind of work run at once: the operator puts Deployments that
+scrape their pods in one lane per namespace, so one tenant's slow pods never hold every worker (a
+due key whose lane is full waits until a reconcile of its lane ends).
+
 A reconcile that raises is retried with exponential backoff per key (a Retry-After from the API
 server is honoured); a success resets it. There are no kopf timers: kopf puts a finalizer on every
 object with a timer, so objects could not be deleted while the operator is down.
@@ -31,6 +35,9 @@ Key = tuple[str, str, str]
 """(kind, namespace, name)"""
 Reconcile = Callable[[Key], float | None]
 """Returns seconds until the key wants another look (None: settled)."""
+Lane = Callable[[Key], str | None]
+"""The lane a key's reconcile runs in (None: none); called when the key is due, so it must be a
+cheap read (a cache's)."""
 
 logger = logging.getLogger("mlkube.queue")
 
@@ -55,8 +62,16 @@ class WorkQueue:
         deadline: float = 60.0,
         backoff: Backoff | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        lane: Lane | None = None,
+        lane_limit: int = 1,
     ) -> None:
         self._reconcile = reconcile
+        self._lane: Lane = lane or (lambda key: None)
+        self.lane_limit = lane_limit
+        self._lanes: dict[Key, str] = {}
+        """The lane of each running key that has one."""
+        self._parked: dict[str, set[Key]] = {}
+        """Due keys waiting for a place in their lane (still in `_due`, out of the heap)."""
         self.workers = workers
         self.deadline = deadline
         self.backoff = backoff or Backoff()
@@ -66,6 +81,8 @@ class WorkQueue:
         self._heap: list[tuple[float, int, Key]] = []
         self._order = itertools.count()
         self._running: set[Key] = set()
+        self._busy = 0
+        """Reconciles executing in a thread now, whether or not their task still waits for them."""
         self._again: dict[Key, float] = {}
         """Wishes that arrived while their key was running: honoured when it ends."""
         self.failures: dict[Key, int] = {}
@@ -116,6 +133,12 @@ class WorkQueue:
                 if at > now:
                     return None, at - now
                 heapq.heappop(self._heap)
+                lane = self._lane(key)
+                if lane is not None:
+                    if sum(1 for other in self._lanes.values() if other == lane) >= self.lane_limit:
+                        self._parked.setdefault(lane, set()).add(key)
+                        continue
+                    self._lanes[key] = lane
                 del self._due[key]
                 self._running.add(key)
                 metrics.QUEUE_DEPTH.set(len(self._due))
@@ -149,13 +172,40 @@ class WorkQueue:
         with self._lock:
             self._running.discard(key)
             again = self._again.pop(key, None)
+            lane = self._lanes.pop(key, None)
+            for parked in self._parked.pop(lane, set()) if lane is not None else ():
+                if parked in self._due:
+                    heapq.heappush(self._heap, (self._due[parked], next(self._order), parked))
+        if lane is not None:
+            self._poke()
         if again is not None:
             self.add(key, again - self._monotonic())
         self.add(key, delay)
 
+    def _call(self, key: Key) -> float | None:
+        with self._lock:
+            self._busy += 1
+        try:
+            return self._reconcile(key)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def idle(self, timeout: float) -> bool:
+        """Whether no reconcile is executing, waiting up to `timeout` seconds for those that are
+        (after `serve` stopped; a leader hands its Lease over only once it does nothing)."""
+        end = self._monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._busy == 0:
+                    return True
+            if self._monotonic() >= end:
+                return False
+            time.sleep(0.05)
+
     async def _one(self, key: Key, slots: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._reconcile, key)
+        future = loop.run_in_executor(self._executor, self._call, key)
         done, _ = await asyncio.wait({future}, timeout=self.deadline)
         slots.release()
         if not done:
