@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import ipaddress
+import os
 import re
+import socket
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import fsspec
+import httpx
 import pandas as pd
 from sklearn import datasets as sk_datasets
 
@@ -20,7 +26,7 @@ from mlkube.estimators import BUILTIN_DATASETS
 from mlkube.layout import RESERVED_COLUMN_PREFIX, inference_log_uri
 from mlkube.runtime import quality
 from mlkube.runtime.log_window import read_version_window
-from mlkube.runtime.outcome import RunFailure
+from mlkube.runtime.outcome import RunFailure, one_line
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,139 @@ def _load_builtin(name: str) -> LoadedDataset:
     return LoadedDataset(frame=frame, digest=digest)
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_BYTES_ENV = "MLKUBE_DATASET_MAX_BYTES"
+DEFAULT_MAX_BYTES = 1 << 30
+MAX_REDIRECTS = 5
+HTTP_TIMEOUT_SECONDS = 30.0
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """Whether an https:// dataset may be fetched from `address`: never a private, loopback,
+    link-local (cloud metadata), multicast, reserved or unspecified one, nor such an IPv4 address
+    carried inside IPv6 (mapped, 6to4, NAT64)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(embedded)
+    return address.is_global and not address.is_multicast
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+def max_dataset_bytes() -> int:
+    """The cap on an https:// dataset's body (MLKUBE_DATASET_MAX_BYTES, default 1 GiB)."""
+    return int(os.environ.get(MAX_BYTES_ENV) or DEFAULT_MAX_BYTES)
+
+
+def _checked_address(
+    uri: str,
+    url: httpx.URL,
+    allowed: Callable[[IPAddress], bool],
+    resolve: Callable[[str, int], list[IPAddress]],
+) -> IPAddress:
+    """The address to connect to, once every address the host resolves to is allowed; the
+    connection goes to this very address, so a second DNS answer cannot swap it (rebinding)."""
+    where = "" if str(url) == uri else f" (redirected to {str(url)[:256]})"
+    if url.scheme != "https":
+        raise RunFailure("ForbiddenURI", f"dataset.uri: {uri}{where}: only https is fetched")
+    host = url.raw_host.decode("ascii")
+    try:
+        addresses = resolve(host, url.port or 443)
+    except (OSError, ValueError) as e:
+        raise RunFailure(
+            "DatasetNotFound", f"dataset.uri: {uri}{where}: cannot resolve {host}", permanent=False
+        ) from e
+    refused = [a for a in addresses if not allowed(a)]
+    if refused or not addresses:
+        raise RunFailure(
+            "ForbiddenURI",
+            f"dataset.uri: {uri}{where}: {host} resolves to {refused[0] if refused else 'nothing'}, "
+            "a private, loopback, link-local or reserved address; only public hosts are fetched",
+        )
+    return addresses[0]
+
+
+def _read_capped(uri: str, response: httpx.Response, max_bytes: int) -> bytes:
+    too_big = RunFailure(
+        "DatasetTooLarge",
+        f"dataset.uri: {uri} is larger than the cap of {max_bytes} bytes ({MAX_BYTES_ENV})",
+    )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_big
+    chunks, total = [], 0
+    for chunk in response.iter_bytes():
+        total += len(chunk)
+        if total > max_bytes:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _unreachable(uri: str, error: httpx.TransportError) -> RunFailure:
+    """Connection, TLS and timeout failures in our own words; any other names only its type,
+    since a protocol error may quote what the peer sent."""
+    local = isinstance(error, httpx.ConnectError | httpx.TimeoutException)
+    detail = one_line(error) if local else type(error).__name__
+    return RunFailure(
+        "DatasetNotFound", f"dataset.uri: cannot read {uri}: {detail}", permanent=False
+    )
+
+
+def fetch_https(
+    uri: str,
+    max_bytes: int,
+    *,
+    allowed: Callable[[IPAddress], bool] = is_public_address,
+    resolve: Callable[[str, int], list[IPAddress]] = resolve_host,
+    verify: ssl.SSLContext | bool = True,
+) -> bytes:
+    """An https:// dataset, following at most MAX_REDIRECTS redirects, each to a public https
+    address, and at most `max_bytes` long. Failures name the status code and the URL only: a
+    response's text never reaches the TrainingJob's status."""
+    url = httpx.URL(uri)
+    with httpx.Client(verify=verify, trust_env=False, timeout=HTTP_TIMEOUT_SECONDS) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            address = _checked_address(uri, url, allowed, resolve)
+            request = client.build_request(
+                "GET",
+                url.copy_with(host=str(address)),
+                headers={"Host": url.netloc.decode("ascii")},
+                extensions={"sni_hostname": url.raw_host.decode("ascii")},
+            )
+            try:
+                response = client.send(request, stream=True)
+            except httpx.TransportError as e:
+                raise _unreachable(uri, e) from e
+            try:
+                if response.is_redirect and "location" in response.headers:
+                    url = url.join(response.headers["location"])
+                    continue
+                if response.status_code != 200:
+                    raise RunFailure(
+                        "DatasetNotFound",
+                        f"dataset.uri: {uri} answered HTTP {response.status_code}",
+                        permanent=response.status_code < 500,
+                    )
+                try:
+                    return _read_capped(uri, response, max_bytes)
+                except httpx.TransportError as e:
+                    raise _unreachable(uri, e) from e
+            finally:
+                response.close()
+    raise RunFailure(
+        "DatasetNotFound", f"dataset.uri: {uri} redirects more than {MAX_REDIRECTS} times"
+    )
+
+
 def _read_format(uri: str, declared: str) -> str:
     if declared != "Auto":
         return declared
@@ -62,11 +201,14 @@ def load_dataset(dataset: Dataset) -> LoadedDataset:
         raise RunFailure("DatasetNotFound", "dataset.uri: not set")
     if uri.startswith("builtin:"):
         return _load_builtin(uri.removeprefix("builtin:"))
-    try:
-        with fsspec.open(uri, "rb") as f:
-            data: bytes = f.read()
-    except (FileNotFoundError, OSError) as e:
-        raise RunFailure("DatasetNotFound", f"dataset.uri: cannot read {uri}: {e}") from e
+    if uri.startswith("https://"):
+        data = fetch_https(uri, max_dataset_bytes())
+    else:
+        try:
+            with fsspec.open(uri, "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, OSError) as e:
+            raise RunFailure("DatasetNotFound", f"dataset.uri: cannot read {uri}: {e}") from e
     fmt = _read_format(uri, dataset.format)
     try:
         frame = (
