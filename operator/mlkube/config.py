@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 
@@ -46,6 +47,15 @@ class OperatorConfig:
     leader_election_lease: str | None = None
     """`<namespace>/<name>` of the Lease that picks the one replica that reconciles; None: no
     election (a single process, as the integration tests run it)."""
+    network_policy: bool = True
+    """Write a NetworkPolicy per Deployment so that only its own namespace, its gateway's and
+    the API server reach its pods (a Deployment's spec may turn its own off)."""
+    network_policy_namespaces: tuple[str, ...] = ()
+    """Namespaces every Deployment's pods take connections from (a monitoring namespace)."""
+    api_server_cidrs: tuple[str, ...] = ()
+    """Where the API server's service and pod proxy connect from when it runs off the pods'
+    node (a control plane's own network); empty: nothing more (a NetworkPolicy implementation
+    lets a pod's own node in, which is all a single-node cluster needs)."""
 
     def __post_init__(self) -> None:
         """Refuse a prefix that would open every namespace's store to every namespace.
@@ -62,6 +72,11 @@ class OperatorConfig:
                 f"MLKUBE_LEADER_ELECTION_LEASE={self.leader_election_lease}: "
                 "expected <namespace>/<name>"
             )
+        for cidr in self.api_server_cidrs:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as e:
+                raise ValueError(f"MLKUBE_API_SERVER_CIDRS: {e}") from None
         root = directory(self.artifact_root)
         for prefix in self.allowed_uri_prefixes:
             shared = directory(prefix)
@@ -100,6 +115,11 @@ class OperatorConfig:
             ),
             scrape_max_bytes=int(os.environ.get("MLKUBE_SCRAPE_MAX_BYTES") or cls.scrape_max_bytes),
             leader_election_lease=os.environ.get("MLKUBE_LEADER_ELECTION_LEASE") or None,
+            network_policy=os.environ.get("MLKUBE_NETWORK_POLICY", "true").lower() != "false",
+            network_policy_namespaces=_names(
+                os.environ.get("MLKUBE_NETWORK_POLICY_NAMESPACES", "")
+            ),
+            api_server_cidrs=_names(os.environ.get("MLKUBE_API_SERVER_CIDRS", "")),
         )
 
 

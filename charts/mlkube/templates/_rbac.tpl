@@ -50,6 +50,10 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [create, patch]
+# each Deployment's NetworkPolicy (networkPolicy.enabled): applied, deleted when turned off
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, patch, delete]
 {{- end }}
 {{- define "mlkube.clusterRules" -}}
 # kopf notices CRDs appearing and going

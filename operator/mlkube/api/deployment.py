@@ -160,6 +160,24 @@ class Autoscaling(ApiModel):
     target_cpu_utilization_percent: int = Field(default=80, ge=1, le=100)
 
 
+class NetworkPolicy(ApiModel):
+    """Who may open connections to the server pods, besides those always let in."""
+
+    enabled: bool = Field(
+        default=True,
+        description="false: no NetworkPolicy (one written before is deleted); the pods then "
+        "take connections from anywhere the cluster's network lets through.",
+    )
+    allowed_namespaces: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=NAME_LENGTH)]] = (
+        Field(
+            default_factory=list,
+            max_length=16,
+            description="More namespaces whose pods may call the model (a client team, "
+            "a Prometheus scraping the pods).",
+        )
+    )
+
+
 class DeploymentSpec(ApiModel):
     model_config = api_config(
         cel(
@@ -195,6 +213,12 @@ class DeploymentSpec(ApiModel):
     )
     gateway: ParentRef | None = None
     strategy: Strategy = Field(default_factory=Strategy)
+    network_policy: NetworkPolicy = Field(
+        default_factory=NetworkPolicy,
+        description="A NetworkPolicy lets into the server pods' port only pods of this namespace, "
+        "of the gateway's (traffic GatewayAPI), of the namespaces listed here and in the "
+        "operator's chart, and the API server (its service and pod proxy).",
+    )
 
 
 class LiveQualityResult(ApiModel):

@@ -1,5 +1,5 @@
-"""Deployment (mlkube.io) -> one apps/v1 Deployment per served ModelVersion, a Service, and an
-HTTPRoute when traffic is split by the Gateway API.
+"""Deployment (mlkube.io) -> one apps/v1 Deployment per served ModelVersion, a Service, an
+HTTPRoute when traffic is split by the Gateway API, and a NetworkPolicy fencing the pods in.
 
 Each version's pods carry `mlkube.io/traffic: "on"` from their template; the Service selects on it,
 so a promoted version's predecessor can stay warm (pods running, label patched off) without
@@ -25,9 +25,12 @@ from mlkube.config import OperatorConfig
 from mlkube.layout import inference_log_uri
 
 SERVER = "server"
+SERVER_APP = "mlkube-server"
 TRAFFIC_LABEL = "mlkube.io/traffic"
 DEPLOYMENT_LABEL = "mlkube.io/deployment"
 VERSION_LABEL = "mlkube.io/model-version"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""Set on every namespace by the API server: selects a namespace by its name."""
 
 
 def server_name(deployment: str, model_version: str) -> str:
@@ -36,7 +39,7 @@ def server_name(deployment: str, model_version: str) -> str:
 
 def server_labels(owner: Owner, model_version: str) -> dict[str, str]:
     return {
-        "app.kubernetes.io/name": "mlkube-server",
+        "app.kubernetes.io/name": SERVER_APP,
         DEPLOYMENT_LABEL: owner.name,
         VERSION_LABEL: model_version,
     }
@@ -188,5 +191,40 @@ def build_autoscaler(owner: Owner, spec: DeploymentSpec, model_version: str) -> 
                     },
                 }
             ],
+        },
+    }
+
+
+def build_network_policy(
+    owner: Owner, spec: DeploymentSpec, config: OperatorConfig
+) -> Manifest | None:
+    """Connections to the server pods' port only from pods of their own namespace, of the
+    gateway's, of the namespaces the spec and the chart allow, and from the API server's ranges
+    (its service and pod proxy carry `predict` calls and the canary's scrapes); None when the
+    chart or the spec turns the policy off."""
+    if not (config.network_policy and spec.network_policy.enabled):
+        return None
+    namespaces = {*spec.network_policy.allowed_namespaces, *config.network_policy_namespaces}
+    if spec.traffic == "GatewayAPI" and spec.gateway is not None:
+        namespaces.add(spec.gateway.namespace or owner.namespace)
+    peers: list[Manifest] = [{"podSelector": {}}]
+    peers += [
+        {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}}}
+        for namespace in sorted(namespaces - {owner.namespace})
+    ]
+    peers += [{"ipBlock": {"cidr": cidr}} for cidr in config.api_server_cidrs]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(owner.name, owner, {DEPLOYMENT_LABEL: owner.name}),
+        "spec": {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": SERVER_APP,
+                    DEPLOYMENT_LABEL: owner.name,
+                }
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": spec.port}]}],
         },
     }

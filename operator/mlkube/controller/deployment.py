@@ -16,6 +16,7 @@ from mlkube.builders.serving import (
     VERSION_LABEL,
     build_autoscaler,
     build_httproute,
+    build_network_policy,
     build_server_deployment,
     build_service,
     server_name,
@@ -30,6 +31,7 @@ from mlkube.core.serving import resolve_target
 
 KIND = "Deployment"
 AUTOSCALER = ("autoscaling/v2", "HorizontalPodAutoscaler")
+NETWORK_POLICY = ("networking.k8s.io/v1", "NetworkPolicy")
 FOLLOW_LATEST_SECONDS = 60.0
 """A safety net: a newly approved version wakes Deployments following latestApproved at once."""
 
@@ -126,6 +128,15 @@ class DeploymentReconciler:
     ) -> None:
         ctx, spec = self.ctx, r.spec
         owner = Owner.from_body(KIND, r.obj)
+        # before any server pod: none takes connections from outside its fence
+        policy = build_network_policy(owner, spec, ctx.config)
+        if policy is not None:
+            ctx.apply(policy)
+        elif ctx.may_exist(
+            NETWORK_POLICY, r.namespace, r.name, owner_is_new=r.status.observed_generation is None
+        ):
+            ctx.kube.delete(*NETWORK_POLICY, r.namespace, r.name)
+            ctx.forget_applied(*NETWORK_POLICY, r.namespace, r.name)
         for version, workload in decision.workloads.items():
             mv = versions.get(version)
             if mv is None:

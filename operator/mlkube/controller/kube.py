@@ -53,6 +53,7 @@ _PLURALS: dict[tuple[str, str], str] = {
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
     **{(API_VERSION, kind.kind): kind.plural for kind in KINDS},
 }
