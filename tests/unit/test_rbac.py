@@ -4,7 +4,9 @@ package (every `Cluster` call, every kopf watch), so a right added without a cal
 without a right, fails here instead of on a cluster.
 
 To extend: a new `Cluster` method goes in CALLS; a right no request carries (an admission check)
-goes in ADMISSION with its reason.
+goes in ADMISSION with its reason; a resource used only in the operator's own namespace (its
+Lease) goes in OWN_NAMESPACE, and is then expected from a Role bound there. Roles are found by
+their bindings to the operator's service account, whatever they are called.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ CALLS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "create": ("manifest", ("create",), ""),
     # server-side apply creates what is missing: the API server checks create as well as patch
     "apply": ("manifest", ("create", "patch"), ""),
+    "replace": ("manifest", ("update",), ""),
     "get_object": ("custom", ("get",), ""),
     "list_objects": ("custom", ("list",), ""),
     "patch_object": ("custom", ("patch",), ""),
     "patch_status": ("custom", ("patch",), "/status"),
     "create_custom": ("custom", ("create",), ""),
+    "replace": ("manifest", ("update",), ""),
     "post_event": ("fixed", ("create",), "events"),
     "scrape": ("fixed", ("get",), "pods/proxy"),
     "pod_logs": ("fixed", ("list",), "pods"),  # and get pods/log: the CLI's, never the operator's
@@ -72,15 +76,20 @@ KOPF_ALWAYS: set[Right] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ("", "events", "create"),
 }
+LEADER: set[Right] = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+"""Granted by the mlkube-operator-leader Role, in the release namespace only."""
 KOPF_PATTERNS: set[Right] = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 """Only when watching namespace patterns: kopf lists namespaces to match them."""
+OWN_NAMESPACE = {"leases"}
+"""Rights the operator needs in its own (the release's) namespace only: leader election."""
+RELEASE = "mlkube-system"
 CLUSTER_SCOPED = {
     "customresourcedefinitions",
     "namespaces",
     "tokenreviews",
     "subjectaccessreviews",
 }
-METHODS = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "GET": "get"}
+METHODS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "GET": "get"}
 
 
 def _resource(api_version: str, kind_name: str) -> tuple[str, str]:
@@ -100,8 +109,10 @@ class Scan:
         line = getattr(node, "lineno", 0)
         pytest.fail(f"{self.source.name}:{line}: {why}: {ast.unparse(node)}", pytrace=False)
 
-    def value(self, node: ast.expr) -> Any:
-        return eval(compile(ast.Expression(node), str(self.source), "eval"), vars(self.module))
+    def value(self, node: ast.expr, module: ModuleType | None = None) -> Any:
+        """A constant expression of the module's (names resolved in its globals)."""
+        where = module or self.module
+        return eval(compile(ast.Expression(node), str(self.source), "eval"), vars(where))
 
     def kinds_of(self, node: ast.expr) -> list[Kind]:
         try:
@@ -109,21 +120,30 @@ class Scan:
         except NameError:  # BY_KIND[kind]: any of ours
             return list(KINDS)
 
-    def manifests(self, node: ast.expr, scope: ast.AST) -> set[tuple[str, str]]:
-        """(group, resource) of every object `node` can evaluate to."""
+    def kind_args(self, args: list[ast.expr]) -> tuple[str, str]:
+        """(group, resource) of a call taking (apiVersion, kind, ...) or (*KIND, ...)."""
+        first = args[0]
+        if isinstance(first, ast.Starred):
+            api_version, kind = self.value(first.value)
+        else:
+            api_version, kind = self.value(first), self.value(args[1])
+        return _resource(api_version, kind)
+
+    def manifests(self, node: ast.expr, scope: ast.AST, module: ModuleType) -> set[tuple[str, str]]:
+        """(group, resource) of every object `node` (in `module`) can evaluate to."""
         if isinstance(node, ast.Dict):
             keys = [k.value if isinstance(k, ast.Constant) else None for k in node.keys]
             fields = dict(zip(keys, node.values, strict=True))
-            api, kind = fields.get("apiVersion"), fields.get("kind")
-            if (
-                isinstance(api, ast.Constant)
-                and isinstance(kind, ast.Constant)
-                and "metadata" in fields
-            ):
-                return {_resource(str(api.value), str(kind.value))}
+            if {"apiVersion", "kind", "metadata"} <= fields.keys():
+                with contextlib.suppress(NameError, AttributeError):
+                    api_version = self.value(fields["apiVersion"], module)
+                    kind = self.value(fields["kind"], module)
+                    return {_resource(api_version, kind)}
             return set()
         if isinstance(node, ast.IfExp):
-            return self.manifests(node.body, scope) | self.manifests(node.orelse, scope)
+            return self.manifests(node.body, scope, module) | self.manifests(
+                node.orelse, scope, module
+            )
         if isinstance(node, ast.Constant) and node.value is None:
             return set()
         found: set[tuple[str, str]] = set()
@@ -132,13 +152,15 @@ class Scan:
                 if isinstance(assign, ast.Assign) and any(
                     isinstance(t, ast.Name) and t.id == node.id for t in assign.targets
                 ):
-                    found |= self.manifests(assign.value, scope)
+                    found |= self.manifests(assign.value, scope, module)
         elif isinstance(node, ast.Call):  # a builder: the manifests its source spells out
             with contextlib.suppress(NameError, TypeError, OSError):
-                built = ast.parse(textwrap.dedent(inspect.getsource(self.value(node.func))))
+                builder = self.value(node.func, module)
+                built = ast.parse(textwrap.dedent(inspect.getsource(builder)))
+                home = inspect.getmodule(builder) or module
                 for d in ast.walk(built):
                     if isinstance(d, ast.Dict):
-                        found |= self.manifests(d, built)
+                        found |= self.manifests(d, built, home)
         if not found:
             self.fail(node, "cannot tell which kind of object this is")
         return found
@@ -152,22 +174,21 @@ class Scan:
         elif node is None:
             self.fail(ref, f"Cluster.{method} passed on uncalled: its kind cannot be read")
         elif how == "kind":
-            first = node.args[0]
-            pair = (
-                self.value(first.value)
-                if isinstance(first, ast.Starred)
-                else (self.value(first), self.value(node.args[1]))
-            )
-            targets = {_resource(*pair)}
+            targets = {self.kind_args(node.args)}
         elif how == "custom":
             targets = {(GROUP, k.plural) for k in self.kinds_of(node.args[0])}
         elif how == "manifest":
-            targets = self.manifests(node.args[0], scope)
-        else:  # request(method, path, ...)
-            http, path = self.value(node.args[0]), self.value(node.args[1])
-            parts = path.strip("/").split("/")
-            group = "" if parts[0] == "api" else parts[1]
-            targets, verbs = {(group, parts[-1])}, (METHODS[http],)
+            targets = self.manifests(node.args[0], scope, self.module)
+        else:  # request(method, path, ...): a constant path, or resource_path(kind...)
+            http, path = self.value(node.args[0]), node.args[1]
+            verbs = (METHODS[http],)
+            if isinstance(path, ast.Call) and ast.unparse(path.func) == "resource_path":
+                targets = {self.kind_args(path.args)}
+                at = 3 if isinstance(path.args[0], ast.Starred) else 4  # the subresource
+                extra = "/" + self.value(path.args[at]) if len(path.args) > at else ""
+            else:
+                parts = str(self.value(path)).strip("/").split("/")
+                targets = {("" if parts[0] == "api" else parts[1], parts[-1])}
         self.rights |= {(g, r + extra, v) for g, r in targets for v in verbs}
 
     def run(self) -> set[Right]:
@@ -211,7 +232,7 @@ def code_rights(patterns: bool) -> set[Right]:
         plural = selector.plural or selector.any_name
         assert selector.group is not None and isinstance(plural, str)
         rights |= {(selector.group, plural, "list"), (selector.group, plural, "watch")}
-    return rights
+    return rights - LEADER
 
 
 def rendered(*values: str) -> list[dict[str, Any]]:
@@ -226,16 +247,29 @@ def rendered(*values: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
-def granted(docs: list[dict[str, Any]], kind: str, namespace: str | None = None) -> set[Right]:
-    """The operator's rules among `docs`, flattened."""
+def granted(docs: list[dict[str, Any]], namespace: str | None) -> set[Right]:
+    """The rules bound to the operator's service account among `docs`, flattened: cluster-wide
+    (namespace None: ClusterRoleBindings) or in `namespace` (its RoleBindings), whatever the
+    roles are called."""
+    by_ref = {
+        (d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")): d["rules"]
+        for d in docs
+        if d["kind"] in ("ClusterRole", "Role")
+    }
     rights: set[Right] = set()
     for doc in docs:
         meta = doc["metadata"]
-        if doc["kind"] != kind or meta["name"] != "mlkube-operator":
+        wanted = "ClusterRoleBinding" if namespace is None else "RoleBinding"
+        if doc["kind"] != wanted or meta.get("namespace") != namespace:
             continue
-        if namespace is not None and meta.get("namespace") != namespace:
+        if not any(
+            s["kind"] == "ServiceAccount" and s["name"] == "mlkube-operator"
+            for s in doc["subjects"]
+        ):
             continue
-        for rule in doc["rules"]:
+        ref = doc["roleRef"]
+        role_namespace = namespace if ref["kind"] == "Role" else None
+        for rule in by_ref[(ref["kind"], ref["name"], role_namespace)]:
             assert not rule.get("resourceNames"), rule
             rights |= {
                 (g, r, v)
@@ -246,9 +280,11 @@ def granted(docs: list[dict[str, Any]], kind: str, namespace: str | None = None)
     return rights
 
 
-def split(rights: set[Right]) -> tuple[set[Right], set[Right]]:
+def split(rights: set[Right]) -> tuple[set[Right], set[Right], set[Right]]:
+    """(cluster-scoped, the operator's own namespace, workload namespaces)."""
     cluster = {r for r in rights if r[1] in CLUSTER_SCOPED}
-    return cluster, rights - cluster
+    own = {r for r in rights if r[1] in OWN_NAMESPACE}
+    return cluster, own, rights - cluster - own
 
 
 def test_every_cluster_method_is_classified() -> None:
@@ -259,24 +295,40 @@ def test_every_cluster_method_is_classified() -> None:
 
 
 def test_the_cluster_role_is_exactly_what_the_code_calls() -> None:
-    assert granted(rendered(), "ClusterRole") == code_rights(patterns=False)
+    docs = rendered("--namespace", RELEASE)
+    cluster, own, namespaced = split(code_rights(patterns=False))
+    assert granted(docs, None) == cluster | namespaced
+    assert granted(docs, RELEASE) == own
 
 
 def test_namespace_patterns_add_only_the_namespace_listing() -> None:
-    docs = rendered("--set", "watchNamespaces={team-*}")
-    assert granted(docs, "ClusterRole") == code_rights(patterns=True)
-    assert granted(docs, "Role") == set()
+    docs = rendered("--namespace", RELEASE, "--set", "watchNamespaces={team-*}")
+    cluster, own, namespaced = split(code_rights(patterns=True))
+    assert granted(docs, None) == cluster | namespaced
+    assert granted(docs, RELEASE) == own
 
 
 def test_named_namespaces_get_roles_and_no_cluster_wide_workload_rights() -> None:
-    docs = rendered("--set", "watchNamespaces={team-a,team-b}", "--namespace", "mlkube-system")
-    cluster, namespaced = split(code_rights(patterns=False))
-    assert granted(docs, "ClusterRole") == cluster
+    docs = rendered("--namespace", RELEASE, "--set", "watchNamespaces={team-a,team-b}")
+    cluster, own, namespaced = split(code_rights(patterns=False))
+    assert granted(docs, None) == cluster
+    assert granted(docs, RELEASE) == own
     for namespace in ("team-a", "team-b"):
-        assert granted(docs, "Role", namespace) == namespaced
-    bound = {
-        d["metadata"]["namespace"]
-        for d in docs
-        if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "mlkube-operator"
+        assert granted(docs, namespace) == namespaced
+
+
+def test_the_lease_is_the_operators_in_its_own_namespace_only() -> None:
+    assert Scan(importlib.import_module("mlkube.controller.leader")).run() == LEADER
+    docs = rendered("--namespace", "mlkube-system")
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader")]
+    assert role["metadata"]["namespace"] == "mlkube-system"
+    assert {
+        ("coordination.k8s.io", r, v, *rule.get("resourceNames", []))
+        for rule in role["rules"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    } == {
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "get", "mlkube-operator"),
+        ("coordination.k8s.io", "leases", "update", "mlkube-operator"),
     }
-    assert bound == {"team-a", "team-b"}
