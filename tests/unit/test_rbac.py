@@ -55,7 +55,6 @@ CALLS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "patch_object": ("custom", ("patch",), ""),
     "patch_status": ("custom", ("patch",), "/status"),
     "create_custom": ("custom", ("create",), ""),
-    "replace": ("manifest", ("update",), ""),
     "post_event": ("fixed", ("create",), "events"),
     "scrape": ("fixed", ("get",), "pods/proxy"),
     "pod_logs": ("fixed", ("list",), "pods"),  # and get pods/log: the CLI's, never the operator's
