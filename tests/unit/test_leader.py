@@ -77,8 +77,8 @@ class FakeLeases:
         self._store(body)
         return True
 
-    def request(self, method: str, path: str, body: dict[str, Any]) -> None:
-        assert method == "PUT" and self.lease is not None
+    def replace(self, body: dict[str, Any]) -> None:
+        assert self.lease is not None
         if body["metadata"]["resourceVersion"] != self.lease["metadata"]["resourceVersion"]:
             raise Conflict(409, "Conflict", "the object has been modified")
         self._store(body)

@@ -75,8 +75,6 @@ KOPF_ALWAYS: set[Right] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ("", "events", "create"),
 }
-LEADER: set[Right] = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
-"""Granted by the mlkube-operator-leader Role, in the release namespace only."""
 KOPF_PATTERNS: set[Right] = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 """Only when watching namespace patterns: kopf lists namespaces to match them."""
 OWN_NAMESPACE = {"leases"}
@@ -231,7 +229,7 @@ def code_rights(patterns: bool) -> set[Right]:
         plural = selector.plural or selector.any_name
         assert selector.group is not None and isinstance(plural, str)
         rights |= {(selector.group, plural, "list"), (selector.group, plural, "watch")}
-    return rights - LEADER
+    return rights
 
 
 def rendered(*values: str) -> list[dict[str, Any]]:
@@ -316,18 +314,9 @@ def test_named_namespaces_get_roles_and_no_cluster_wide_workload_rights() -> Non
         assert granted(docs, namespace) == namespaced
 
 
-def test_the_lease_is_the_operators_in_its_own_namespace_only() -> None:
-    assert Scan(importlib.import_module("mlkube.controller.leader")).run() == LEADER
-    docs = rendered("--namespace", "mlkube-system")
-    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader")]
-    assert role["metadata"]["namespace"] == "mlkube-system"
-    assert {
-        ("coordination.k8s.io", r, v, *rule.get("resourceNames", []))
-        for rule in role["rules"]
-        for r in rule["resources"]
-        for v in rule["verbs"]
-    } == {
-        ("coordination.k8s.io", "leases", "create"),
-        ("coordination.k8s.io", "leases", "get", "mlkube-operator"),
-        ("coordination.k8s.io", "leases", "update", "mlkube-operator"),
-    }
+def test_the_lease_rights_name_the_one_lease_of_the_watched_scope() -> None:
+    """get and update only that Lease (a create names no object RBAC could check)."""
+    docs = rendered("--namespace", RELEASE)
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == RELEASE]
+    named = {(v, *rule.get("resourceNames", [])) for rule in role["rules"] for v in rule["verbs"]}
+    assert named == {("create",), ("get", "mlkube-operator"), ("update", "mlkube-operator")}

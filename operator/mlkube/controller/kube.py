@@ -202,6 +202,14 @@ class Cluster:
             ),
         )
 
+    def replace(self, manifest: Body) -> Body:
+        """A PUT of the whole object; with its resourceVersion, a Conflict if it changed since."""
+        meta = manifest["metadata"]
+        path = resource_path(
+            manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]
+        )
+        return cast(Body, self.request("PUT", path, manifest))
+
     def patch(
         self,
         api_version: str,

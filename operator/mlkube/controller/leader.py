@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from mlkube.controller.errors import ApiError, Conflict
-from mlkube.controller.kube import Body, Cluster, resource_path
+from mlkube.controller.kube import Body, Cluster
 
 LEASE = ("coordination.k8s.io/v1", "Lease")
 LEASE_DURATION = 15
@@ -94,7 +94,12 @@ def written(lease: Body | None, action: Action, me: str, namespace: str, name: s
     metadata = {"name": name, "namespace": namespace}
     if lease is not None:
         metadata["resourceVersion"] = lease["metadata"]["resourceVersion"]
-    return {"apiVersion": LEASE[0], "kind": LEASE[1], "metadata": metadata, "spec": spec}
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": metadata,
+        "spec": spec,
+    }
 
 
 class Elector:
@@ -151,15 +156,12 @@ class Elector:
         body = written(lease, "renew", self.identity, self.namespace, self.name)
         body["spec"].update(holderIdentity=None, leaseDurationSeconds=1)
         try:
-            self._put(body)
+            self.kube.replace(body)
         except ApiError as e:  # the standby then waits for the Lease to expire
             logger.warning("could not release Lease %s/%s: %s", self.namespace, self.name, e)
 
     def _get(self) -> Body | None:
         return self.kube.get(*LEASE, self.namespace, self.name)
-
-    def _put(self, body: Body) -> None:
-        self.kube.request("PUT", resource_path(*LEASE, self.namespace, self.name), body)
 
     def _try(self) -> bool:
         """One look and at most one write; True when this replica holds the Lease after it."""
@@ -174,7 +176,7 @@ class Elector:
                 if not self.kube.create(body):
                     return False  # another replica created it first
             else:
-                self._put(body)
+                self.kube.replace(body)
         except Conflict:
             return False  # another replica wrote first
         except ApiError as e:
