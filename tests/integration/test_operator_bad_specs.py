@@ -87,6 +87,15 @@ def test_bad_specs_end_with_a_reason(
             "TrainingJob", "no-image", {**TRAINING, "image": "localhost/mlkube-missing:0.0.1"}
         ),
     )
+    create(
+        kube,
+        ns,
+        manifest(
+            "TrainingJob",
+            "no-champion",
+            {**TRAINING, "qualityGates": {"champion": {"deployment": "ghost"}}},
+        ),
+    )
     create(kube, ns, manifest("TrainingJob", "good", TRAINING))
     create(kube, ns, manifest("Deployment", "ghost", {"modelVersion": "iris-v42"}))
     create(
@@ -128,6 +137,10 @@ def test_bad_specs_end_with_a_reason(
     assert labels["message"].startswith(
         "spec.dataset.inferenceLog.feedbackUris[0]: file:///var/lib/mlkube/artifacts/team-b/"
     )
+
+    unserved = condition(training_finished(kube, ns, "no-champion"), "Failed")
+    assert unserved["reason"] == "ChampionNotFound"
+    assert unserved["message"] == "qualityGates.champion: Deployment ghost serves no version"
 
     no_image = training_finished(kube, ns, "no-image")
     assert condition(no_image, "Failed")["reason"] == "ImagePullFailed"

@@ -314,7 +314,9 @@ class PerformanceResult(ApiModel):
         default_factory=list, max_length=5, description="The worst slices by the metric."
     )
     worst_slice_gap: str | None = Field(
-        default=None, max_length=32, description="The worst slice's metric minus the whole's."
+        default=None,
+        max_length=32,
+        description="How much worse the worst slice is than the whole (> 0: worse).",
     )
     message: str | None = Field(default=None, max_length=1024)
 

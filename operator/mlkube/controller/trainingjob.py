@@ -188,9 +188,15 @@ class TrainingJobReconciler:
         gate = r.spec.quality_gates.champion
         if gate is None:
             return None
-        champion = self.ctx.get("ModelVersion", r.namespace, gate.model_version)
+        name = gate.model_version
+        if gate.deployment is not None:
+            deployment = self.ctx.get("Deployment", r.namespace, gate.deployment)
+            name = ((deployment or {}).get("status") or {}).get("stableVersion")
+            if not name:
+                return f"qualityGates.champion: Deployment {gate.deployment} serves no version"
+        champion = self.ctx.get("ModelVersion", r.namespace, name) if name else None
         if champion is None:
-            return f"qualityGates.champion: ModelVersion {gate.model_version} does not exist"
+            return f"qualityGates.champion: ModelVersion {name} does not exist"
         artifact = champion["spec"]["artifact"]
         return str(artifact["uri"]), str(artifact["sha256"])
 
