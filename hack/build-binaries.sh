@@ -5,6 +5,7 @@
 #   etcd etcdctl                                                                      (go.etcd.io/etcd)
 #   helm                                                                              (helm.sh/helm/v3)
 #   weed (SeaweedFS: the test bed's S3 server, hack/s3)                               (github.com/seaweedfs/seaweedfs)
+#   kube-router (firewall only: the test bed's NetworkPolicy implementation)          (github.com/cloudnativelabs/kube-router/v2)
 #
 # Output: $MLKUBE_BIN_DIR (default ~/.cache/mlkube/k8s-<ver>-etcd-<ver>-helm-<ver>/bin, see below).
 # Already-built binaries are skipped. Usage: hack/build-binaries.sh [--print-bin-dir]
@@ -15,6 +16,9 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 # SeaweedFS tags no Go-module versions; this pseudo-version is what the module proxy serves
 SEAWEEDFS_VERSION="${SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}"
+# the only kube-router version the module proxy serves here (v2.2+ are not available); it runs
+# in the test bed only, as a NetworkPolicy firewall on one node
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
 
 CACHE_ROOT="${MLKUBE_CACHE:-$HOME/.cache/mlkube}"
 BIN_DIR="${MLKUBE_BIN_DIR:-$CACHE_ROOT/k8s-${K8S_VERSION}/bin}"
@@ -193,6 +197,23 @@ if ! stamp_ok weed "$SEAWEEDFS_VERSION"; then
   log "seaweedfs: built weed in $(( $(date +%s) - t0 ))s"
 else
   log "seaweedfs $SEAWEEDFS_VERSION: present, skipping"
+fi
+
+# ---------------------------------------------------------------- kube-router
+if ! stamp_ok kube-router "$KUBE_ROUTER_VERSION"; then
+  built_any=1
+  # its go.mod has no replace lines: a plain `go install` at the tag, with upstream's version ldflags
+  log "kube-router $KUBE_ROUTER_VERSION: go install github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
+  t0=$(date +%s)
+  tmpgobin="$BIN_DIR/.tmp-kube-router"; rm -rf "$tmpgobin"; mkdir -p "$tmpgobin"
+  kv=github.com/cloudnativelabs/kube-router/v2/pkg/version
+  (cd "$SRC_ROOT" && GOFLAGS="" GOBIN="$tmpgobin" go install -trimpath \
+     -ldflags "-s -w -X $kv.Version=$KUBE_ROUTER_VERSION -X $kv.BuildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+     "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION")
+  mv -f "$tmpgobin/kube-router" "$BIN_DIR/kube-router"; rm -rf "$tmpgobin"; stamp kube-router "$KUBE_ROUTER_VERSION"
+  log "kube-router: built in $(( $(date +%s) - t0 ))s"
+else
+  log "kube-router $KUBE_ROUTER_VERSION: present, skipping"
 fi
 
 total=$(( $(date +%s) - START ))
