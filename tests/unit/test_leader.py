@@ -50,7 +50,7 @@ def test_what_each_action_writes() -> None:
     assert taken["metadata"]["resourceVersion"] == "7", "a race for it has one winner"
     assert taken["spec"]["holderIdentity"] == ME
     assert taken["spec"]["leaseTransitions"] == 4
-    assert taken["spec"]["leaseDurationSeconds"] == 15
+    assert taken["spec"]["leaseDurationSeconds"] == 10
     mine = {**lease, "spec": {**lease["spec"], "holderIdentity": ME}}
     renewed = written(mine, "renew", ME, "ns", "l")["spec"]
     assert (renewed["acquireTime"], renewed["leaseTransitions"]) == ("old", 3)

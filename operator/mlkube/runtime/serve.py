@@ -12,6 +12,8 @@ Environment (the primary interface; the operator sets these on the pod):
 - ``MLKUBE_INFERENCE_LOG_URI``: optional, the Deployment's inference log directory. The server
   writes its rows (inputs, predictions, probabilities, request ids) to ``<uri>/<model version>/``
   and the labels posted to ``/feedback`` to ``<uri>/_feedback/`` (``mlkube.layout``).
+- ``MLKUBE_INFERENCE_LOG_MAX_BYTES``: the byte budget of this version's log directory; past it
+  the oldest segments go (default 0: none; the operator sets the chart's ``inferenceLog.maxBytes``).
 - ``MLKUBE_POD_NAME``: writer id of the inference log segments (default: the host name).
 - ``MLKUBE_MODEL_VERSION``: the ``model_version`` label of the metrics (default: ``unknown``).
 - ``MLKUBE_LIVE_QUALITY_ROWS``: answered rows kept to count live quality from the labels
@@ -96,6 +98,7 @@ logger = logging.getLogger("mlkube.serve")
 ENV_MODEL_URI = "MLKUBE_MODEL_URI"
 ENV_MODEL_SHA256 = "MLKUBE_MODEL_SHA256"
 ENV_INFERENCE_LOG_URI = "MLKUBE_INFERENCE_LOG_URI"
+ENV_INFERENCE_LOG_MAX_BYTES = "MLKUBE_INFERENCE_LOG_MAX_BYTES"
 ENV_POD_NAME = "MLKUBE_POD_NAME"
 ENV_MODEL_VERSION = "MLKUBE_MODEL_VERSION"
 ENV_PREDICTION_BUCKETS = "MLKUBE_PREDICTION_BUCKETS"
@@ -164,6 +167,7 @@ class ServeSettings:
     model_uri: str
     model_sha256: str | None
     inference_log_uri: str | None
+    inference_log_max_bytes: int | None
     pod_name: str
     model_version: str
     prediction_buckets: tuple[float, ...]
@@ -181,6 +185,10 @@ class ServeSettings:
             model_uri=model_uri,
             model_sha256=environ.get(ENV_MODEL_SHA256, "").strip().lower() or None,
             inference_log_uri=environ.get(ENV_INFERENCE_LOG_URI, "").strip() or None,
+            inference_log_max_bytes=int(
+                _number_between(environ, ENV_INFERENCE_LOG_MAX_BYTES, 0, 2**62)
+            )
+            or None,
             pod_name=environ.get(ENV_POD_NAME, "").strip() or socket.gethostname(),
             model_version=environ.get(ENV_MODEL_VERSION, "").strip() or "unknown",
             prediction_buckets=(
@@ -947,6 +955,7 @@ class MLKubeModelServer:
                 version_log_uri(settings.inference_log_uri, settings.model_version),
                 settings.pod_name,
                 constants={LOG_MODEL_VERSION_COLUMN: settings.model_version},
+                retention_bytes=settings.inference_log_max_bytes,
                 metadata=(
                     {LOG_CLASSES_METADATA: orjson.dumps(classes)}
                     if self.predictor.has_probabilities
