@@ -20,6 +20,14 @@ Environment (the primary interface; the operator sets these on the pod):
   (default 500000; 0 turns the counting off; ``live_quality``).
 - ``MLKUBE_PREDICTION_BUCKETS``: optional comma-separated bucket bounds of the regressor
   prediction histogram (default: symmetric 1-2-5 steps, see ``metrics``).
+- ``MLKUBE_MAX_ROWS``: rows a ``/predict`` request, or labels a ``/feedback`` request, may hold
+  (default 100000); more is a 413 naming the cap.
+- ``MLKUBE_MAX_CONCURRENCY``: large requests computing at once in the server's thread pool
+  (default 4), and ``MLKUBE_MAX_QUEUED``: large requests waiting for one of them (default 8). Past
+  both, a large request is a 503 with ``Retry-After``: nothing waits without bound.
+- ``MLKUBE_MIN_BODY_BYTES_PER_SECOND``: the slowest a request body may arrive, on average, after
+  ``MLKUBE_BODY_GRACE_SECONDS`` (default 65536 bytes/s after 5 s; 0 turns the rule off); a body
+  that falls behind is dropped with a 408 and the connection closed.
 - Test and chaos knobs, for exercising canary analysis; leave unset in production:
   ``MLKUBE_FAULT_ERROR_PERCENT`` (0-100: that share of prediction requests answers 500) and
   ``MLKUBE_FAULT_DELAY_MS`` (added to every prediction request).
@@ -44,6 +52,12 @@ HTTP:
 - ``GET /livez``, ``GET /readyz``, ``GET /metrics``: BentoML's own; the metrics are listed in
   ``mlkube.runtime.metrics``.
 
+Large requests: a body over ``INLINE_BODY_BYTES`` is decoded, checked, predicted and written out
+in a bounded thread pool, and so is a prediction the model's cost (timed on probe rows at start)
+puts over ``INLINE_PREDICT_SECONDS``; everything else runs inline on the event loop, where a thread
+hop would cost more than the request. So probes, metrics and small requests are answered while
+a large one computes (scikit-learn's trees release the GIL while they walk).
+
 Speed: ``POST /predict`` is answered by a plain ASGI handler that the service class puts in front
 of BentoML's application (``MLKubeService.to_asgi``), so the hot path skips BentoML's per-request
 middleware, pydantic IO models and thread hop; everything else (lifecycle, probes, metrics,
@@ -66,10 +80,11 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, chain
 from operator import itemgetter
-from typing import Any, NamedTuple, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar
 
 import bentoml
 import numpy as np
@@ -94,6 +109,7 @@ from mlkube.runtime.live_quality import MAX_ROWS, LiveQuality
 from mlkube.runtime.metrics import PREDICTION_VALUE_BUCKETS, ServingMetrics
 
 logger = logging.getLogger("mlkube.serve")
+_T = TypeVar("_T")
 
 ENV_MODEL_URI = "MLKUBE_MODEL_URI"
 ENV_MODEL_SHA256 = "MLKUBE_MODEL_SHA256"
@@ -105,6 +121,16 @@ ENV_PREDICTION_BUCKETS = "MLKUBE_PREDICTION_BUCKETS"
 ENV_LIVE_QUALITY_ROWS = "MLKUBE_LIVE_QUALITY_ROWS"
 ENV_FAULT_ERROR_PERCENT = "MLKUBE_FAULT_ERROR_PERCENT"
 ENV_FAULT_DELAY_MS = "MLKUBE_FAULT_DELAY_MS"
+ENV_MAX_ROWS = "MLKUBE_MAX_ROWS"
+ENV_MAX_CONCURRENCY = "MLKUBE_MAX_CONCURRENCY"
+ENV_MAX_QUEUED = "MLKUBE_MAX_QUEUED"
+ENV_MIN_BODY_RATE = "MLKUBE_MIN_BODY_BYTES_PER_SECOND"
+ENV_BODY_GRACE_SECONDS = "MLKUBE_BODY_GRACE_SECONDS"
+DEFAULT_MAX_ROWS = 100_000
+DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_MAX_QUEUED = 8
+DEFAULT_MIN_BODY_RATE = 64 * 1024
+DEFAULT_BODY_GRACE_SECONDS = 5.0
 
 PREDICT_PATH = "/predict"
 FEEDBACK_PATH = "/feedback"
@@ -116,6 +142,16 @@ MAX_REQUEST_ID_LENGTH = 128
 MAX_ROW_ID_LENGTH = MAX_REQUEST_ID_LENGTH + 21
 """The longest ``<id>-<row>`` this server gives: an id, a dash and up to 20 digits."""
 MAX_OUTCOME_NAME_LENGTH = 128
+INLINE_BODY_BYTES = 64 * 1024
+"""Bodies up to this size are decoded on the event loop (under ~0.5 ms for object rows); larger
+ones in the thread pool."""
+INLINE_PREDICT_SECONDS = 0.002
+"""A prediction the model's measured cost puts under this runs on the event loop: a thread hop
+costs tens of µs, as much as a whole small request's share of a core."""
+CALIBRATION_ROWS = 256
+BODY_SWEEP_SECONDS = 0.25
+"""How often bodies still arriving are checked against the floor rate."""
+CLOSE_CONNECTION = (b"connection", b"close")
 
 ASGIScope = MutableMapping[str, Any]
 ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -174,6 +210,11 @@ class ServeSettings:
     live_quality_rows: int
     fault_error_percent: float
     fault_delay_ms: float
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_queued: int = DEFAULT_MAX_QUEUED
+    min_body_rate: float = DEFAULT_MIN_BODY_RATE
+    body_grace_seconds: float = DEFAULT_BODY_GRACE_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServeSettings:
@@ -201,6 +242,17 @@ class ServeSettings:
             ),
             fault_error_percent=_number_between(environ, ENV_FAULT_ERROR_PERCENT, 0, 100),
             fault_delay_ms=_number_between(environ, ENV_FAULT_DELAY_MS, 0, 600_000),
+            max_rows=_integer_between(environ, ENV_MAX_ROWS, 1, 10**9, DEFAULT_MAX_ROWS),
+            max_concurrency=_integer_between(
+                environ, ENV_MAX_CONCURRENCY, 1, 1024, DEFAULT_MAX_CONCURRENCY
+            ),
+            max_queued=_integer_between(environ, ENV_MAX_QUEUED, 0, 10**5, DEFAULT_MAX_QUEUED),
+            min_body_rate=_number_between(
+                environ, ENV_MIN_BODY_RATE, 0, 10**12, default=DEFAULT_MIN_BODY_RATE
+            ),
+            body_grace_seconds=_number_between(
+                environ, ENV_BODY_GRACE_SECONDS, 0, 3600, default=DEFAULT_BODY_GRACE_SECONDS
+            ),
         )
 
 
@@ -223,14 +275,27 @@ def _number_between(
     return value
 
 
-class RequestError(Exception):
-    """A request the server cannot answer: a 4xx, never a 5xx."""
+def _integer_between(
+    environ: Mapping[str, str], name: str, low: int, high: int, default: int
+) -> int:
+    value = _number_between(environ, name, low, high, default)
+    if not value.is_integer():
+        raise ServeConfigError(f"{name}={value:g} must be a whole number")
+    return int(value)
 
-    def __init__(self, status: int, message: str, column: str | None = None) -> None:
+
+class RequestError(Exception):
+    """A request the server cannot answer: a 4xx, never a 5xx. `close`: the body was not read
+    to its end, so the connection cannot carry another request."""
+
+    def __init__(
+        self, status: int, message: str, column: str | None = None, close: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.column = column
+        self.close = close
 
     def body(self) -> dict[str, str]:
         return {"error": self.message} | ({"column": self.column} if self.column else {})
@@ -508,6 +573,7 @@ class Inputs(NamedTuple):  # a NamedTuple: made per request, 4x cheaper than a f
     """What the model takes."""
     id: Any
     """The body's ``id`` as sent (unchecked: see `request_id_of`), None without one."""
+    rows: int
 
 
 class Prediction(NamedTuple):
@@ -521,8 +587,13 @@ class Prediction(NamedTuple):
 class Predictor:
     """A loaded model plus the input layout it was found to accept."""
 
-    def __init__(self, model: Model, schema: artifacts.ModelSchema) -> None:
+    def __init__(
+        self, model: Model, schema: artifacts.ModelSchema, max_rows: int = DEFAULT_MAX_ROWS
+    ) -> None:
         self.model = model
+        self.max_rows = max_rows
+        self.inline_rows = 0
+        """The most rows `warm_up` found the model to predict in `INLINE_PREDICT_SECONDS`."""
         self.column_types = schema.column_types()
         fitted_names = getattr(model, "feature_names_in_", None)
         self.feature_order: list[str] = (
@@ -594,16 +665,24 @@ class Predictor:
         return self._frame(arrays) if self.uses_frame else self._matrix(arrays)
 
     def read(self, body: bytes) -> Inputs:
-        """A request body as the model's input and the log's columns, validated."""
+        """A request body as the model's input and the log's columns, validated; more rows than
+        `max_rows` is a 413 before any of them is looked at."""
         document = decode_request(body)
+        rows = _row_count(document)
+        if rows > self.max_rows:
+            raise RequestError(
+                413,
+                f"the request has {rows} rows; this server takes at most {self.max_rows} a "
+                f"request ({ENV_MAX_ROWS}): split it",
+            )
         matrix = self._valid_float_matrix(document) if self.float_matrix else None
         if matrix is not None:
             features = (
                 pd.DataFrame(matrix, columns=self.feature_order) if self.uses_frame else matrix
             )
-            return Inputs({self._matrix_columns: matrix}, features, document.get("id"))
+            return Inputs({self._matrix_columns: matrix}, features, document.get("id"), rows)
         arrays = self.arrays(check_request(document, self.column_types, self.nullable))
-        return Inputs(arrays, self.features(arrays), document.get("id"))
+        return Inputs(arrays, self.features(arrays), document.get("id"), rows)
 
     def _valid_float_matrix(self, document: dict[str, Any]) -> npt.NDArray[np.float64] | None:
         """The rows as a float matrix in the fitted column order, checked at C speed: numbers
@@ -660,15 +739,57 @@ class Predictor:
         positions = probabilities.argmax(axis=1)
         return Prediction(self.classes[positions], probabilities, positions)
 
-    def _probe(self) -> dict[str, npt.NDArray[Any]]:
-        return self.arrays({name: [_PROBE_VALUES[t]] for name, t in self.column_types.items()})
+    def _probe(self, rows: int = 1) -> dict[str, npt.NDArray[Any]]:
+        return self.arrays(
+            {name: [_PROBE_VALUES[t]] * rows for name, t in self.column_types.items()}
+        )
 
     def warm_up(self) -> None:
-        """One prediction before traffic, so the first request pays no lazy initialisation."""
+        """Predictions before traffic, so the first request pays no lazy initialisation; timed,
+        they set `inline_rows`. Without them (a probe of zeros may be outside what a pipeline
+        accepts) every prediction runs in the thread pool."""
         try:
-            self.predict(self.features(self._probe()))
-        except Exception as e:  # a probe of zeros may be outside what a pipeline accepts
-            logger.info("warm-up prediction skipped: %s", e)
+            one = self.features(self._probe())
+            many = self.features(self._probe(CALIBRATION_ROWS))
+            self.predict(one)
+            fixed = _best_seconds(lambda: self.predict(one))
+            per_row = max(0.0, _best_seconds(lambda: self.predict(many)) - fixed) / (
+                CALIBRATION_ROWS - 1
+            )
+        except Exception as e:
+            logger.info("warm-up prediction skipped, every prediction runs off the loop: %s", e)
+            return
+        spare = INLINE_PREDICT_SECONDS - fixed
+        self.inline_rows = (
+            0 if spare < 0 else self.max_rows if per_row == 0 else int(1 + spare / per_row)
+        )
+        logger.info(
+            "the model predicts 1 row in %.2f ms and each further one in %.2f µs: requests of "
+            "up to %d rows are predicted on the event loop, larger ones in the thread pool",
+            fixed * 1e3,
+            per_row * 1e6,
+            self.inline_rows,
+        )
+
+
+def _best_seconds(call: Callable[[], object], times: int = 3) -> float:
+    timings = []
+    for _ in range(times):
+        started = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
+def _row_count(document: dict[str, Any]) -> int:
+    """The rows a decoded body holds, as far as its shape says (0 where it is not a list)."""
+    if "instances" in document:
+        rows = document["instances"]
+        return len(rows) if type(rows) is list else 0
+    inputs = document["inputs"]
+    if type(inputs) is not dict:
+        return 0
+    return max([len(v) for v in inputs.values() if type(v) is list], default=0)
 
 
 def request_id_of(body_id: Any, headers: Iterable[tuple[bytes, bytes]]) -> str:
@@ -740,9 +861,11 @@ class FeedbackReader:
     for string ones) and is stored in the classes' type; a regressor's must be a finite number.
     Outcomes are named finite numbers; a row without one of them has null there."""
 
-    def __init__(self, classes: npt.NDArray[Any] | None) -> None:
-        """`classes`: a classifier's ``classes_``; None for a regressor."""
+    def __init__(self, classes: npt.NDArray[Any] | None, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        """`classes`: a classifier's ``classes_``; None for a regressor. `max_rows`: the most
+        labels a request may hold."""
         self.classes = classes
+        self.max_rows = max_rows
         self._positions: dict[Any, int] | None = (
             None if classes is None else {label: i for i, label in enumerate(classes.tolist())}
         )
@@ -756,6 +879,12 @@ class FeedbackReader:
                 400,
                 'request body must be {"feedback": [{"requestId": "...", "label": ...}, ...]} '
                 "with at least one item",
+            )
+        if len(items) > self.max_rows:
+            raise RequestError(
+                413,
+                f"the request has {len(items)} labels; this server takes at most "
+                f"{self.max_rows} a request ({ENV_MAX_ROWS}): split it",
             )
         row_ids: list[str] = []
         labels: list[Any] = []
@@ -856,7 +985,71 @@ def _outcomes(outcomes: Any, index: int, row_id: str) -> dict[str, float]:
     return {name: float(value) for name, value in outcomes.items()}
 
 
-async def _read_body(receive: ASGIReceive) -> bytes:
+class _Read:
+    """A body being read: since when, and how much of it is in."""
+
+    __slots__ = ("expired", "received", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.received = 0
+        self.expired = False
+
+
+class BodyReader:
+    """Reads request bodies: one over `MAX_BODY_BYTES` is a 413, and one whose bytes fall behind
+    `rate` a second, on average, `grace` seconds after its request began is dropped with a 408
+    (a client dripping a body would otherwise hold its memory and connection for ever).
+
+    Bodies still arriving are checked every `BODY_SWEEP_SECONDS` by one timer, which cancels the
+    reads that fell behind: a request whose body came with its headers pays a dict entry, no timer
+    of its own."""
+
+    def __init__(self, rate: float, grace: float) -> None:
+        self.rate = rate
+        self.grace = grace
+        self._reads: dict[asyncio.Task[Any], _Read] = {}
+        self._sweeping = False
+
+    async def read(self, receive: ASGIReceive, started: float) -> bytes:
+        """The body of the request that began at `started` (``time.perf_counter``)."""
+        task = asyncio.current_task()
+        if not self.rate or task is None:
+            return await _read_body(receive)
+        read = _Read(started)
+        self._reads[task] = read
+        if not self._sweeping:
+            self._sweeping = True
+            asyncio.get_running_loop().call_later(BODY_SWEEP_SECONDS, self._sweep)
+        try:
+            return await _read_body(receive, read)
+        except asyncio.CancelledError:
+            if not read.expired:
+                raise
+            task.uncancel()
+            raise RequestError(
+                408,
+                f"the request body arrived slower than {self.rate:g} bytes a second "
+                f"({ENV_MIN_BODY_RATE}): {read.received} bytes in "
+                f"{time.perf_counter() - started:.1f} s",
+                close=True,
+            ) from None
+        finally:
+            del self._reads[task]
+
+    def _sweep(self) -> None:
+        now = time.perf_counter()
+        for task, read in self._reads.items():
+            if not read.expired and now > read.started + self.grace + read.received / self.rate:
+                read.expired = True
+                task.cancel()
+        if self._reads:
+            asyncio.get_running_loop().call_later(BODY_SWEEP_SECONDS, self._sweep)
+        else:
+            self._sweeping = False
+
+
+async def _read_body(receive: ASGIReceive, read: _Read | None = None) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -866,10 +1059,70 @@ async def _read_body(receive: ASGIReceive) -> bytes:
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+            raise RequestError(
+                413, f"request body is larger than {MAX_BODY_BYTES} bytes", close=True
+            )
         if not message.get("more_body", False):
             return b"".join((*chunks, chunk)) if chunks else chunk  # one chunk: no copy
         chunks.append(chunk)
+        if read is not None:
+            read.received = size
+
+
+class Overloaded(Exception):
+    """Every thread-pool slot and every place to wait for one is taken: a 503."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class ThreadPool:
+    """Where large requests compute: `workers` threads, and at most `queued` more requests
+    admitted to wait for one; past that `admit` refuses (`Overloaded`) instead of queueing.
+
+    Call `admit` and `leave` from the event loop, once each per admitted request, which may then
+    `run` any number of steps."""
+
+    def __init__(self, workers: int, queued: int) -> None:
+        self.workers = workers
+        self.queued = queued
+        self._executor = ThreadPoolExecutor(
+            workers, thread_name_prefix="mlkube-predict", initializer=_configure_sklearn
+        )
+        self._admitted = 0
+        self._seconds = 1.0
+        """How long admitted requests took, a moving average: what ``Retry-After`` says."""
+
+    def admit(self) -> float:
+        """A place for one more request; the time it was admitted."""
+        if self._admitted >= self.workers + self.queued:
+            wait = max(1, math.ceil(self._seconds * self._admitted / self.workers))
+            raise Overloaded(
+                f"the server is busy: {self._admitted} large requests are computing or waiting "
+                f"({ENV_MAX_CONCURRENCY}={self.workers}, {ENV_MAX_QUEUED}={self.queued}); retry "
+                f"after {wait} s",
+                wait,
+            )
+        self._admitted += 1
+        return time.perf_counter()
+
+    def leave(self, admitted: float) -> None:
+        self._admitted -= 1
+        self._seconds += 0.2 * (time.perf_counter() - admitted - self._seconds)
+
+    async def run(self, call: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _configure_sklearn() -> None:
+    """Requests are checked to be finite before they reach the model, so sklearn need not check
+    again; the setting is per thread."""
+    sklearn.set_config(assume_finite=True)
 
 
 def _plain(value: Any) -> Any:
@@ -879,14 +1132,24 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
+def _encode(document: Any) -> bytes:
+    return orjson.dumps(document, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 async def _send_json(
-    send: ASGISend, status: int, document: Any, request_id: str | None = None
+    send: ASGISend,
+    status: int,
+    document: Any,
+    request_id: str | None = None,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    """`document` as the answer; `request_id` is echoed in ``X-Request-ID``."""
-    body = orjson.dumps(document, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
+    """`document` (or its JSON, as bytes) as the answer; `request_id` is echoed in
+    ``X-Request-ID``."""
+    body = document if type(document) is bytes else _encode(document)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *extra_headers,
     ]
     if request_id is not None:
         headers.append((REQUEST_ID_HEADER, request_id.encode()))
@@ -935,11 +1198,13 @@ class MLKubeModelServer:
             settings.model_uri, settings.model_sha256
         )
         self.settings = settings
-        # Requests are checked to be finite before they reach the model, so sklearn need not
-        # check again; the setting is per thread, and this is the event loop's thread.
-        sklearn.set_config(assume_finite=True)
-        self.predictor = Predictor(model, artifacts.load_schema(settings.model_uri))
+        _configure_sklearn()  # for the event loop's thread; the pool's threads do it themselves
+        self.predictor = Predictor(
+            model, artifacts.load_schema(settings.model_uri), settings.max_rows
+        )
         self.predictor.warm_up()
+        self.pool = ThreadPool(settings.max_concurrency, settings.max_queued)
+        self.bodies = BodyReader(settings.min_body_rate, settings.body_grace_seconds)
         self.metrics = ServingMetrics(
             settings.model_version,
             prediction_buckets=settings.prediction_buckets,
@@ -977,7 +1242,7 @@ class MLKubeModelServer:
                     max_rows=settings.live_quality_rows,
                 )
         self.feedback = FeedbackReader(
-            self.predictor.classes if self.predictor.is_classifier else None
+            self.predictor.classes if self.predictor.is_classifier else None, settings.max_rows
         )
         logger.info(
             "serving %s (model version %s, sha256 verified, %s input)",
@@ -995,6 +1260,7 @@ class MLKubeModelServer:
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def close_logs(self) -> None:
         """Write out what both logs buffered (a SIGTERM shuts down through here)."""
+        self.pool.shutdown()
         if self.live_quality is not None:
             self.live_quality.stop()
         for writer in (self.inference_log, self.feedback_log):
@@ -1005,7 +1271,11 @@ class MLKubeModelServer:
                     logger.exception("writing out %s at shutdown failed", writer.uri)
 
     async def handle_predict(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
-        """``POST /predict``: validate, predict, answer; count and log after answering."""
+        """``POST /predict``: validate, predict, answer; count and log after answering.
+
+        A large body is read into the model's input in the thread pool, and a costly prediction
+        (by the model's timing at start) is predicted and written out there; the rest runs
+        inline."""
         started = time.perf_counter()
         if scope["method"] != "POST":
             await _send_json(send, 405, {"error": "use POST"})
@@ -1017,25 +1287,52 @@ class MLKubeModelServer:
         arrays: Batch | None = None
         prediction: Prediction | None = None
         request_id: str | None = None
+        headers: Sequence[tuple[bytes, bytes]] = ()
+        document: Any
+        admitted: float | None = None
         try:
-            body = await _read_body(receive)
+            body = await self.bodies.read(receive, started)
             if (
                 settings.fault_error_percent
                 and random.random() * 100 < settings.fault_error_percent
             ):
                 status, document = 500, {"error": f"injected fault ({ENV_FAULT_ERROR_PERCENT})"}
-            else:
+            elif len(body) <= INLINE_BODY_BYTES:
                 inputs = self.predictor.read(body)
                 request_id = request_id_of(inputs.id, scope["headers"])
                 arrays = inputs.arrays
-                prediction = self.predictor.predict(inputs.features)
-                status, document = 200, self._answer(prediction, request_id)
+                if inputs.rows <= self.predictor.inline_rows:
+                    prediction = self.predictor.predict(inputs.features)
+                    status, document = 200, self._answer(prediction, request_id)
+                else:
+                    admitted = self.pool.admit()
+                    prediction, document = await self.pool.run(
+                        self._predict, inputs.features, request_id
+                    )
+                    status = 200
+            else:
+                admitted = self.pool.admit()
+                inputs = await self.pool.run(self.predictor.read, body)
+                del body
+                request_id = request_id_of(inputs.id, scope["headers"])
+                arrays = inputs.arrays
+                prediction, document = await self.pool.run(
+                    self._predict, inputs.features, request_id
+                )
+                status = 200
         except RequestError as e:
             status, document = e.status, e.body()
+            headers = (CLOSE_CONNECTION,) if e.close else ()
+        except Overloaded as e:
+            status, document = 503, {"error": e.message}
+            headers = ((b"retry-after", str(e.retry_after).encode()),)
         except Exception:
             logger.exception("prediction failed")
             status, document = 500, {"error": "prediction failed; see the server log"}
-        await _send_json(send, status, document, request_id)
+        finally:
+            if admitted is not None:
+                self.pool.leave(admitted)
+        await _send_json(send, status, document, request_id, headers)
         finished = time.perf_counter()
         self.metrics.observe_request(status, finished - started)
         if prediction is not None and arrays is not None:
@@ -1043,6 +1340,13 @@ class MLKubeModelServer:
         if finished - self._metrics_flushed > METRICS_FLUSH_SECONDS:
             self._metrics_flushed = finished
             self.metrics.flush()
+
+    def _predict(
+        self, features: npt.NDArray[Any] | pd.DataFrame, request_id: str
+    ) -> tuple[Prediction, bytes]:
+        """The prediction and its answer's JSON: the thread pool's part of a large request."""
+        prediction = self.predictor.predict(features)
+        return prediction, _encode(self._answer(prediction, request_id))
 
     def _answer(self, prediction: Prediction, request_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = {"predictions": prediction.values}
@@ -1057,6 +1361,8 @@ class MLKubeModelServer:
         started = time.perf_counter()
         stored = 0
         document: dict[str, Any]
+        headers: Sequence[tuple[bytes, bytes]] = ()
+        admitted: float | None = None
         try:
             if scope["method"] != "POST":
                 raise RequestError(405, "use POST")
@@ -1064,16 +1370,28 @@ class MLKubeModelServer:
                 raise RequestError(
                     404, f"no feedback is kept here: {ENV_INFERENCE_LOG_URI} is unset"
                 )
-            columns = self.feedback.read(await _read_body(receive))
+            body = await self.bodies.read(receive, started)
+            if len(body) <= INLINE_BODY_BYTES:
+                columns = self.feedback.read(body)
+            else:  # checking labels is a loop in Python: ~3 µs each
+                admitted = self.pool.admit()
+                columns = await self.pool.run(self.feedback.read, body)
             self.feedback_log.append_rows(columns)
             stored = len(columns[FEEDBACK_REQUEST_ID_COLUMN])
             status, document = 200, {"stored": stored}
         except RequestError as e:
             status, document = e.status, e.body()
+            headers = (CLOSE_CONNECTION,) if e.close else ()
+        except Overloaded as e:
+            status, document = 503, {"error": e.message}
+            headers = ((b"retry-after", str(e.retry_after).encode()),)
         except Exception:
             logger.exception("storing feedback failed")
             status, document = 500, {"error": "storing feedback failed; see the server log"}
-        await _send_json(send, status, document)
+        finally:
+            if admitted is not None:
+                self.pool.leave(admitted)
+        await _send_json(send, status, document, None, headers)
         self.metrics.observe_feedback(status, time.perf_counter() - started, stored)
 
     def _record(self, arrays: Batch, prediction: Prediction, request_id: str | None) -> None:
