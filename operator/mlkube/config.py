@@ -47,6 +47,9 @@ class OperatorConfig:
     leader_election_lease: str | None = None
     """`<namespace>/<name>` of the Lease that picks the one replica that reconciles; None: no
     election (a single process, as the integration tests run it)."""
+    inference_log_max_bytes: int = 512 << 20
+    """Each model version's inference log keeps at most this many bytes (its oldest segments
+    go first), so one flooded model cannot fill its namespace's store."""
     network_policy: bool = True
     """Write a NetworkPolicy per Deployment so that only its own namespace, its gateway's and
     the API server reach its pods (a Deployment's spec may turn its own off)."""
@@ -67,6 +70,8 @@ class OperatorConfig:
             raise ValueError(
                 "MLKUBE_SCRAPE_TIMEOUT_SECONDS and MLKUBE_SCRAPE_MAX_BYTES must be > 0"
             )
+        if self.inference_log_max_bytes < 1:
+            raise ValueError("MLKUBE_INFERENCE_LOG_MAX_BYTES must be > 0")
         if self.leader_election_lease is not None and self.leader_election_lease.count("/") != 1:
             raise ValueError(
                 f"MLKUBE_LEADER_ELECTION_LEASE={self.leader_election_lease}: "
@@ -115,6 +120,9 @@ class OperatorConfig:
             ),
             scrape_max_bytes=int(os.environ.get("MLKUBE_SCRAPE_MAX_BYTES") or cls.scrape_max_bytes),
             leader_election_lease=os.environ.get("MLKUBE_LEADER_ELECTION_LEASE") or None,
+            inference_log_max_bytes=_bytes(
+                os.environ.get("MLKUBE_INFERENCE_LOG_MAX_BYTES") or str(cls.inference_log_max_bytes)
+            ),
             network_policy=os.environ.get("MLKUBE_NETWORK_POLICY", "true").lower() != "false",
             network_policy_namespaces=_names(
                 os.environ.get("MLKUBE_NETWORK_POLICY_NAMESPACES", "")
@@ -126,6 +134,22 @@ class OperatorConfig:
 def _names(value: str) -> tuple[str, ...]:
     """A comma-separated list, as the chart joins one."""
     return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+_BINARY_SUFFIXES = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def _bytes(value: str) -> int:
+    """A byte count as the chart writes it: digits, optionally Ki, Mi, Gi or Ti.
+
+    Raises:
+        ValueError: anything else.
+    """
+    number = value.strip().rstrip("KMGTi")
+    suffix = value.strip()[len(number) :]
+    if not number.isdigit() or suffix not in _BINARY_SUFFIXES:
+        raise ValueError(f"MLKUBE_INFERENCE_LOG_MAX_BYTES={value}: expected e.g. 512Mi")
+    return int(number) * _BINARY_SUFFIXES[suffix]
 
 
 def _uid(value: str) -> int | None:

@@ -72,6 +72,7 @@ def build_server_deployment(
             "name": "MLKUBE_INFERENCE_LOG_URI",
             "value": inference_log_uri(config.artifact_root, owner.namespace, owner.name),
         },
+        {"name": "MLKUBE_INFERENCE_LOG_MAX_BYTES", "value": str(config.inference_log_max_bytes)},
         {"name": "MLKUBE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "BENTOML_HOME", "value": "/tmp/bentoml"},
         {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},

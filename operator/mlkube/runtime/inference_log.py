@@ -197,7 +197,9 @@ class SegmentWriter:
     `append` only takes a lock and copies the values into the buffer, so the request path never
     waits for the store. A failed write is logged and its rows dropped: losing some drift samples
     beats blocking or growing memory without bound.
-    Retention counts every segment in the directory, whichever writer made it.
+    Retention counts every segment in the directory, whichever writer made it: beyond
+    `retention_segments` segments or `retention_bytes` bytes the oldest go (the newest stays),
+    so a flood of requests cannot fill the namespace's store.
     `constants` are columns with one value for every row the writer writes (the model version);
     `metadata` goes into every segment's Parquet schema (the classes' order of the probabilities).
     """
@@ -211,16 +213,20 @@ class SegmentWriter:
         retention_segments: int | None = 1000,
         constants: Mapping[str, str] | None = None,
         metadata: Mapping[bytes, bytes] | None = None,
+        retention_bytes: int | None = None,
     ) -> None:
         if max_rows < 1 or max_seconds <= 0:
             raise ValueError("max_rows must be >= 1 and max_seconds > 0")
         if retention_segments is not None and retention_segments < 1:
             raise ValueError("retention_segments must be >= 1 or None")
+        if retention_bytes is not None and retention_bytes < 1:
+            raise ValueError("retention_bytes must be >= 1 or None")
         self.uri = uri
         self.writer_id = writer_id
         self.max_rows = max_rows
         self.max_seconds = max_seconds
         self.retention_segments = retention_segments
+        self.retention_bytes = retention_bytes
         self.constants = dict(constants or {})
         self.metadata = dict(metadata or {})
         self._fs, self._dir = fsspec.core.url_to_fs(join(uri))
@@ -348,12 +354,18 @@ class SegmentWriter:
             self._seq += 1
             name = segment_name(buffer.newest, self.writer_id, self._seq)
             store_bytes(join(self.uri, name), sink.getvalue())
-            if self.retention_segments is not None:
-                self._enforce_retention(self.retention_segments)
+            if self.retention_segments is not None or self.retention_bytes is not None:
+                self._enforce_retention()
 
-    def _enforce_retention(self, keep: int) -> None:
-        segments = _segment_paths(self._fs, self._dir)
-        for path in segments[: max(0, len(segments) - keep)]:
+    def _enforce_retention(self) -> None:
+        segments = _segment_sizes(self._fs, self._dir)
+        first = max(0, len(segments) - (self.retention_segments or len(segments)))
+        if self.retention_bytes is not None:
+            kept = sum(size for _, size in segments[first:])
+            while kept > self.retention_bytes and first < len(segments) - 1:
+                kept -= segments[first][1]
+                first += 1
+        for path, _ in segments[:first]:
             with contextlib.suppress(FileNotFoundError):  # another writer deleted it first
                 self._fs.rm(path)
 
@@ -403,6 +415,23 @@ def _segment_paths(fs: Any, directory: str) -> list[str]:
         return []
     return sorted(
         (p for p in names if p.endswith(SEGMENT_SUFFIX)), key=lambda p: p.rsplit("/", 1)[-1]
+    )
+
+
+def _segment_sizes(fs: Any, directory: str) -> list[tuple[str, int]]:
+    """(path, bytes) of each segment, oldest first, from one listing."""
+    fs.invalidate_cache(directory)
+    try:
+        entries: list[dict[str, Any]] = fs.ls(directory, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        (
+            (e["name"], int(e.get("size") or 0))
+            for e in entries
+            if e["name"].endswith(SEGMENT_SUFFIX)
+        ),
+        key=lambda entry: _name(entry[0]),
     )
 
 
