@@ -198,6 +198,10 @@ def test_the_chart_runs_the_whole_loop(
             eventually(lambda: predict(kube, ns, ROWS[:1])[0] == 200, 90, "the Service to answer")
             status, answer = predict(kube, ns, ROWS[:50])
             assert (status, answer["modelVersion"]) == (200, "iris-v1")
+            # on by default: the servers are fenced in, and predict and the canary's scrapes
+            # (both through the API server's proxies) pass the fence
+            fence = kube._api("NetworkingV1Api").read_namespaced_network_policy("iris", ns)
+            assert fence.spec.pod_selector.match_labels["mlkube.io/deployment"] == "iris"
             assert answer["predictions"][:3] == [0, 0, 0]
 
         # 3. v2 canaries; the operator is upgraded to a new image tag mid-rollout; v2 becomes stable
