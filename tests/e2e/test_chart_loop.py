@@ -102,9 +102,7 @@ def namespace_secret(kube: KubeCluster, namespace: str, s3: S3Server) -> None:
 
 def approve(kube: KubeCluster, namespace: str, name: str) -> None:
     cli = [sys.executable, "-m", "mlkube.cli", "--kubeconfig", kube.kubeconfig, "-n", namespace]
-    done = subprocess.run(
-        [*cli, "approve", name], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([*cli, "approve", name], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
 
 

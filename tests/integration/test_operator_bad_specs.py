@@ -92,6 +92,15 @@ def test_bad_specs_end_with_a_reason(
         ns,
         manifest(
             "TrainingJob",
+            "metadata-service",  # an SSRF: the cloud's instance metadata, or any internal host
+            {**TRAINING, "dataset": {"uri": "https://169.254.169.254/latest/meta-data/x.csv"}},
+        ),
+    )
+    create(
+        kube,
+        ns,
+        manifest(
+            "TrainingJob",
             "no-champion",
             {**TRAINING, "qualityGates": {"champion": {"deployment": "ghost"}}},
         ),
@@ -137,6 +146,10 @@ def test_bad_specs_end_with_a_reason(
     assert labels["message"].startswith(
         "spec.dataset.inferenceLog.feedbackUris[0]: file:///var/lib/mlkube/artifacts/team-b/"
     )
+
+    ssrf = condition(training_finished(kube, ns, "metadata-service"), "Failed")
+    assert ssrf["reason"] == "ForbiddenURI"
+    assert "169.254.169.254, a private, loopback, link-local or reserved address" in ssrf["message"]
 
     unserved = condition(training_finished(kube, ns, "no-champion"), "Failed")
     assert unserved["reason"] == "ChampionNotFound"
