@@ -62,8 +62,11 @@ from mlkube.runtime import artifacts
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 CONCURRENCIES = (1, 8, 32)
-THROUGHPUT_TARGETS = {1: 0.9, 100: 0.85}
-"""mlkube's requests/s over the raw floor's at concurrency 8, by rows per request."""
+THROUGHPUT_TARGETS = {1: 0.9, 100: 0.9}
+"""mlkube's requests/s over the raw floor's reading the same body, by rows per request."""
+P99_TARGET = 1.5
+TARGET_CONCURRENCIES = (1, 8)
+"""The targets hold at each of these that a run measures (issue 17: p99 at 1 as well as 8)."""
 ROW_COUNTS = (1, 100)
 STARTUP_SECONDS = 120.0
 FLOOR = "floor"
@@ -619,24 +622,33 @@ def report(runs: list[Run]) -> None:
     if not ours_runs or floor is None:
         return
     by_peer = {r.peer: r for r in runs}
-    print("\ntargets at concurrency 8 against the raw floor reading the same body (not asserted):")
-    for mlkube in ours_runs:
-        same = by_peer.get(SAME_BODY_FLOOR.get(mlkube.peer, ""), floor)
-        for rows in ROW_COUNTS:
-            ours, base = mlkube.cell(8, rows), same.cell(8, rows)
-            peers = [r.cell(8, rows) for r in runs if not r.peer.startswith(("mlkube", FLOOR, RAW))]
-            ahead = (
-                f", ahead of every peer: "
-                f"{all(ours.requests_per_second > p.requests_per_second for p in peers)}"
-                if peers
-                else ""
-            )
-            print(
-                f"  {mlkube.peer} rows={rows}: throughput "
-                f"{ours.requests_per_second / base.requests_per_second:.2f}x {same.peer} "
-                f"(target >= {THROUGHPUT_TARGETS[rows]}), p99 {ours.p99_ms / base.p99_ms:.2f}x "
-                f"(target <= 1.5){ahead}"
-            )
+    measured = {c.concurrency for c in runs[0].cells}
+    for concurrency in (c for c in TARGET_CONCURRENCIES if c in measured):
+        print(
+            f"\ntargets at concurrency {concurrency} against the raw floor reading the same body "
+            "(not asserted):"
+        )
+        for mlkube in ours_runs:
+            same = by_peer.get(SAME_BODY_FLOOR.get(mlkube.peer, ""), floor)
+            for rows in ROW_COUNTS:
+                ours, base = mlkube.cell(concurrency, rows), same.cell(concurrency, rows)
+                peers = [
+                    r.cell(concurrency, rows)
+                    for r in runs
+                    if not r.peer.startswith(("mlkube", FLOOR, RAW))
+                ]
+                ahead = (
+                    f", ahead of every peer: "
+                    f"{all(ours.requests_per_second > p.requests_per_second for p in peers)}"
+                    if peers
+                    else ""
+                )
+                print(
+                    f"  {mlkube.peer} rows={rows}: throughput "
+                    f"{ours.requests_per_second / base.requests_per_second:.2f}x {same.peer} "
+                    f"(target >= {THROUGHPUT_TARGETS[rows]}), p99 "
+                    f"{ours.p99_ms / base.p99_ms:.2f}x (target <= {P99_TARGET}){ahead}"
+                )
 
 
 def main() -> int:

@@ -119,12 +119,10 @@ def forest_server(forest: Path, tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def _columns(rows: int, decimals: int = 2) -> bytes:
-    """`rows` random rows as columns, numbers rounded to `decimals` (0: one-digit integers, so
-    a million rows fit the body limit)."""
+    """`rows` random rows as columns, numbers rounded to `decimals`."""
     rng = np.random.default_rng(rows)
     values = np.round(rng.normal(size=(len(IRIS_FEATURES), rows)), decimals)
-    columns = (values.astype(int) % 10 if decimals == 0 else values).tolist()
-    document = {"inputs": dict(zip(IRIS_FEATURES, columns, strict=True))}
+    document = {"inputs": dict(zip(IRIS_FEATURES, values.tolist(), strict=True))}
     return json.dumps(document, separators=(",", ":")).encode()
 
 
@@ -149,7 +147,10 @@ def _slow_drip(port: int) -> tuple[int, float]:
                 break
         connection.settimeout(5)
         while b"\r\n" not in answer:
-            answer += connection.recv(4096)
+            more = connection.recv(4096)
+            if not more:
+                raise AssertionError(f"the connection closed after {answer!r}")
+            answer += more
     return int(answer.split(b" ")[1]), time.monotonic() - started
 
 

@@ -3,6 +3,8 @@
 Names (all labelled ``model_version`` so canary and stable can be told apart):
 
 - ``mlkube_requests_total{code="2xx|4xx|5xx",model_version}``: prediction requests by status class.
+  A refused body (413 too many rows or bytes, 408 too slow) is a 4xx, the client's doing; a 503
+  from a full thread pool is a 5xx, a canary error (docs/serving.md says why).
 - ``mlkube_request_duration_seconds{model_version}``: histogram of request latency, with buckets
   from 0.5 ms to 10 s dense enough around 1-100 ms to read a p95 in milliseconds.
 - ``mlkube_predictions_total{label,model_version}``: classifiers, predicted rows per class label.

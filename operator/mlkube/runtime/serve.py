@@ -49,6 +49,10 @@ HTTP:
   "outcomes": {"name": number}}, ...]}``: ground truth for logged rows, checked against the model
   (a classifier's label must be one of its classes, a regressor's a finite number) and stored
   off the request path; answer ``{"stored": n}``, or a 422 naming the item and its requestId.
+- Both endpoints: a body over 16 MiB, or more rows (labels) than ``MLKUBE_MAX_ROWS``, is a 413; a body
+  behind the floor rate a 408; a large request past the pool's places a 503 with
+  ``Retry-After``. 408 and 413 count as 4xx in the request metrics, the 503 as a 5xx (a canary
+  that sheds load more than the stable is worse; docs/serving.md).
 - ``GET /livez``, ``GET /readyz``, ``GET /metrics``: BentoML's own; the metrics are listed in
   ``mlkube.runtime.metrics``.
 
@@ -1313,7 +1317,7 @@ class MLKubeModelServer:
             else:
                 admitted = self.pool.admit()
                 inputs = await self.pool.run(self.predictor.read, body)
-                del body
+                del body  # its megabytes need not live through the prediction
                 request_id = request_id_of(inputs.id, scope["headers"])
                 arrays = inputs.arrays
                 prediction, document = await self.pool.run(
