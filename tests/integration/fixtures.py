@@ -34,14 +34,19 @@ def kubectl_binary() -> str:
 def kubectl(kube_cluster: KubeCluster) -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": kube_cluster.kubeconfig}
-        return subprocess.run(
+        done = subprocess.run(
             [kubectl_binary(), *args],
             env=env,
             capture_output=True,
             text=True,
-            check=check,
+            check=False,
             timeout=120,
         )
+        if check and done.returncode != 0:  # kubectl's own words, not only its exit code
+            raise AssertionError(
+                f"kubectl {' '.join(args)} exited {done.returncode}: {done.stderr}"
+            )
+        return done
 
     return run
 
@@ -50,10 +55,28 @@ def kubectl(kube_cluster: KubeCluster) -> Callable[..., subprocess.CompletedProc
 def crds(
     kube_cluster: KubeCluster, kubectl: Callable[..., subprocess.CompletedProcess[str]]
 ) -> Iterator[None]:
-    """The generated CRDs from crds/, applied server-side and Established."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for kind in KINDS:
-        kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{kind.crd_name}")
+    """The generated CRDs from crds/, applied server-side and Established. A CRD still being
+    deleted (Terminating) when this runs is gone a little later: apply again until each one is
+    Established, for up to three minutes."""
+    deadline = time.monotonic() + 180
+    while True:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        waits = [
+            kubectl(
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                f"crd/{kind.crd_name}",
+                check=False,
+            )
+            for kind in KINDS
+        ]
+        failed = [w for w in waits if w.returncode != 0]
+        if not failed:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"CRDs not Established: {failed[0].stderr}")
+        time.sleep(5)
     yield
 
 

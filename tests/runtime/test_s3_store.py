@@ -20,6 +20,7 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from mlkube.layout import CALIBRATION_FILE
 from mlkube.runtime import artifacts
 from mlkube.runtime.inference_log import PREDICTION_COLUMN, SegmentWriter, count_rows, read_window
 from tests.s3_fixtures import S3Server
@@ -34,6 +35,7 @@ VERSION_FILES = {
     artifacts.METRICS_FILE,
     artifacts.LINEAGE_FILE,
     artifacts.REFERENCE_FILE,
+    CALIBRATION_FILE,  # iris's LogisticRegression keeps the isotonic calibration it fitted
 }
 
 
