@@ -1161,6 +1161,20 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+def _failure(
+    error: Exception, what: str
+) -> tuple[int, dict[str, Any], Sequence[tuple[bytes, bytes]]]:
+    """A request that failed as its answer: a RequestError's own 4xx (closing the connection
+    when its body was cut off), 503 with Retry-After when the pool is full, else a 500 whose
+    traceback goes to the log, never to the client."""
+    if isinstance(error, RequestError):
+        return error.status, error.body(), (CLOSE_CONNECTION,) if error.close else ()
+    if isinstance(error, Overloaded):
+        return 503, {"error": error.message}, ((b"retry-after", str(error.retry_after).encode()),)
+    logger.exception("%s failed", what, exc_info=error)
+    return 500, {"error": f"{what} failed; see the server log"}, ()
+
+
 class MLKubeService(bentoml.Service[Any]):  # type: ignore[misc]
     """BentoML's Service with ``POST /predict`` answered in front of BentoML's middleware stack.
 
@@ -1324,15 +1338,8 @@ class MLKubeModelServer:
                     self._predict, inputs.features, request_id
                 )
                 status = 200
-        except RequestError as e:
-            status, document = e.status, e.body()
-            headers = (CLOSE_CONNECTION,) if e.close else ()
-        except Overloaded as e:
-            status, document = 503, {"error": e.message}
-            headers = ((b"retry-after", str(e.retry_after).encode()),)
-        except Exception:
-            logger.exception("prediction failed")
-            status, document = 500, {"error": "prediction failed; see the server log"}
+        except Exception as e:  # every failure is an answer (_failure)
+            status, document, headers = _failure(e, "prediction")
         finally:
             if admitted is not None:
                 self.pool.leave(admitted)
@@ -1383,15 +1390,8 @@ class MLKubeModelServer:
             self.feedback_log.append_rows(columns)
             stored = len(columns[FEEDBACK_REQUEST_ID_COLUMN])
             status, document = 200, {"stored": stored}
-        except RequestError as e:
-            status, document = e.status, e.body()
-            headers = (CLOSE_CONNECTION,) if e.close else ()
-        except Overloaded as e:
-            status, document = 503, {"error": e.message}
-            headers = ((b"retry-after", str(e.retry_after).encode()),)
-        except Exception:
-            logger.exception("storing feedback failed")
-            status, document = 500, {"error": "storing feedback failed; see the server log"}
+        except Exception as e:  # every failure is an answer (_failure)
+            status, document, headers = _failure(e, "storing feedback")
         finally:
             if admitted is not None:
                 self.pool.leave(admitted)
