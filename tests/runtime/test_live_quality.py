@@ -9,20 +9,33 @@ import json
 import random
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from sklearn.datasets import load_iris
 
+from mlkube.api.driftmonitor import DriftMonitorSpec
 from mlkube.api.trainingjob import TrainingJobSpec
-from mlkube.layout import inference_log_uri
+from mlkube.layout import (
+    CALIBRATION_FILE,
+    LOG_TS_COLUMN,
+    feedback_uri,
+    inference_log_uri,
+    version_log_uri,
+)
 from mlkube.runtime.datasets import _snake
+from mlkube.runtime.inference_log import segment_name
+from mlkube.runtime.quality import version_performance
 from mlkube.runtime.train import TrainRequest, train
 from tests.runtime.servers import SERVE_COMMAND, start_server
+from tests.unit.test_quality import log_window
 
 pytestmark = pytest.mark.runtime
 
@@ -155,3 +168,41 @@ def test_true_labels_are_healthy(tmp_path: Path) -> None:
     quality = result["performance"]
     assert quality["verdict"] == "Healthy", quality
     assert float(quality["value"]) > 0.9
+
+
+def test_a_regressor_without_calibration_is_judged_on_its_labels(tmp_path: Path) -> None:
+    """No calibration.json (a regressor has no probabilities): the realised MAE still comes."""
+    spec = TrainingJobSpec.model_validate(
+        {
+            "model": "diabetes",
+            "dataset": {"uri": "builtin:diabetes"},
+            "estimator": {"className": "sklearn.linear_model.Ridge"},
+        }
+    )
+    result = train(TrainRequest(spec=spec, artifact_root=str(tmp_path), namespace="ns", version=1))
+    assert CALIBRATION_FILE not in result["files"]
+    log = inference_log_uri(str(tmp_path), "ns", "diabetes")
+    now = time.time()
+    ids = [f"r{i}-0" for i in range(120)]
+    predictions = [100.0 + i for i in range(120)]
+    table = log_window(ids, predictions, [int(now * 1000) - 5000] * 120, version="diabetes-v1")
+    directory = Path(version_log_uri(log, "diabetes-v1").removeprefix("file://"))
+    directory.mkdir(parents=True)
+    pq.write_table(table, directory / segment_name(now - 5, "pod-a", 1))
+    labels = pa.table(
+        {
+            "requestId": ids,
+            "label": [p + 10.0 for p in predictions],  # every answer 10 too low
+            LOG_TS_COLUMN: pa.array([int(now * 1000)] * 120, pa.int64()),
+        }
+    )
+    feedback = Path(feedback_uri(log).removeprefix("file://"))
+    feedback.mkdir(parents=True)
+    pq.write_table(labels, feedback / segment_name(now, "pod-a", 1))
+    monitor = DriftMonitorSpec.model_validate(
+        {"deployment": "diabetes", "window": {"rows": 1000}, "performance": {"metric": "Mae"}}
+    )
+    quality = version_performance(monitor, log, "diabetes-v1", result["artifactUri"])
+    assert quality["verdict"] == "Healthy", quality  # reported, no threshold set
+    assert float(quality["value"]) == pytest.approx(10.0)
+    assert "estimated" not in quality

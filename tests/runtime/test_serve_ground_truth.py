@@ -188,6 +188,12 @@ def test_feedback_is_stored_for_known_and_unknown_ids(
         ({"requestId": "a-0", "label": 1, "outcomes": {"_mlkube_ts": 1}}, "a-0", "outcome name"),
         ({"requestId": "a-0", "label": 1, "outcomes": {"revenue": "12"}}, "a-0", "finite number"),
         ({"requestId": "a-0", "label": 1, "outcomes": [12]}, "a-0", "outcomes must be an object"),
+        ({"requestId": "a-0", "label": 1, "outcomes": {"x" * 64: 1}}, "a-0", "at most 63"),
+        (
+            {"requestId": "a-0", "label": 1, "outcomes": {f"kpi{i}": 1 for i in range(17)}},
+            "a-0",
+            "the request names more than 16 outcomes",
+        ),
     ],
     ids=[
         "unknown-class",
@@ -204,6 +210,8 @@ def test_feedback_is_stored_for_known_and_unknown_ids(
         "outcome-named-like-the-logs-own",
         "outcome-not-a-number",
         "outcomes-not-an-object",
+        "an-outcome-name-a-monitor-cannot-read",
+        "more-outcome-names-than-a-monitor-reads",  # each would be a column: bounded
     ],
 )
 def test_refused_feedback_is_a_422_naming_the_item_and_its_id(

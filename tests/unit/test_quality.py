@@ -538,3 +538,25 @@ def test_the_result_stays_compact_with_many_outcomes_and_long_slice_values() -> 
     assert result["outcomesOmitted"] > 0
     assert "rocAuc" not in result["metrics"]
     assert result["estimated"]["rocAuc"] == "0.93"
+
+
+def test_the_realised_roc_auc_ranks_the_logged_probabilities_not_the_calibrated_ones() -> None:
+    """Calibration serves the estimate; the realised figure is scikit-learn's on what was logged."""
+    rng = np.random.default_rng(4)
+    positive = rng.uniform(0.05, 0.95, 200)
+    probabilities = np.column_stack([1 - positive, positive])
+    truth = (rng.uniform(size=200) < positive).astype(np.int64)
+    ids = [f"r{i}-0" for i in range(200)]
+    window = log_window(
+        ids, (positive > 0.5).astype(np.int64).tolist(), [NOW_MS - 1000] * 200,
+        probabilities, [0, 1],
+    )  # fmt: skip
+    flattening = Calibration([0, 1], {1: ([0.0, 0.5, 1.0], [0.2, 0.2, 0.8])})  # ties the low half
+    report = evaluate(
+        window,
+        [labels(ids, truth.tolist(), [NOW_MS] * 200)],
+        performance(metric="RocAuc", minLabelledRows=1),
+        calibration=flattening,
+    )
+    assert report.value == pytest.approx(roc_auc_score(truth, positive), abs=1e-12)
+    assert report.estimated["roc_auc"] != pytest.approx(report.value, abs=1e-6)

@@ -908,13 +908,15 @@ def evaluate_window(
     logged = _probabilities(window) if task == "classification" else None
     metric = performance.metric or default_metric(task)
     _check_metric(metric, task, logged is not None)
-    probabilities: Floats | None = None
+    probabilities: Floats | None = None  # calibrated: what CBPE estimates from
+    raw: Floats | None = None  # as logged: what the realised ROC AUC ranks, as sklearn's would
     if logged is not None:
-        probabilities, classes = logged
+        raw, classes = logged
+        probabilities = raw
         if calibration is not None and [str(c) for c in calibration.classes] == [
             str(c) for c in classes
         ]:
-            probabilities = calibration.apply(probabilities)
+            probabilities = calibration.apply(raw)
     labels = joined.labels.column(FEEDBACK_LABEL_COLUMN)
     predictions = _plain(window.column(LOG_PREDICTION_COLUMN))
     estimated: dict[str, float | None] = {}
@@ -928,7 +930,7 @@ def evaluate_window(
         truth = encoded.truth
         predicted_all = encoded.predicted
         predicted = predicted_all[joined.rows]
-        labelled_probabilities = None if probabilities is None else probabilities[joined.rows]
+        labelled_probabilities = None if raw is None else raw[joined.rows]
         metrics = {
             "accuracy": accuracy(truth, predicted),
             "f1": macro_f1(truth, predicted, size),
@@ -938,8 +940,7 @@ def evaluate_window(
         }
         if probabilities is not None:
             estimated = estimate_performance(probabilities, predicted_all)
-            assert labelled_probabilities is not None
-            on_labelled = estimate_performance(labelled_probabilities, predicted)
+            on_labelled = estimate_performance(probabilities[joined.rows], predicted)
             key = OFFLINE_METRIC_KEYS[metric]
             realised, expected = metrics[key], on_labelled[key]
             if realised is not None and expected is not None:
@@ -1130,8 +1131,10 @@ def version_performance(
             calibration = Calibration.from_json(
                 artifacts.read_json(artifacts.join(model_uri, CALIBRATION_FILE))
             )
-        except FileNotFoundError:
-            calibration = None
+        except artifacts.ArtifactError as e:
+            if not isinstance(e.__cause__, FileNotFoundError):
+                raise
+            calibration = None  # a regressor, no predict_proba, or calibration did not help
         report = run_performance(
             spec,
             log_uri,

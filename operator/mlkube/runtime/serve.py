@@ -145,7 +145,11 @@ REQUEST_ID_HEADER = b"x-request-id"  # ASGI servers give header names in lower c
 MAX_REQUEST_ID_LENGTH = 128
 MAX_ROW_ID_LENGTH = MAX_REQUEST_ID_LENGTH + 21
 """The longest ``<id>-<row>`` this server gives: an id, a dash and up to 20 digits."""
-MAX_OUTCOME_NAME_LENGTH = 128
+MAX_OUTCOME_NAME_LENGTH = 63
+"""As a DriftMonitor's ``performance.outcomes[].name`` allows: a longer one could never be read."""
+MAX_OUTCOMES = 16
+"""Distinct outcome names in one /feedback request, as a DriftMonitor reads at most 16: each name
+is a column of the feedback log, so without a bound one request could write thousands."""
 INLINE_BODY_BYTES = 64 * 1024
 """Bodies up to this size are decoded on the event loop (under ~0.5 ms for object rows); larger
 ones in the thread pool."""
@@ -893,6 +897,7 @@ class FeedbackReader:
         row_ids: list[str] = []
         labels: list[Any] = []
         outcomes: list[dict[str, float]] = []
+        names: dict[str, None] = {}  # the distinct outcome names, in the order they came
         for index, item in enumerate(items):
             if type(item) is not dict:
                 raise RequestError(400, f"feedback[{index}] must be an object")
@@ -914,7 +919,17 @@ class FeedbackReader:
             if "label" not in item:
                 raise FeedbackError("label is missing", index, row_id)
             labels.append(self._label(item["label"], index, row_id))
-            outcomes.append(_outcomes(item.get("outcomes"), index, row_id))
+            named = _outcomes(item.get("outcomes"), index, row_id)
+            outcomes.append(named)
+            if named.keys() - names:
+                names.update(dict.fromkeys(named))
+                if len(names) > MAX_OUTCOMES:
+                    raise FeedbackError(
+                        f"the request names more than {MAX_OUTCOMES} outcomes "
+                        f"({_cut(', '.join(names))}); send at most {MAX_OUTCOMES} names",
+                        index,
+                        row_id,
+                    )
             row_ids.append(row_id)
         columns: dict[str, Values] = {
             FEEDBACK_REQUEST_ID_COLUMN: row_ids,
@@ -924,7 +939,6 @@ class FeedbackReader:
                 else self.classes[np.asarray(labels, dtype=np.intp)]
             ),
         }
-        names = dict.fromkeys(chain.from_iterable(outcomes))
         columns.update((name, [row.get(name) for row in outcomes]) for name in names)
         return columns
 
