@@ -291,6 +291,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.performance.metric: Unsupported value",
     ),
     (
+        "a slice by the log's own request id",
+        example("DriftMonitor", performance={"sliceBy": "_mlkube_request_id"}),
+        "sliceBy must be an input column",
+    ),
+    (
         "an outcome name with a space",
         example("DriftMonitor", performance={"outcomes": [{"name": "fraud loss"}]}),
         "spec.performance.outcomes[0].name",

@@ -193,6 +193,16 @@ def test_champion_gate_compares_on_the_same_split(tmp_path: Path) -> None:
     )
 
 
+def test_a_champion_gate_without_its_artifact_fails_instead_of_passing_quietly(
+    tmp_path: Path,
+) -> None:
+    gated = spec(qualityGates={"champion": {"deployment": "iris"}})
+    caught = failure(tmp_path, gated)  # as on a laptop, without --champion-uri
+    assert caught.reason == "ChampionNotFound"
+    assert "the version Deployment iris serves was not resolved" in caught.message
+    assert "--champion-uri" in caught.message
+
+
 def test_missing_dataset_is_dataset_not_found(tmp_path: Path) -> None:
     assert (
         failure(tmp_path, spec(dataset={"uri": f"file://{tmp_path}/nope.csv"})).reason

@@ -560,3 +560,12 @@ def test_the_realised_roc_auc_ranks_the_logged_probabilities_not_the_calibrated_
     )
     assert report.value == pytest.approx(roc_auc_score(truth, positive), abs=1e-12)
     assert report.estimated["roc_auc"] != pytest.approx(report.value, abs=1e-6)
+
+
+def test_a_label_that_is_no_class_is_refused_naming_it_not_scored_as_a_wrong_answer() -> None:
+    """/feedback refuses such labels; a bulk file's are refused at the join, never a new class."""
+    ids = [f"r{i}-0" for i in range(4)]
+    probabilities = np.full((4, 3), 1 / 3)
+    window = log_window(ids, [0, 1, 2, 0], [NOW_MS - 1000] * 4, probabilities, [0, 1, 2])
+    with pytest.raises(QualityError, match=r"the first 'setosa' for request 'r2-0'"):
+        evaluate(window, [labels(ids, ["0", "1", "setosa", "7"], [None] * 4)], classes=[0, 1, 2])

@@ -24,6 +24,7 @@ from mlkube.api.common import (
     cel,
     keys_at_most,
     unique_by,
+    validations,
 )
 from mlkube.api.trainingjob import TrainingJobSpec
 
@@ -185,8 +186,15 @@ class Performance(ApiModel):
         default=None,
         min_length=1,
         max_length=256,
-        description="An input column: the metric per value (at most 20 largest slices) and the "
-        "worst slice's gap to the whole (the bias view).",
+        json_schema_extra=validations(
+            cel(
+                "!self.startsWith('_mlkube_')",
+                "sliceBy must be an input column, not one of the inference log's own (_mlkube_*)",
+            )
+        ),
+        description="An input column: the metric per value of its 20 largest slices, the worst "
+        "5 in status, and the worst slice's gap to the whole (the bias view); a slice under 10 "
+        "labelled rows is shown but never the worst.",
     )
     feedback_uris: list[Annotated[str, Field(max_length=URI_LENGTH)]] = Field(
         default_factory=list,

@@ -926,6 +926,7 @@ def evaluate_window(
     size = 0
     if task == "classification":
         encoded = encode_classes(_plain(labels), predictions, classes)
+        _check_labels(encoded, classes, joined.labels)
         size = encoded.size
         truth = encoded.truth
         predicted_all = encoded.predicted
@@ -971,6 +972,24 @@ def evaluate_window(
         slices=slices,
         reason=reason,
     )
+
+
+def _check_labels(encoded: Encoded, classes: Sequence[Any] | None, labels: pa.Table) -> None:
+    """QualityError naming the first label that is not one of the model's `classes`: /feedback
+    refuses such labels, so only a bulk file brings them, and scoring them as wrong answers would
+    invent a class."""
+    if classes is None:
+        return
+    outside = np.flatnonzero(encoded.truth >= len(classes))
+    if outside.size:
+        first = int(outside[0])
+        value = labels.column(FEEDBACK_LABEL_COLUMN)[first].as_py()
+        request = labels.column(FEEDBACK_REQUEST_ID_COLUMN)[first].as_py()
+        raise QualityError(
+            f"{outside.size} labels are not one of the model's classes "
+            f"{[str(c) for c in classes][:20]}, the first {value!r} for request {request!r}: "
+            "a bulk feedback file's labels must be the classes' values"
+        )
 
 
 def _numbers(values: pa.Array | pa.ChunkedArray, what: str) -> Floats:

@@ -290,8 +290,15 @@ def _champion_failure(
 ) -> str | None:
     """Score the champion on the same held-out split; the challenger must beat it by the margin."""
     gate = request.spec.quality_gates.champion
-    if gate is None or request.champion is None:
+    if gate is None:
         return None
+    name = gate.model_version or f"the version Deployment {gate.deployment} serves"
+    if request.champion is None:  # never skipped quietly: the operator always resolves it
+        raise RunFailure(
+            "ChampionNotFound",
+            f"qualityGates.champion: {name} was not resolved to an artifact; outside the "
+            "cluster pass --champion-uri and --champion-sha256",
+        )
     try:
         champion = artifacts.load_verified_model(request.champion.uri, request.champion.sha256)
     except artifacts.ArtifactError as e:
@@ -302,8 +309,8 @@ def _champion_failure(
     improvement = (metrics[metric] - champion_metrics[metric]) * better
     if improvement < margin:
         return (
-            f"qualityGates.champion: {metric} {metrics[metric]:.4f} against champion "
-            f"{gate.model_version}'s {champion_metrics[metric]:.4f} improves by {improvement:.4f}, "
+            f"qualityGates.champion: {metric} {metrics[metric]:.4f} against {name}'s "
+            f"{champion_metrics[metric]:.4f} improves by {improvement:.4f}, "
             f"less than {gate.min_improvement}"
         )
     return None
