@@ -67,14 +67,23 @@ def serve(model: dict[str, object], log_dir: Path) -> tuple[subprocess.Popen[byt
     raise SystemExit("the server did not become ready in 120 s")
 
 
-def predict(url: str, rows: list[dict[str, float]]) -> list[object]:
+def predict(url: str, rows: list[dict[str, float]]) -> tuple[list[object], list[str]]:
+    """The predictions and each row's request id."""
     predictions: list[object] = []
+    ids: list[str] = []
     with httpx.Client(base_url=url, timeout=10) as http:
         for start in range(0, len(rows), 10):
             answer = http.post("/predict", json={"instances": rows[start : start + 10]})
             answer.raise_for_status()
             predictions += answer.json()["predictions"]
-    return predictions
+            ids += answer.json()["requestIds"]
+    return predictions, ids
+
+
+def send_labels(url: str, ids: list[str], labels: list[int]) -> None:
+    """The ground truth for answered rows, as a warehouse job would post it later."""
+    items = [{"requestId": i, "label": label} for i, label in zip(ids, labels, strict=True)]
+    httpx.post(f"{url}/feedback", json={"feedback": items}, timeout=10).raise_for_status()
 
 
 def main() -> None:
@@ -112,9 +121,11 @@ def main() -> None:
         step(f"serve with BentoML and predict 300 rows of {label}")
         server, url = serve(model, log_dir)
         try:
-            predictions = predict(url, inputs.to_dict(orient="records"))
+            predictions, ids = predict(url, inputs.to_dict(orient="records"))
             counts = dict(sorted(Counter(map(str, predictions)).items()))
             print(f"{len(predictions)} predictions from {url}: {counts}")
+            send_labels(url, ids, iris.target.loc[inputs.index].tolist())
+            print(f"posted the true labels of all {len(ids)} rows to {url}/feedback")
             metrics = httpx.get(f"{url}/metrics").text
             print(
                 next(
@@ -126,7 +137,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-        step(f"drift check on the logged {label}")
+        step(f"drift and live-quality check on the logged {label}")
         report = run(
             "drift",
             "--spec",
@@ -135,9 +146,17 @@ def main() -> None:
             reference,
             "--log",
             f"file://{log_dir}",
+            "--model-version",
+            f"iris-v{model['version']}",
+            "--model-uri",
+            str(model["artifactUri"]),
         )
         print(json.dumps(report, indent=2))
-    print("\nThe loop ran: trained, served, predicted and checked drift on real components.")
+    print(
+        "\nThe loop ran: trained, served, predicted, took the ground truth and checked drift and "
+        "live quality on real components (shifted inputs: the labels show the damage that the "
+        "estimate from probabilities cannot see)."
+    )
 
 
 if __name__ == "__main__":
