@@ -80,6 +80,7 @@ KINDS: list[Kind] = [
             {"name": "Version", "type": "integer", "jsonPath": ".spec.version"},
             {"name": "Ready", "type": "string", "jsonPath": _condition("Ready")},
             {"name": "Approved", "type": "boolean", "jsonPath": ".status.approved"},
+            {"name": "Role", "type": "string", "jsonPath": ".status.role"},
             {"name": "Stage", "type": "string", "jsonPath": ".spec.stage"},
             {
                 "name": "SHA256",

@@ -257,6 +257,48 @@ CountersMap = Annotated[
 
 DeploymentPhase = Literal["Pending", "Progressing", "Paused", "Healthy", "Degraded"]
 
+HISTORY_LIMIT = 50
+"""Entries a history keeps (a Deployment's, a ModelVersion's); the oldest ended ones go first."""
+REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+"""As a condition's reason."""
+
+
+class HistoryEntry(ApiModel):
+    """One version serving in one role over one span of time: what served when, and why."""
+
+    version: str = Field(max_length=OBJECT_NAME_LENGTH)
+    role: Literal["Stable", "Canary"]
+    from_: str = Field(alias="from", json_schema_extra={"format": "date-time"})
+    to: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="Unset while it serves.",
+    )
+    reason: str = Field(
+        pattern=REASON,
+        max_length=NAME_LENGTH,
+        description="Why it began: Initial (served without a canary, as the first version is), "
+        "CanaryStarted, Retried (a rolled-back version tried again), Promoted (the canary became "
+        "stable), RolledBack (back to the previous stable), Observed (serving when the record "
+        "began).",
+    )
+    by: str = Field(
+        max_length=TEXT_LENGTH,
+        description="Who made it begin: for a CLI action the user who asked, as `mlkube` "
+        "recorded it on the action (`unknown` when the action names nobody); `operator` for "
+        "the operator's own steps (a spec change, a passed or failed analysis, a deadline).",
+    )
+    end_reason: str | None = Field(
+        default=None,
+        pattern=REASON,
+        max_length=NAME_LENGTH,
+        description="Why it ended: Promoted (the canary became stable), Replaced (another version "
+        "took the role), RolledBack, Aborted, AnalysisFailed, ProgressDeadlineExceeded, "
+        "Abandoned (the spec returned to the stable), or why the version could not be served "
+        "any more (the Degraded condition's reason, e.g. ModelVersionNotFound).",
+    )
+    ended_by: str | None = Field(default=None, max_length=TEXT_LENGTH, description="As `by`.")
+
 
 class DeploymentStatus(StatusBase):
     phase: DeploymentPhase | None = None
@@ -291,6 +333,12 @@ class DeploymentStatus(StatusBase):
     )
     service_name: str | None = Field(default=None, max_length=NAME_LENGTH)
     ready_replicas: int | None = None
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        max_length=HISTORY_LIMIT,
+        description="What served when and why, oldest first (`mlkube history`); kept in status, "
+        "so it survives operator restarts. At most 50 entries: the oldest ended ones go first.",
+    )
 
 
 class Deployment(ApiModel):

@@ -23,6 +23,7 @@ from mlkube.api.common import (
     keys_at_most,
     unique_by,
 )
+from mlkube.api.deployment import HISTORY_LIMIT, HistoryEntry
 from mlkube.estimators import Task
 
 SHA256 = r"^[a-f0-9]{64}$"
@@ -134,16 +135,76 @@ class ModelVersionSpec(ApiModel):
         description="Parquet sample of the training inputs, the drift reference.",
     )
     approval: Approval | None = None
-    stage: Stage = "None"
-    aliases: list[Annotated[str, Field(max_length=NAME_LENGTH)]] = Field(
-        default_factory=list, max_length=16
+    stage: Stage = Field(
+        default="None",
+        description="A person's word on this version (MLflow's stage), kept as written: the "
+        "operator never sets it. Where the version serves is status.servingIn.",
     )
+    aliases: list[Annotated[str, Field(max_length=NAME_LENGTH)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="A person's own names for this version; the operator keeps status.aliases.",
+    )
+
+
+ServingRole = Literal["Stable", "Canary", "Previous"]
+SERVING_ROLES: tuple[ServingRole, ...] = ("Stable", "Canary", "Previous")
+SERVING_IN_LIMIT = 64
+AliasName = Literal["champion", "challenger"]
+
+
+class ServingIn(ApiModel):
+    """A Deployment serving this version, in which role, since when."""
+
+    deployment: str = Field(max_length=NAME_LENGTH)
+    role: ServingRole = Field(
+        description="Stable: most traffic; Canary: being rolled out; Previous: the stable before, "
+        "kept warm without traffic for an instant rollback."
+    )
+    since: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
+class Alias(ApiModel):
+    """An alias in MLflow's sense (2.9+), kept in step with one Deployment."""
+
+    name: AliasName = Field(
+        description="champion: the Deployment's stable version; challenger: its canary."
+    )
+    deployment: str = Field(max_length=NAME_LENGTH)
+
+
+class ServingRecord(HistoryEntry):
+    """A span of this version's history, and the Deployment it served in."""
+
+    deployment: str = Field(max_length=NAME_LENGTH)
 
 
 class ModelVersionStatus(StatusBase):
     phase: Literal["Pending", "Ready", "Invalid"] | None = None
     approved: bool | None = None
     verified_sha256: str | None = Field(default=None, pattern=SHA256)
+    serving_in: list[ServingIn] = Field(
+        default_factory=list,
+        max_length=SERVING_IN_LIMIT,
+        description="The Deployments serving this version now (the first 64 by name), taken "
+        "from their status.",
+    )
+    role: str | None = Field(
+        default=None,
+        max_length=NAME_LENGTH,
+        description="The roles of servingIn, Stable before Canary before Previous (`kubectl get`).",
+    )
+    aliases: list[Alias] = Field(
+        default_factory=list,
+        max_length=SERVING_IN_LIMIT,
+        description="champion and challenger per Deployment, following servingIn.",
+    )
+    history: list[ServingRecord] = Field(
+        default_factory=list,
+        max_length=HISTORY_LIMIT,
+        description="Where and when this version served and why, oldest first: the Deployments' "
+        "histories of it, kept here after a Deployment is deleted (at most 50 entries).",
+    )
 
 
 class ModelVersion(ApiModel):

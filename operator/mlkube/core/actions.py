@@ -1,8 +1,9 @@
 """CLI actions on a Deployment travel as one annotation the operator carries out once.
 
-The value is `<verb>@<timestamp>`; the operator records the whole value in
-`status.handledAction`, so the same annotation is never acted on twice and the spec is never
-written (GitOps tools own it).
+The value is `<verb>@<timestamp>`, or `<verb>@<timestamp>@<user>` when the CLI knows who asks
+(the user the API server names in a SelfSubjectReview; the Deployment's history records it); the
+operator records the whole value in `status.handledAction`, so the same annotation is never acted
+on twice and the spec is never written (GitOps tools own it).
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ GITOPS_MARKERS = {
 }
 
 
-def action_value(verb: Action, now: datetime) -> str:
-    return f"{verb}@{timestamp(now)}"
+def action_value(verb: Action, now: datetime, requester: str | None = None) -> str:
+    value = f"{verb}@{timestamp(now)}"
+    return f"{value}@{requester}" if requester else value
+
+
+def requester(value: str) -> str | None:
+    """Who asked for the action `value`, as the client recorded it (None: it names nobody)."""
+    parts = value.split("@", 2)
+    return (parts[2] or None) if len(parts) == 3 else None
 
 
 def pending_action(annotations: dict[str, str], handled: str | None) -> tuple[Action, str] | None:

@@ -25,6 +25,7 @@ from mlkube.api.deployment import (
 )
 from mlkube.core.analysis import CanaryMetrics, Counters, LiveQuality, window, window_metrics
 from mlkube.core.conditions import condition_status, parse_timestamp, set_condition, timestamp
+from mlkube.core.history import OPERATOR, UNKNOWN, record
 
 WAIT_FOR_PODS_SECONDS = 5.0
 WAIT_FOR_TARGET_SECONDS = 5.0
@@ -52,6 +53,8 @@ class Observation:
     """`spec.replicas` of each version's workload as it is now (an HPA may have changed it)."""
     input_columns: dict[str, frozenset[str]] = field(default_factory=dict)
     """Input schema column names per version, for the stable and the target."""
+    requester: str | None = None
+    """Who asked for `action`, as recorded on it (the history's `by`)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,7 @@ class _Machine:
         now: datetime,
     ) -> None:
         self.spec = spec
+        self.before = status
         self.status = status.model_copy(deep=True)
         self.obs = obs
         self.generation = generation
@@ -538,6 +542,8 @@ class _Machine:
         if action is not None:
             s.handled_action = obs.action_id or action
         self._finish_status()
+        by = OPERATOR if action is None else obs.requester or UNKNOWN
+        s.history = record(self.before, s, self.now, by)
         return Decision(
             status=s,
             workloads=self._workloads(),
