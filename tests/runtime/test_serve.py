@@ -24,13 +24,10 @@ from mlkube.layout import MODEL_FILE
 from mlkube.runtime import artifacts
 from mlkube.runtime.inference_log import PREDICTION_COLUMN
 from mlkube.runtime.metrics import PREDICTION_VALUE_BUCKETS, ServingMetrics
-from mlkube.runtime.serve import (
-    ENV_FAULT_ERROR_PERCENT,
-    ENV_INFERENCE_LOG_URI,
-    Predictor,
-    RequestError,
-    parse_request,
-)
+from mlkube.runtime.protocol.dataplane import Predictor
+from mlkube.runtime.protocol.errors import RequestError
+from mlkube.runtime.protocol.rest.v1_endpoints import V1Endpoint, parse_request
+from mlkube.runtime.protocol.settings import ENV_FAULT_ERROR_PERCENT, ENV_INFERENCE_LOG_URI
 from mlkube.runtime.serving_cli import SpecError, spec_settings
 from tests.runtime.servers import (
     IRIS_FEATURES,
@@ -306,7 +303,7 @@ def test_regressor_answers_values_and_fills_the_value_histogram() -> None:
     predictor = Predictor(estimator, schema)
     sample = data.data.iloc[:5]
     body = json.dumps({"instances": sample.to_dict(orient="records")}).encode()
-    prediction = predictor.predict(predictor.read(body).features)
+    prediction = predictor.predict(V1Endpoint(predictor, "test").read(body).features)
     assert prediction.probabilities is None
     np.testing.assert_allclose(prediction.values, estimator.predict(sample))
     registry = CollectorRegistry()
@@ -356,15 +353,17 @@ def test_the_float_matrix_shortcut_refuses_what_the_checks_refuse(
     predictor = Predictor(iris_artifact.estimator, schema)
     assert predictor.float_matrix
     good = rows(iris_artifact.features.iloc[:3])
-    inputs = predictor.read(json.dumps({"instances": good}).encode())
+    inputs = V1Endpoint(predictor, "test").read(json.dumps({"instances": good}).encode())
     np.testing.assert_array_equal(inputs.features, iris_artifact.features.iloc[:3].to_numpy())
     columnar = {k: [r[k] for r in good] for k in FEATURES}
-    by_column = predictor.read(json.dumps({"inputs": columnar}).encode())
+    by_column = V1Endpoint(predictor, "test").read(json.dumps({"inputs": columnar}).encode())
     np.testing.assert_array_equal(by_column.features, inputs.features)
     ((names, logged),) = inputs.arrays.items()  # the log takes the matrix in one copy
     assert logged[:, list(names).index("petal_width")].tolist() == columnar["petal_width"]
     with pytest.raises(RequestError) as caught:
-        predictor.read(json.dumps({"instances": [*good, good[0] | row]}).encode())
+        V1Endpoint(predictor, "test").read(
+            json.dumps({"instances": [*good, good[0] | row]}).encode()
+        )
     assert caught.value.column == column
 
 
@@ -382,7 +381,7 @@ def test_the_columnar_float_matrix_shortcut_refuses_what_the_checks_refuse(
     )
     inputs = {name: [1.0, 2.0] for name in FEATURES} | {"petal_length": values}
     with pytest.raises(RequestError) as caught:
-        predictor.read(json.dumps({"inputs": inputs}).encode())
+        V1Endpoint(predictor, "test").read(json.dumps({"inputs": inputs}).encode())
     assert (caught.value.status, caught.value.column) == (status, "petal_length")
 
 
@@ -412,7 +411,7 @@ def test_the_float_matrix_shortcut_hands_odd_rows_to_the_checks(
     )
     body = {"instances": [*rows(iris_artifact.features.iloc[:2]), *odd_rows]}
     with pytest.raises(RequestError) as caught:
-        predictor.read(json.dumps(body).encode())
+        V1Endpoint(predictor, "test").read(json.dumps(body).encode())
     assert (caught.value.status, caught.value.column) == (status, column)
 
 
@@ -511,7 +510,7 @@ def test_labels_come_from_predict_where_probabilities_tie() -> None:
     predictor = Predictor(estimator, schema)
     probe = pd.DataFrame(rng.normal(scale=3, size=(2000, 3)), columns=["a", "b", "c"])
     body = json.dumps({"instances": probe.to_dict(orient="records")}).encode()
-    answer = predictor.predict(predictor.read(body).features)
+    answer = predictor.predict(V1Endpoint(predictor, "test").read(body).features)
     assert answer.probabilities is not None
     assert (answer.probabilities.max(axis=1) == np.sort(answer.probabilities)[:, -2]).any()
     np.testing.assert_array_equal(answer.values, estimator.predict(probe))

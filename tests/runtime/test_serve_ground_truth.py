@@ -35,15 +35,12 @@ from mlkube.layout import (
     LOG_TS_COLUMN,
 )
 from mlkube.runtime import artifacts
-from mlkube.runtime.serve import (
-    ENV_INFERENCE_LOG_URI,
-    MAX_BODY_BYTES,
-    FeedbackReader,
-    RequestError,
-    request_id_of,
-    row_ids_json,
-    uuid4_hex,
-)
+from mlkube.runtime.protocol.errors import RequestError
+from mlkube.runtime.protocol.feedback import FeedbackReader
+from mlkube.runtime.protocol.http import MAX_BODY_BYTES
+from mlkube.runtime.protocol.request_ids import request_id_of, uuid4_hex
+from mlkube.runtime.protocol.rest.v1_endpoints import row_ids_json
+from mlkube.runtime.protocol.settings import ENV_INFERENCE_LOG_URI
 from tests.runtime.servers import (
     SERVE_COMMAND,
     IrisArtifact,

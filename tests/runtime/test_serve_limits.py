@@ -23,7 +23,12 @@ from sklearn.ensemble import RandomForestClassifier
 
 from mlkube.api.modelversion import Column
 from mlkube.runtime import artifacts
-from mlkube.runtime.serve import (
+from mlkube.runtime.protocol.dataplane import Predictor
+from mlkube.runtime.protocol.errors import Overloaded, RequestError
+from mlkube.runtime.protocol.feedback import FeedbackReader
+from mlkube.runtime.protocol.http import MAX_BODY_BYTES, BodyReader, ThreadPool
+from mlkube.runtime.protocol.rest.v1_endpoints import V1Endpoint
+from mlkube.runtime.protocol.settings import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_ROWS,
@@ -32,15 +37,8 @@ from mlkube.runtime.serve import (
     ENV_MAX_CONCURRENCY,
     ENV_MAX_QUEUED,
     ENV_MAX_ROWS,
-    MAX_BODY_BYTES,
-    BodyReader,
-    FeedbackReader,
-    Overloaded,
-    Predictor,
-    RequestError,
     ServeConfigError,
     ServeSettings,
-    ThreadPool,
 )
 from tests.runtime.servers import (
     IRIS_FEATURES,
@@ -240,14 +238,16 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> IrisArtifact:
 def test_more_rows_than_the_cap_is_a_413_naming_it(iris: IrisArtifact) -> None:
     predictor = Predictor(iris.estimator, artifacts.load_schema(str(iris.directory)), max_rows=3)
     row = dict.fromkeys(IRIS_FEATURES, 1.0)
-    assert predictor.read(json.dumps({"instances": [row] * 3}).encode()).rows == 3
+    assert (
+        V1Endpoint(predictor, "test").read(json.dumps({"instances": [row] * 3}).encode()).rows == 3
+    )
     for body in (
         {"instances": [row] * 4},
         {"inputs": {name: [1.0] * 4 for name in IRIS_FEATURES}},
         {"instances": [row, "not even a row", 1, 2]},
     ):
         with pytest.raises(RequestError) as caught:
-            predictor.read(json.dumps(body).encode())
+            V1Endpoint(predictor, "test").read(json.dumps(body).encode())
         assert caught.value.status == 413
         assert "has 4 rows" in caught.value.message and "at most 3" in caught.value.message
     labels = {"feedback": [{"requestId": f"r-{i}", "label": 0} for i in range(3)]}

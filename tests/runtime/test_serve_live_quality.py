@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlkube.runtime.serve import ENV_INFERENCE_LOG_URI
+from mlkube.runtime.protocol.settings import ENV_INFERENCE_LOG_URI
 from tests.runtime.servers import (
     SERVE_COMMAND,
     IrisArtifact,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlkube.runtime.serve import ServeConfigError, ServeSettings
+from mlkube.runtime.protocol.settings import ServeConfigError, ServeSettings
 
 pytestmark = pytest.mark.runtime
 

@@ -1,0 +1,524 @@
+"""The data plane every protocol shares: one predictor, and one path from a request body to its
+answer, with the same row cap, thread pool, request ids, metrics, inference log and live quality
+whichever protocol decoded the body (KServe's ``protocol/dataplane.py`` has this place).
+
+A protocol (`Endpoint`) only decodes its body into `Inputs` and words the answer and its errors:
+``rest/v1_endpoints.py`` (mlkube's ``/predict`` and KServe v1), ``rest/v2_endpoints.py`` (the
+Open Inference Protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from operator import itemgetter
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pandas as pd
+
+from mlkube.layout import (
+    FEEDBACK_REQUEST_ID_COLUMN,
+    LOG_CLASSES_METADATA,
+    LOG_MODEL_VERSION_COLUMN,
+    feedback_uri,
+    version_log_uri,
+)
+from mlkube.runtime import artifacts
+from mlkube.runtime.inference_log import Batch, SegmentWriter
+from mlkube.runtime.live_quality import LiveQuality
+from mlkube.runtime.metrics import ServingMetrics
+from mlkube.runtime.protocol.columns import DTYPES, PROBE_VALUES, check_types
+from mlkube.runtime.protocol.errors import RequestError, cut
+from mlkube.runtime.protocol.feedback import FeedbackReader
+from mlkube.runtime.protocol.http import (
+    INLINE_BODY_BYTES,
+    ASGIReceive,
+    ASGIScope,
+    ASGISend,
+    BodyReader,
+    Headers,
+    ThreadPool,
+    encode,
+    failure,
+    send_json,
+)
+from mlkube.runtime.protocol.request_ids import request_id_of
+from mlkube.runtime.protocol.settings import (
+    DEFAULT_MAX_ROWS,
+    ENV_FAULT_ERROR_PERCENT,
+    ENV_INFERENCE_LOG_URI,
+    ENV_MAX_ROWS,
+    ServeConfigError,
+    ServeSettings,
+)
+
+logger = logging.getLogger("mlkube.serve")
+
+METRICS_FLUSH_SECONDS = 1.0
+INLINE_PREDICT_SECONDS = 0.002
+"""A prediction the model's measured cost puts under this runs on the event loop: a thread hop
+costs tens of µs, as much as a whole small request's share of a core."""
+CALIBRATION_ROWS = 256
+
+# Classifiers whose predict is not the argmax of predict_proba.
+_PREDICT_IS_NOT_ARGMAX_PROBA = frozenset({"SVC", "NuSVC", "SGDClassifier"})
+"""SVC's Platt-scaled probabilities can disagree with its decision; SGDClassifier's
+``modified_huber`` probabilities are clipped, so classes tie where the decision does not."""
+
+
+def _final_estimator(model: object) -> object:
+    steps = getattr(model, "steps", None)  # a Pipeline
+    return steps[-1][1] if steps else model
+
+
+_all_true = np.logical_and.reduce
+"""``ndarray.all`` without its Python wrapper: this runs on every answer."""
+
+
+def _check_finite(values: npt.NDArray[Any], what: str) -> None:
+    """JSON (RFC 8259) has no Infinity or NaN: such an answer is refused, naming its row."""
+    if values.dtype.kind != "f" or _all_true(np.isfinite(values), axis=None):
+        return
+    finite = np.isfinite(values)
+    bad = finite if finite.ndim == 1 else finite.all(axis=1)
+    row = int(np.argmin(bad))
+    raise RequestError(
+        422,
+        f"the model's answer for row {row} is not finite ({what} "
+        f"{cut(repr(np.ravel(values[row]).tolist()))}): the input is outside what the model "
+        "can answer",
+    )
+
+
+class Model(Protocol):
+    def predict(self, features: Any) -> npt.NDArray[Any]: ...
+
+
+class Inputs(NamedTuple):  # a NamedTuple: made per request, 4x cheaper than a frozen dataclass
+    arrays: Batch
+    """What the inference log takes: an array per column, or the float matrix under the tuple
+    of its columns' names (one copy into the log instead of one per column)."""
+    features: npt.NDArray[Any] | pd.DataFrame
+    """What the model takes."""
+    id: Any
+    """The body's ``id`` as sent (unchecked: see `request_id_of`), None without one."""
+    rows: int
+    outputs: Any = None
+    """What the protocol answers (the Open Inference Protocol's requested outputs)."""
+
+
+class Prediction(NamedTuple):
+    values: npt.NDArray[Any]
+    probabilities: npt.NDArray[np.float64] | None
+    class_positions: npt.NDArray[np.intp] | None = None
+    """Each row's label as a position in the model's ``classes_``, where the label is the most
+    probable class."""
+
+
+class Predictor:
+    """A loaded model plus the input layout it was found to accept."""
+
+    def __init__(
+        self, model: Model, schema: artifacts.ModelSchema, max_rows: int = DEFAULT_MAX_ROWS
+    ) -> None:
+        self.model = model
+        self.max_rows = max_rows
+        self.inline_rows = 0
+        """The most rows `warm_up` found the model to predict in `INLINE_PREDICT_SECONDS`."""
+        self.column_types = schema.column_types()
+        self.schema_order = list(self.column_types)
+        """The columns as the input schema lists them: the order of rows sent as lists."""
+        fitted_names = getattr(model, "feature_names_in_", None)
+        self.feature_order: list[str] = (
+            [str(n) for n in fitted_names] if fitted_names is not None else self.schema_order
+        )
+        if set(self.feature_order) != set(self.column_types):
+            raise ServeConfigError(
+                f"the model was fitted on columns {self.feature_order}, "
+                f"but its schema lists {self.schema_order}"
+            )
+        self.schema_to_features: list[int] | None = (
+            None
+            if self.feature_order == self.schema_order
+            else [self.schema_order.index(name) for name in self.feature_order]
+        )
+        """Where each fitted column is in schema order; None when the orders agree."""
+        self.nullable = frozenset(c.name for c in schema.columns if c.nullable)
+        # a missing value is NaN in a float array, None in an object one
+        self.dtypes: dict[str, type[np.generic]] = {
+            name: (np.float64 if kind in ("float", "int") else np.object_)
+            if name in self.nullable
+            else DTYPES[kind]
+            for name, kind in self.column_types.items()
+        }
+        self.is_classifier = schema.task == "classification"
+        # SVC (probability=False) and others answer labels only
+        self.has_probabilities = self.is_classifier and hasattr(model, "predict_proba")
+        self.classes = np.asarray(getattr(model, "classes_", []))
+        # One model call instead of two: the label is the most probable class, except where
+        # probabilities are calibrated apart from the decision (SVC's Platt scaling).
+        self.labels_from_probabilities = (
+            self.has_probabilities
+            and len(self.classes) > 0
+            and type(_final_estimator(model)).__name__ not in _PREDICT_IS_NOT_ARGMAX_PROBA
+        )
+        self.uses_frame = not self._numeric_matrix_works()
+        # all-float schemas (most numeric models) go from JSON to the model's matrix in one step
+        self.float_matrix = not self.nullable and set(self.column_types.values()) == {"float"}
+        self.row_values = itemgetter(*self.feature_order)
+        """A row object's values in the fitted order."""
+        self._matrix_columns = tuple(self.feature_order)
+
+    def _numeric_matrix_works(self) -> bool:
+        """Numeric inputs go in as a float matrix (fast) when the model accepts one.
+
+        A model fitted on a DataFrame warns about the missing column names; the server has
+        already checked the names and put the values in the fitted order, so that warning
+        is silenced. A pipeline that selects columns by name needs a DataFrame and fails here.
+        """
+        if any(t == "string" for t in self.column_types.values()):
+            return False
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        try:
+            self.model.predict(self._matrix(self._probe()))
+        except Exception:
+            return False
+        return True
+
+    def check_rows(self, rows: int) -> None:
+        """More rows than `max_rows` is a 413, before any of them is looked at."""
+        if rows > self.max_rows:
+            raise RequestError(
+                413,
+                f"the request has {rows} rows; this server takes at most {self.max_rows} a "
+                f"request ({ENV_MAX_ROWS}): split it",
+            )
+
+    def arrays(self, columns: Mapping[str, list[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """One array per column in the schema's type: what the model and the log take."""
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for name, dtype in self.dtypes.items():
+            try:
+                arrays[name] = np.asarray(columns[name], dtype=dtype)
+            except (OverflowError, ValueError) as e:
+                raise RequestError(422, f"column {name!r}: {e}", name) from None
+        return arrays
+
+    def _matrix(self, arrays: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
+        return np.array([arrays[name] for name in self.feature_order], dtype=np.float64).T
+
+    def _frame(self, arrays: Mapping[str, npt.NDArray[Any]]) -> pd.DataFrame:
+        return pd.DataFrame({name: arrays[name] for name in self.feature_order})
+
+    def features(self, arrays: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[Any] | pd.DataFrame:
+        return self._frame(arrays) if self.uses_frame else self._matrix(arrays)
+
+    def from_columns(
+        self,
+        columns: Mapping[str, list[Any]],
+        body_id: Any,
+        rows: int,
+        outputs: Any = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Inputs:
+        """Inputs from one list of values per schema column, each checked against its type
+        (a 422 naming the column, worded by `labels` where given)."""
+        nullable = self.nullable
+        for name, kind in self.column_types.items():
+            check_types(
+                name, kind, columns[name], name in nullable, labels.get(name) if labels else None
+            )
+        arrays = self.arrays(columns)
+        return Inputs(arrays, self.features(arrays), body_id, rows, outputs)
+
+    def from_matrix(
+        self, matrix: npt.NDArray[np.float64], body_id: Any, rows: int, outputs: Any = None
+    ) -> Inputs:
+        """Inputs from a float matrix already in the fitted column order (an all-float schema's
+        request, checked to hold numbers only)."""
+        features = pd.DataFrame(matrix, columns=self.feature_order) if self.uses_frame else matrix
+        return Inputs({self._matrix_columns: matrix}, features, body_id, rows, outputs)
+
+    def in_feature_order(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """A (rows, columns) matrix in schema order, in the fitted order."""
+        order = self.schema_to_features
+        return matrix if order is None else matrix[:, order]
+
+    def predict(self, features: npt.NDArray[Any] | pd.DataFrame) -> Prediction:
+        """The model's answer; a row it answers with a non-finite number is a 422 naming it."""
+        if not self.has_probabilities:
+            values = np.asarray(self.model.predict(features))
+            if not self.is_classifier:
+                _check_finite(values, "prediction")
+            return Prediction(values, None)
+        probabilities = np.asarray(self.model.predict_proba(features))  # type: ignore[attr-defined]
+        _check_finite(probabilities, "probabilities")
+        if not self.labels_from_probabilities:
+            return Prediction(np.asarray(self.model.predict(features)), probabilities)
+        positions = probabilities.argmax(axis=1)
+        return Prediction(self.classes[positions], probabilities, positions)
+
+    def _probe(self, rows: int = 1) -> dict[str, npt.NDArray[Any]]:
+        return self.arrays(
+            {name: [PROBE_VALUES[t]] * rows for name, t in self.column_types.items()}
+        )
+
+    def warm_up(self) -> None:
+        """Predictions before traffic, so the first request pays no lazy initialisation; timed,
+        they set `inline_rows`. Without them (a probe of zeros may be outside what a pipeline
+        accepts) every prediction runs in the thread pool."""
+        try:
+            one = self.features(self._probe())
+            many = self.features(self._probe(CALIBRATION_ROWS))
+            self.predict(one)
+            fixed = _best_seconds(lambda: self.predict(one))
+            per_row = max(0.0, _best_seconds(lambda: self.predict(many)) - fixed) / (
+                CALIBRATION_ROWS - 1
+            )
+        except Exception as e:
+            logger.info("warm-up prediction skipped, every prediction runs off the loop: %s", e)
+            return
+        spare = INLINE_PREDICT_SECONDS - fixed
+        self.inline_rows = (
+            0 if spare < 0 else self.max_rows if per_row == 0 else int(1 + spare / per_row)
+        )
+        logger.info(
+            "the model predicts 1 row in %.2f ms and each further one in %.2f µs: requests of "
+            "up to %d rows are predicted on the event loop, larger ones in the thread pool",
+            fixed * 1e3,
+            per_row * 1e6,
+            self.inline_rows,
+        )
+
+
+def _best_seconds(call: Callable[[], object], times: int = 3) -> float:
+    timings = []
+    for _ in range(times):
+        started = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
+class Endpoint(Protocol):
+    """One protocol's prediction request: its body decoded, its answer and errors worded."""
+
+    def wording(self, error: RequestError) -> tuple[int, dict[str, Any]]:
+        """The protocol's status and body for a refused request."""
+        ...
+
+    def read(self, body: bytes) -> Inputs:
+        """The body as the model's inputs, validated; RequestError naming what is wrong."""
+        ...
+
+    def answer(self, prediction: Prediction, request_id: str, inputs: Inputs) -> dict[str, Any]:
+        """The answer's JSON document."""
+        ...
+
+
+class DataPlane:
+    """The server's one predictor and what every prediction goes through, for any protocol."""
+
+    def __init__(self, settings: ServeSettings, model: Model, schema: artifacts.ModelSchema):
+        self.settings = settings
+        self.predictor = Predictor(model, schema, settings.max_rows)
+        self.predictor.warm_up()
+        self.pool = ThreadPool(settings.max_concurrency, settings.max_queued)
+        self.bodies = BodyReader(settings.min_body_rate, settings.body_grace_seconds)
+        predictor = self.predictor
+        self.metrics = ServingMetrics(
+            settings.model_version,
+            prediction_buckets=settings.prediction_buckets,
+            class_labels=predictor.classes.tolist(),
+        )
+        self._metrics_flushed = time.perf_counter()
+        self.inference_log: SegmentWriter | None = None
+        self.feedback_log: SegmentWriter | None = None
+        self.live_quality: LiveQuality | None = None
+        classes = predictor.classes if predictor.is_classifier else None
+        if settings.inference_log_uri:
+            self.inference_log = SegmentWriter(
+                version_log_uri(settings.inference_log_uri, settings.model_version),
+                settings.pod_name,
+                constants={LOG_MODEL_VERSION_COLUMN: settings.model_version},
+                retention_bytes=settings.inference_log_max_bytes,
+                metadata=(
+                    {LOG_CLASSES_METADATA: orjson.dumps(predictor.classes.tolist())}
+                    if predictor.has_probabilities
+                    else None
+                ),
+            )
+            # Labels are few and worth more than drift samples: no retention, the store's
+            # lifecycle rules decide when they go.
+            self.feedback_log = SegmentWriter(
+                feedback_uri(settings.inference_log_uri),
+                settings.pod_name,
+                retention_segments=None,
+            )
+            if settings.live_quality_rows:
+                self.live_quality = LiveQuality(
+                    feedback_uri(settings.inference_log_uri),
+                    classes,
+                    self.metrics.observe_labelled,
+                    max_rows=settings.live_quality_rows,
+                )
+        self.feedback_reader = FeedbackReader(classes, settings.max_rows)
+        self.ready = False
+        """Whether the readiness endpoints say so: from `start` until `close`."""
+
+    def start(self) -> None:
+        self.ready = True
+        if self.live_quality is not None:
+            self.live_quality.start()
+
+    def close(self) -> None:
+        """Write out what both logs buffered (a SIGTERM shuts down through here)."""
+        self.ready = False
+        self.pool.shutdown()
+        if self.live_quality is not None:
+            self.live_quality.stop()
+        for writer in (self.inference_log, self.feedback_log):
+            if writer is not None:
+                try:
+                    writer.close()
+                except Exception:
+                    logger.exception("writing out %s at shutdown failed", writer.uri)
+
+    async def infer(
+        self,
+        scope: ASGIScope,
+        receive: ASGIReceive,
+        send: ASGISend,
+        endpoint: Endpoint,
+        refusal: RequestError | None = None,
+    ) -> None:
+        """A prediction request of `endpoint`'s protocol: validate, predict, answer; count and
+        log after answering. `refusal`: what the path already refused (an unknown model).
+
+        A large body is read into the model's input in the thread pool, and a costly prediction
+        (by the model's timing at start) is predicted and written out there; the rest runs
+        inline."""
+        started = time.perf_counter()
+        settings = self.settings
+        if settings.fault_delay_ms:
+            await asyncio.sleep(settings.fault_delay_ms / 1000)
+        arrays: Batch | None = None
+        prediction: Prediction | None = None
+        request_id: str | None = None
+        headers: Headers = ()
+        document: Any
+        admitted: float | None = None
+        try:
+            if scope["method"] != "POST":
+                raise RequestError(405, "use POST")
+            if refusal is not None:
+                raise refusal
+            body = await self.bodies.read(receive, started)
+            if (
+                settings.fault_error_percent
+                and random.random() * 100 < settings.fault_error_percent
+            ):
+                status, document = 500, {"error": f"injected fault ({ENV_FAULT_ERROR_PERCENT})"}
+            elif len(body) <= INLINE_BODY_BYTES:
+                inputs = endpoint.read(body)
+                request_id = request_id_of(inputs.id, scope["headers"])
+                arrays = inputs.arrays
+                if inputs.rows <= self.predictor.inline_rows:
+                    prediction = self.predictor.predict(inputs.features)
+                    status, document = 200, endpoint.answer(prediction, request_id, inputs)
+                else:
+                    admitted = self.pool.admit()
+                    prediction, document = await self.pool.run(
+                        self._predict, endpoint, inputs, request_id
+                    )
+                    status = 200
+            else:
+                admitted = self.pool.admit()
+                inputs = await self.pool.run(endpoint.read, body)
+                del body  # its megabytes need not live through the prediction
+                request_id = request_id_of(inputs.id, scope["headers"])
+                arrays = inputs.arrays
+                prediction, document = await self.pool.run(
+                    self._predict, endpoint, inputs, request_id
+                )
+                status = 200
+        except Exception as e:  # every failure is an answer (failure)
+            status, document, headers = failure(e, "prediction", endpoint.wording)
+        finally:
+            if admitted is not None:
+                self.pool.leave(admitted)
+        await send_json(send, status, document, request_id, headers)
+        finished = time.perf_counter()
+        self.metrics.observe_request(status, finished - started)
+        if prediction is not None and arrays is not None:
+            self._record(arrays, prediction, request_id)
+        if finished - self._metrics_flushed > METRICS_FLUSH_SECONDS:
+            self._metrics_flushed = finished
+            self.metrics.flush()
+
+    def _predict(
+        self, endpoint: Endpoint, inputs: Inputs, request_id: str
+    ) -> tuple[Prediction, bytes]:
+        """The prediction and its answer's JSON: the thread pool's part of a large request."""
+        prediction = self.predictor.predict(inputs.features)
+        return prediction, encode(endpoint.answer(prediction, request_id, inputs))
+
+    async def feedback(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
+        """``POST /feedback``: check the labels, queue them for the feedback log, answer."""
+        started = time.perf_counter()
+        stored = 0
+        document: dict[str, Any]
+        headers: Headers = ()
+        admitted: float | None = None
+        try:
+            if scope["method"] != "POST":
+                raise RequestError(405, "use POST")
+            if self.feedback_log is None:
+                raise RequestError(
+                    404, f"no feedback is kept here: {ENV_INFERENCE_LOG_URI} is unset"
+                )
+            body = await self.bodies.read(receive, started)
+            if len(body) <= INLINE_BODY_BYTES:
+                columns = self.feedback_reader.read(body)
+            else:  # checking labels is a loop in Python: ~3 µs each
+                admitted = self.pool.admit()
+                columns = await self.pool.run(self.feedback_reader.read, body)
+            self.feedback_log.append_rows(columns)
+            stored = len(columns[FEEDBACK_REQUEST_ID_COLUMN])
+            status, document = 200, {"stored": stored}
+        except Exception as e:  # every failure is an answer (failure)
+            status, document, headers = failure(e, "storing feedback")
+        finally:
+            if admitted is not None:
+                self.pool.leave(admitted)
+        await send_json(send, status, document, None, headers)
+        self.metrics.observe_feedback(status, time.perf_counter() - started, stored)
+
+    def _record(self, arrays: Batch, prediction: Prediction, request_id: str | None) -> None:
+        """Metrics and the inference log, each on its own: one failing never costs the other."""
+        try:
+            if prediction.class_positions is not None:
+                self.metrics.observe_classes(prediction.class_positions)
+            elif self.predictor.is_classifier:
+                self.metrics.observe_class_labels(prediction.values)
+            else:
+                self.metrics.observe_values(prediction.values)
+        except Exception:
+            logger.exception("prediction metrics update failed")
+        if self.inference_log is not None:
+            try:
+                self.inference_log.append(
+                    arrays, prediction.values, request_id, prediction.probabilities
+                )
+            except Exception:
+                logger.exception("inference log append failed")
+                self.metrics.inference_log_failed()
+        if self.live_quality is not None and request_id is not None:
+            self.live_quality.observe(request_id, prediction.values)
