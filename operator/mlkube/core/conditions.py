@@ -51,3 +51,26 @@ def condition(conditions: list[Condition], type_: str) -> Condition | None:
 def condition_status(conditions: list[Condition], type_: str) -> ConditionStatus | None:
     found = condition(conditions, type_)
     return None if found is None else found.status
+
+
+def outcome_conditions(
+    conditions: list[Condition],
+    phase: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """Running, Succeeded and Failed of a run-to-completion object (batch/v1 Job's words): the
+    phase's reason and message on the condition that holds, AsExpected on the others; Succeeded
+    stays Unknown, with the reason, until the run ends."""
+    running: ConditionStatus = "True" if phase == "Running" else "False"
+    succeeded: ConditionStatus = (
+        "True" if phase == "Succeeded" else "False" if phase == "Failed" else "Unknown"
+    )
+    failed: ConditionStatus = "True" if phase == "Failed" else "False"
+    for type_, value in (("Running", running), ("Succeeded", succeeded), ("Failed", failed)):
+        why = reason if value == "True" or type_ == "Succeeded" else "AsExpected"
+        text = message if why == reason else ""
+        conditions = set_condition(conditions, type_, value, why, text, generation, now)
+    return conditions

@@ -6,9 +6,7 @@ Pure: ModelVersion bodies in, (name, problem) out.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-from mlkube.api.deployment import DeploymentSpec
+from typing import Any, Protocol
 
 Body = dict[str, Any]
 Problem = tuple[str, str]
@@ -36,8 +34,20 @@ def servable(mv: Body, require_approval: bool) -> tuple[str | None, Problem | No
     return name, None
 
 
+class TargetSpec(Protocol):
+    """A spec naming a ModelVersion, or following a model's newest approved one (a Deployment,
+    a BatchPrediction)."""
+
+    @property
+    def model_version(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def require_approval(self) -> bool: ...
+
+
 def resolve_target(
-    spec: DeploymentSpec, versions: Mapping[str, Body]
+    spec: TargetSpec, versions: Mapping[str, Body]
 ) -> tuple[str | None, Problem | None]:
     """The servable ModelVersion the spec asks for, or why there is none."""
     if spec.model_version:

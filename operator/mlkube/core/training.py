@@ -24,7 +24,7 @@ from mlkube.api.modelversion import (
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import MANAGED_BY, Manifest, Owner
 from mlkube.builders.training import TRAINER
-from mlkube.core.conditions import set_condition, timestamp
+from mlkube.core.conditions import outcome_conditions, timestamp
 
 IMAGE_PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 JOB_FAILURE_REASONS = {
@@ -138,13 +138,9 @@ def training_status(
     if outcome.phase in ("Succeeded", "Failed"):
         s.completion_time = s.completion_time or timestamp(now)
         s.metrics = {str(k): str(v) for k, v in (outcome.result.get("metrics") or {}).items()}
-    running = "True" if outcome.phase == "Running" else "False"
-    succeeded = {"Succeeded": "True", "Failed": "False"}.get(outcome.phase, "Unknown")
-    failed = "True" if outcome.phase == "Failed" else "False"
-    for type_, value in (("Running", running), ("Succeeded", succeeded), ("Failed", failed)):
-        reason = outcome.reason if value == "True" or type_ == "Succeeded" else "AsExpected"
-        message = outcome.message if reason == outcome.reason else ""
-        s.conditions = set_condition(s.conditions, type_, value, reason, message, generation, now)  # type: ignore[arg-type]
+    s.conditions = outcome_conditions(
+        s.conditions, outcome.phase, outcome.reason, outcome.message, generation, now
+    )
     return s
 
 
