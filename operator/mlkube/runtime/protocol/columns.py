@@ -41,15 +41,20 @@ rounded (2**53 + 1 parses as 2**53), so an int column takes them only as JSON in
 
 
 def check_types(
-    name: str, expected: ColumnType, values: list[Any], nullable: bool, label: str | None = None
+    name: str,
+    expected: ColumnType,
+    values: list[Any],
+    nullable: bool,
+    label: str | None = None,
+    first_row: int = 0,
 ) -> None:
     """A RequestError (422) naming `name` and the first row whose value a column of type
     `expected` does not take; `label` words the column in the message (default
-    ``column '<name>'``)."""
+    ``column '<name>'``), rows are counted from `first_row` (a batch of a larger file)."""
     if _all_valid(expected, values, nullable):
         return
     label = label or f"column {name!r}"
-    for index, value in enumerate(values):
+    for index, value in enumerate(values, first_row):
         if value is None and not nullable:
             raise RequestError(
                 422,

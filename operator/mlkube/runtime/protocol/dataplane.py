@@ -82,8 +82,9 @@ _all_true = np.logical_and.reduce
 """``ndarray.all`` without its Python wrapper: this runs on every answer."""
 
 
-def _check_finite(values: npt.NDArray[Any], what: str) -> None:
-    """JSON (RFC 8259) has no Infinity or NaN: such an answer is refused, naming its row."""
+def _check_finite(values: npt.NDArray[Any], what: str, first_row: int = 0) -> None:
+    """JSON (RFC 8259) has no Infinity or NaN: such an answer is refused, naming its row (counted
+    from `first_row`)."""
     if values.dtype.kind != "f" or _all_true(np.isfinite(values), axis=None):
         return
     finite = np.isfinite(values)
@@ -91,7 +92,7 @@ def _check_finite(values: npt.NDArray[Any], what: str) -> None:
     row = int(np.argmin(bad))
     raise RequestError(
         422,
-        f"the model's answer for row {row} is not finite ({what} "
+        f"the model's answer for row {first_row + row} is not finite ({what} "
         f"{cut(repr(np.ravel(values[row]).tolist()))}): the input is outside what the model "
         "can answer",
     )
@@ -251,15 +252,16 @@ class Predictor:
         order = self.schema_to_features
         return matrix if order is None else matrix[:, order]
 
-    def predict(self, features: npt.NDArray[Any] | pd.DataFrame) -> Prediction:
-        """The model's answer; a row it answers with a non-finite number is a 422 naming it."""
+    def predict(self, features: npt.NDArray[Any] | pd.DataFrame, first_row: int = 0) -> Prediction:
+        """The model's answer; a row it answers with a non-finite number is a 422 naming it
+        (counted from `first_row`: a batch of a larger file)."""
         if not self.has_probabilities:
             values = np.asarray(self.model.predict(features))
             if not self.is_classifier:
-                _check_finite(values, "prediction")
+                _check_finite(values, "prediction", first_row)
             return Prediction(values, None)
         probabilities = np.asarray(self.model.predict_proba(features))  # type: ignore[attr-defined]
-        _check_finite(probabilities, "probabilities")
+        _check_finite(probabilities, "probabilities", first_row)
         if not self.labels_from_probabilities:
             return Prediction(np.asarray(self.model.predict(features)), probabilities)
         positions = probabilities.argmax(axis=1)
