@@ -124,6 +124,8 @@ def model_env(artifact: IrisArtifact, **extra: str) -> dict[str, str]:
         "MLKUBE_MODEL_URI": str(artifact.directory),
         "MLKUBE_MODEL_SHA256": artifact.sha256,
         "MLKUBE_MODEL_VERSION": "iris-v1",
+        "MLKUBE_MODEL_NAME": "iris",
+        "MLKUBE_MODEL_VERSION_NUMBER": "1",
         "MLKUBE_POD_NAME": "test-pod",
         **extra,
     }

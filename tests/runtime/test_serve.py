@@ -96,6 +96,44 @@ def _valid_row() -> dict[str, Any]:
     return {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
+def test_kserve_v1_rows_as_lists_in_schema_order(
+    server: ServerProcess, iris_artifact: IrisArtifact
+) -> None:
+    """Issue 17 item 4: a KServe v1 client's body, on /predict and on KServe's own path."""
+    sample = iris_artifact.features.iloc[[0, 60, 120]]
+    expected = iris_artifact.estimator.predict(sample).tolist()
+    lists = {"instances": sample[FEATURES].to_numpy().tolist()}
+    for path in ("/predict", "/v1/models/iris:predict"):
+        answer = httpx.post(f"{server.url}{path}", json=lists)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == expected
+        assert len(answer.json()["requestIds"]) == 3
+    assert httpx.get(f"{server.url}/v1/models/iris").json() == {"name": "iris", "ready": True}
+    unknown = httpx.post(f"{server.url}/v1/models/penguins:predict", json=lists)
+    assert unknown.status_code == 404 and "'penguins' is not served here" in unknown.text
+    assert httpx.get(f"{server.url}/v1/models/penguins").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("instances", "status", "words"),
+    [
+        ([[5.1, 3.5, 1.4]], 422, "instances[0] has 3 values; the model takes 4, in this order: "
+         "sepal_length, sepal_width, petal_length, petal_width"),
+        ([[5.1, 3.5, 1.4, 0.2], _valid_row()], 400, "instances[1] is an object where "
+         "instances[0] is a list"),
+        ([[5.1, "3.5", 1.4, 0.2]], 422, "column 'sepal_width' must be float, got string '3.5' "
+         "in row 0"),
+        ([7], 400, "instances[0] must be an object of column values or a list of them"),
+    ],
+)  # fmt: skip
+def test_rows_as_lists_are_checked_like_objects(
+    server: ServerProcess, instances: list[Any], status: int, words: str
+) -> None:
+    answer = httpx.post(f"{server.url}/predict", json={"instances": instances})
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["error"], answer.text
+
+
 @pytest.mark.parametrize(
     ("body", "column"),
     [
@@ -514,3 +552,25 @@ def test_labels_come_from_predict_where_probabilities_tie() -> None:
     assert answer.probabilities is not None
     assert (answer.probabilities.max(axis=1) == np.sort(answer.probabilities)[:, -2]).any()
     np.testing.assert_array_equal(answer.values, estimator.predict(probe))
+
+
+def test_rows_as_lists_follow_the_schema_order_not_the_fitted_one(
+    iris_artifact: IrisArtifact,
+) -> None:
+    """In-process: a schema listing the columns in another order than the model was fitted on;
+    lists follow the schema, as its metadata shows them."""
+    schema = artifacts.ModelSchema(
+        task="classification",
+        target="species",
+        columns=[Column(name=name, type="float") for name in reversed(FEATURES)],
+    )
+    reader = V1Endpoint(Predictor(iris_artifact.estimator, schema), "test")
+    sample = iris_artifact.features.iloc[[0, 60, 120]]
+    as_lists = {"instances": sample[list(reversed(FEATURES))].to_numpy().tolist()}
+    inputs = reader.read(json.dumps(as_lists).encode())
+    np.testing.assert_array_equal(inputs.features, sample[FEATURES].to_numpy())
+    as_objects = reader.read(json.dumps({"instances": rows(sample)}).encode())
+    np.testing.assert_array_equal(inputs.features, as_objects.features)
+    with_null = {"instances": [[0.2, 1.4, None, 5.1]]}
+    with pytest.raises(RequestError, match="column 'sepal_width' must be float, got null"):
+        reader.read(json.dumps(with_null).encode())

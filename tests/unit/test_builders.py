@@ -173,6 +173,11 @@ def test_server_deployment_verifies_digest_and_probes_bentoml() -> None:
     env = {e["name"]: e.get("value") for e in server["env"]}
     assert env["MLKUBE_MODEL_SHA256"] == "a" * 64
     assert env["MLKUBE_MODEL_URI"] == VERSION.artifact.uri
+    # the names /v2/models/<name>/versions/<number> (Open Inference Protocol) go by
+    assert (env["MLKUBE_MODEL_NAME"], env["MLKUBE_MODEL_VERSION_NUMBER"]) == (
+        VERSION.model,
+        str(VERSION.version),
+    )
     assert (
         env["MLKUBE_INFERENCE_LOG_URI"] == "file:///var/lib/mlkube/artifacts/team-a/_inference/iris"
     )

@@ -68,6 +68,9 @@ def build_server_deployment(
         {"name": "MLKUBE_MODEL_URI", "value": version.artifact.uri},
         {"name": "MLKUBE_MODEL_SHA256", "value": version.artifact.sha256},
         {"name": "MLKUBE_MODEL_VERSION", "value": model_version},
+        # the Open Inference Protocol's and KServe v1's /v2/models/<name>/versions/<number>
+        {"name": "MLKUBE_MODEL_NAME", "value": version.model},
+        {"name": "MLKUBE_MODEL_VERSION_NUMBER", "value": str(version.version)},
         {
             "name": "MLKUBE_INFERENCE_LOG_URI",
             "value": inference_log_uri(config.artifact_root, owner.namespace, owner.name),

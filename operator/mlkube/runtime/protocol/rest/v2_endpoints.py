@@ -192,7 +192,8 @@ class V2Endpoint:
             if name not in self.outputs:
                 raise RequestError(
                     400,
-                    f"output {describe(name)} is not one of the model's outputs "
+                    f"output {_named(name)} is not "
+                    "one of the model's outputs "
                     f"({', '.join(self.outputs)})",
                 )
             if name not in names:
@@ -320,6 +321,11 @@ class V2Endpoint:
         return answer
 
 
+def _named(value: Any) -> str:
+    """A name as an error quotes it: a string as itself, anything else by its type."""
+    return cut(repr(value)) if type(value) is str else describe(value)
+
+
 def _datatypes_for(column: ColumnType) -> str:
     accepted = [
         name
@@ -349,7 +355,7 @@ def _check_content_type(parameters: Any, where: str) -> None:
     if content_type is not None and content_type not in _CONTENT_TYPES:
         raise RequestError(
             400,
-            f"{where} has content_type {describe(content_type)}; this server takes "
+            f"{where} has content_type {_named(content_type)}; this server takes "
             f"{', '.join(sorted(_CONTENT_TYPES))} (the data as JSON values)",
         )
 
