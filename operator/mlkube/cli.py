@@ -18,11 +18,14 @@ from mlkube.api.crdgen import BY_KIND, KINDS, Kind
 from mlkube.core.actions import ACTION_ANNOTATION, action_value, managed_by_gitops
 from mlkube.core.canary import Action
 from mlkube.core.conditions import timestamp
+from mlkube.core.history import ALIASES
 
 if TYPE_CHECKING:
     from mlkube.controller.errors import ApiError
     from mlkube.controller.kube import Cluster
 
+MODEL_VERSION_NAMES = {"modelversion", "modelversions", "mlmv", f"modelversions.{GROUP}"}
+DEPLOYMENT_NAMES = {"deployment", "deployments", "mld", f"deployments.{GROUP}"}
 _PART = re.compile(r"[^.\[]+(?:\[[^\]]*\])?")
 _FILTER = re.compile(r'^(?P<list>\w+)\[\?\(@\.(?P<key>\w+)=="(?P<value>[^"]*)"\)\]$')
 
@@ -165,6 +168,72 @@ def gitops_rollback_hint(deployment: dict[str, Any]) -> str | None:
     )
 
 
+def duration(start: str, end: str | None, now: datetime) -> str:
+    """How long a span lasted (or has lasted), as `age` writes it."""
+    stop = now if end is None else datetime.fromisoformat(end.replace("Z", "+00:00"))
+    return age(start, stop)
+
+
+def history_table(entries: list[dict[str, Any]], now: datetime, deployment: bool = False) -> str:
+    """A history, oldest first: each span of a version in a role, from and to (`serving` while
+    it lasts), how long, why it began and ended, and who made it so."""
+    headers = ["DEPLOYMENT"] if deployment else ["VERSION"]
+    headers += ["ROLE", "FROM", "TO", "FOR", "REASON", "BY", "ENDED", "ENDED BY"]
+    rows = [
+        [
+            str(e.get("deployment" if deployment else "version", "")),
+            str(e.get("role", "")),
+            str(e.get("from", "")),
+            str(e.get("to") or "serving"),
+            duration(str(e.get("from", "")), e.get("to"), now),
+            str(e.get("reason", "")),
+            str(e.get("by", "")),
+            str(e.get("endReason") or ""),
+            str(e.get("endedBy") or ""),
+        ]
+        for e in entries
+    ]
+    return table(headers, rows)
+
+
+def serving_summary(model_version: dict[str, Any]) -> str:
+    """Where a ModelVersion serves now, with its aliases: one line."""
+    status = model_version.get("status") or {}
+    aliases = {(a["deployment"], a["name"]) for a in status.get("aliases") or []}
+    places = []
+    for serving in status.get("servingIn") or []:
+        place = f"{serving['role']} in {serving['deployment']}"
+        alias = ALIASES.get(serving["role"])
+        if (serving["deployment"], alias) in aliases:
+            place += f" ({alias})"
+        if serving.get("since"):
+            place += f" since {serving['since']}"
+        places.append(place)
+    name = (model_version.get("metadata") or {}).get("name", "")
+    return f"{name}: " + ("; ".join(places) if places else "not serving")
+
+
+def _history(cluster: Cluster, args: argparse.Namespace) -> int:
+    kind_name, _, name = args.name.rpartition("/")
+    kind = "ModelVersion" if kind_name.lower() in MODEL_VERSION_NAMES else "Deployment"
+    if kind_name and kind_name.lower() not in MODEL_VERSION_NAMES | DEPLOYMENT_NAMES:
+        print(f"mlkube history: {kind_name} is neither a Deployment nor a ModelVersion",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    obj = cluster.get_object(BY_KIND[kind], args.namespace, name)
+    if obj is None:
+        print(f"{kind.lower()}.{GROUP}/{name} not found in {args.namespace}", file=sys.stderr)
+        return 1
+    entries = (obj.get("status") or {}).get("history") or []
+    if kind == "ModelVersion":
+        print(serving_summary(obj))
+    if not entries:
+        print(f"{kind.lower()}.{GROUP}/{name} has no history yet")
+        return 0
+    print(history_table(entries, datetime.now(UTC), deployment=kind == "ModelVersion"))
+    return 0
+
+
 def _status(cluster: Cluster, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     namespace = None if args.all_namespaces else args.namespace
@@ -174,6 +243,11 @@ def _status(cluster: Cluster, args: argparse.Namespace) -> int:
             print(f"deployment.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)
             return 1
         print(canary_progress(deployment))
+        history = (deployment.get("status") or {}).get("history") or []
+        if history:
+            print(f"history, the last {min(len(history), 3)} of {len(history)} "
+                  f"(`mlkube history {args.name}`):")  # fmt: skip
+            print(history_table(history[-3:], now))
         for monitor in cluster.list_objects(BY_KIND["DriftMonitor"], args.namespace):
             quality = (
                 live_quality(monitor) if monitor["spec"].get("deployment") == args.name else None
@@ -257,9 +331,14 @@ def _act(cluster: Cluster, args: argparse.Namespace, verb: Action) -> int:
     if deployment is None:
         print(f"deployment.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)
         return 1
-    patch = {
-        "metadata": {"annotations": {ACTION_ANNOTATION: action_value(verb, datetime.now(UTC))}}
-    }
+    from mlkube.controller.errors import ApiError
+
+    try:
+        user: str | None = whoami(cluster)  # recorded in the Deployment's history as `by`
+    except ApiError:  # an API server older than 1.28: the action names nobody
+        user = None
+    value = action_value(verb, datetime.now(UTC), user)
+    patch = {"metadata": {"annotations": {ACTION_ANNOTATION: value}}}
     cluster.patch_object(kind, args.namespace, args.name, patch)
     print(f"deployment.{GROUP}/{args.name}: {verb} requested")
     if verb == "rollback":
@@ -311,6 +390,10 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("--full", action="store_true")
     logs = commands.add_parser("logs", help="a TrainingJob's trainer logs")
     logs.add_argument("name")
+    history = commands.add_parser(
+        "history", help="what a Deployment served when and why (or a ModelVersion: mlmv/NAME)"
+    )
+    history.add_argument("name", help="DEPLOYMENT, or modelversion/NAME")
     return root
 
 
@@ -338,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         return _approve(cluster, args)
     if args.command == "logs":
         return _logs(cluster, args)
+    if args.command == "history":
+        return _history(cluster, args)
     verb: Action = "promote-full" if args.command == "promote" and args.full else args.command
     return _act(cluster, args, verb)
 

@@ -9,9 +9,12 @@ from mlkube.cli import (
     canary_progress,
     gitops_rollback_hint,
     headers_for,
+    history_table,
     json_path,
     live_quality,
+    parser,
     rows_for,
+    serving_summary,
     table,
 )
 from mlkube.core.actions import ACTION_ANNOTATION, action_value, managed_by_gitops, pending_action
@@ -149,3 +152,64 @@ def test_live_quality_shows_realised_beside_estimated_with_outcomes_and_slices()
     assert "slice web: 0.55 (300 rows)" in text
     assert "worst slice gap 0.15" in text
     assert live_quality({"metadata": {"name": "m"}, "status": {}}) is None
+
+
+HISTORY = [
+    {"version": "iris-v1", "role": "Stable", "from": "2026-11-27T10:30:00Z",
+     "to": "2026-11-27T11:00:00Z", "reason": "Initial", "by": "operator",
+     "endReason": "Replaced", "endedBy": "alice@example.com"},
+    {"version": "iris-v2", "role": "Stable", "from": "2026-11-27T11:00:00Z",
+     "reason": "Promoted", "by": "alice@example.com"},
+]  # fmt: skip
+
+
+def test_history_shows_each_span_with_why_and_who_oldest_first() -> None:
+    lines = history_table(HISTORY, NOW).splitlines()
+    assert lines[0].split() == [
+        "VERSION", "ROLE", "FROM", "TO", "FOR", "REASON", "BY", "ENDED", "ENDED", "BY",
+    ]  # fmt: skip
+    assert lines[1].split() == [
+        "iris-v1", "Stable", "2026-11-27T10:30:00Z", "2026-11-27T11:00:00Z", "30m", "Initial",
+        "operator", "Replaced", "alice@example.com",
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "iris-v2", "Stable", "2026-11-27T11:00:00Z", "serving", "1h", "Promoted",
+        "alice@example.com",
+    ]  # fmt: skip
+    by_deployment = history_table([{**HISTORY[1], "deployment": "prod"}], NOW, deployment=True)
+    assert by_deployment.splitlines()[0].startswith("DEPLOYMENT")
+    assert by_deployment.splitlines()[1].startswith("prod")
+
+
+def test_a_model_versions_serving_roles_and_aliases_in_one_line() -> None:
+    mv = {
+        "metadata": {"name": "iris-v2"},
+        "status": {
+            "servingIn": [
+                {"deployment": "prod", "role": "Stable", "since": "2026-11-27T11:00:00Z"},
+                {"deployment": "eu", "role": "Previous"},
+            ],
+            "aliases": [{"name": "champion", "deployment": "prod"}],
+        },
+    }
+    assert serving_summary(mv) == (
+        "iris-v2: Stable in prod (champion) since 2026-11-27T11:00:00Z; Previous in eu"
+    )
+    assert serving_summary({"metadata": {"name": "iris-v3"}}) == "iris-v3: not serving"
+
+
+def test_model_versions_list_their_serving_role_beside_the_persons_stage() -> None:
+    kind = next(k for k in KINDS if k.kind == "ModelVersion")
+    mv = {
+        "metadata": {"name": "iris-v2", "creationTimestamp": "2026-11-27T10:30:00Z"},
+        "spec": {"model": "iris", "version": 2, "stage": "None"},
+        "status": {"approved": True, "role": "Stable,Canary"},
+    }
+    headers = headers_for(kind, False)
+    row = dict(zip(headers, rows_for(kind, [mv], NOW, False)[0], strict=True))
+    assert (row["ROLE"], row["STAGE"]) == ("Stable,Canary", "None")
+
+
+def test_history_takes_a_deployment_or_a_model_version() -> None:
+    assert parser().parse_args(["history", "iris"]).name == "iris"
+    assert parser().parse_args(["-n", "a", "history", "mlmv/iris-v2"]).name == "mlmv/iris-v2"

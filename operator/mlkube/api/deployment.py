@@ -333,11 +333,12 @@ class DeploymentStatus(StatusBase):
     )
     service_name: str | None = Field(default=None, max_length=NAME_LENGTH)
     ready_replicas: int | None = None
-    history: list[HistoryEntry] = Field(
-        default_factory=list,
+    history: list[HistoryEntry] | None = Field(
+        default=None,
         max_length=HISTORY_LIMIT,
         description="What served when and why, oldest first (`mlkube history`); kept in status, "
-        "so it survives operator restarts. At most 50 entries: the oldest ended ones go first.",
+        "so it survives operator restarts. At most 50 entries: the oldest ended ones go first. "
+        "Unset until a version serves.",
     )
 
 

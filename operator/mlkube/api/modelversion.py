@@ -183,27 +183,28 @@ class ModelVersionStatus(StatusBase):
     phase: Literal["Pending", "Ready", "Invalid"] | None = None
     approved: bool | None = None
     verified_sha256: str | None = Field(default=None, pattern=SHA256)
-    serving_in: list[ServingIn] = Field(
-        default_factory=list,
+    serving_in: list[ServingIn] | None = Field(
+        default=None,
         max_length=SERVING_IN_LIMIT,
         description="The Deployments serving this version now (the first 64 by name), taken "
-        "from their status.",
+        "from their status; unset: none.",
     )
     role: str | None = Field(
         default=None,
         max_length=NAME_LENGTH,
         description="The roles of servingIn, Stable before Canary before Previous (`kubectl get`).",
     )
-    aliases: list[Alias] = Field(
-        default_factory=list,
+    aliases: list[Alias] | None = Field(
+        default=None,
         max_length=SERVING_IN_LIMIT,
         description="champion and challenger per Deployment, following servingIn.",
     )
-    history: list[ServingRecord] = Field(
-        default_factory=list,
+    history: list[ServingRecord] | None = Field(
+        default=None,
         max_length=HISTORY_LIMIT,
         description="Where and when this version served and why, oldest first: the Deployments' "
-        "histories of it, kept here after a Deployment is deleted (at most 50 entries).",
+        "histories of it, kept here after a Deployment is deleted (at most 50 entries); unset "
+        "until it first serves.",
     )
 
 

@@ -8,7 +8,7 @@ Deployments put their owner in the work queue, so pods becoming ready move a rol
 from __future__ import annotations
 
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
-from mlkube.api.modelversion import ModelVersionSpec
+from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
 from mlkube.builders.common import Owner
 from mlkube.builders.serving import (
     DEPLOYMENT_LABEL,
@@ -24,9 +24,10 @@ from mlkube.builders.serving import (
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
 from mlkube.controller.context import Context, Read
-from mlkube.core.actions import pending_action
+from mlkube.core.actions import pending_action, requester
 from mlkube.core.analysis import Counters, parse_counters
 from mlkube.core.canary import Decision, Observation, decide
+from mlkube.core.history import stale_versions
 from mlkube.core.serving import resolve_target
 
 KIND = "Deployment"
@@ -107,6 +108,7 @@ class DeploymentReconciler:
             counters=counters,
             action=action[0] if action else None,
             action_id=action[1] if action else None,
+            requester=requester(action[1]) if action else None,
             live_replicas=live,
             input_columns=columns,
         )
@@ -118,10 +120,24 @@ class DeploymentReconciler:
             ctx.post_event(r.obj, event.type, event.reason, event.message)
         if decision.status != status:
             ctx.write_status(KIND, r.obj, decision.status)
+        self._wake_model_versions(r, status, decision.status, versions)
         metrics.CANARY_WEIGHT.labels(r.namespace, r.name).set(decision.status.canary_weight or 0)
         metrics.CANARY_STEP.labels(r.namespace, r.name).set(decision.status.current_step or 0)
         waits = [decision.requeue_after, FOLLOW_LATEST_SECONDS if spec.latest_approved else None]
         return min((w for w in waits if w is not None), default=None)
+
+    def _wake_model_versions(
+        self, r: Read_, before: DeploymentStatus, after: DeploymentStatus, versions: dict[str, Body]
+    ) -> None:
+        """A ModelVersion derives where it serves from the Deployments' status (its reconciler is
+        the one writer of its status): those that do not show this one's yet look at once."""
+
+        def recorded(name: str) -> ModelVersionStatus | None:
+            mv = versions.get(name)
+            return None if mv is None else ModelVersionStatus.model_validate(mv.get("status") or {})
+
+        for version in stale_versions(r.name, before, after, recorded):
+            self.ctx.enqueue(("ModelVersion", r.namespace, version), 0)
 
     def _apply(
         self, r: Read_, decision: Decision, versions: dict[str, Body], children: list[Body]

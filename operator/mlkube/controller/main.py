@@ -27,6 +27,7 @@ import kopf
 
 from mlkube.api.common import GROUP, VERSION
 from mlkube.api.crdgen import KINDS
+from mlkube.api.deployment import DeploymentStatus
 from mlkube.config import OperatorConfig
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
@@ -40,6 +41,7 @@ from mlkube.controller.metrics_auth import MetricsAuth, serve_metrics
 from mlkube.controller.modelversion import ModelVersionReconciler
 from mlkube.controller.queue import Key, WorkQueue
 from mlkube.controller.trainingjob import TrainingJobReconciler
+from mlkube.core.history import serving_versions
 
 METRICS_PORT = int(os.environ.get("MLKUBE_METRICS_PORT", "8080"))
 METRICS_SECURE = os.environ.get("MLKUBE_METRICS_SECURE", "true").lower() != "false"
@@ -131,6 +133,10 @@ class Operator:
         if kept is None:
             self.seen.pop(key, None)
             metrics.forget(*key)
+            if kind == "Deployment":  # the versions it served take it off their record
+                status = DeploymentStatus.model_validate(body.get("status") or {})
+                for version in serving_versions(status):
+                    self.queue.add(("ModelVersion", key[1], version))
             return
         fingerprint = (
             meta.get("generation"),

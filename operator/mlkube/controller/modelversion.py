@@ -2,6 +2,11 @@
 
 When a version's readiness or approval changes, the Deployments that could serve it are put in the
 work queue at once rather than noticing on their next poll.
+
+Where the version serves and served (`servingIn`, `aliases`, `history`) is derived here from the
+Deployments' status, so this reconciler stays the one writer of a ModelVersion's status: two
+Deployments serving one version never race for it, and the Deployment reconciler only puts the
+versions whose record it changed in the queue.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ from collections import Counter
 from datetime import datetime
 
 from mlkube.api.common import ConditionStatus
+from mlkube.api.deployment import DeploymentStatus
 from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
 from mlkube.builders.common import Owner
 from mlkube.builders.training import build_verify_job, verify_job_name
 from mlkube.controller import metrics
+from mlkube.controller.cache import Body
 from mlkube.controller.context import Context, Read, ready_reason
 from mlkube.core.conditions import condition, set_condition
+from mlkube.core.history import version_record
 from mlkube.core.training import pod_start_problem, termination_result
 from mlkube.tenancy import FORBIDDEN_URI
 
@@ -72,6 +80,7 @@ class ModelVersionReconciler:
             new.phase != "Invalid" or ready_reason(new.conditions) == FORBIDDEN_URI
         ):
             new = self._verify(r, new, now)
+        new = self._record(r, new, now)
         if new != status:
             was, ready = condition(status.conditions, "Ready"), condition(new.conditions, "Ready")
             if ready is not None and (was is None or was.reason != ready.reason):
@@ -138,6 +147,33 @@ class ModelVersionReconciler:
         )
         return s
 
+    def _record(self, r: Read_, status: ModelVersionStatus, now: datetime) -> ModelVersionStatus:
+        """Where this version serves and served, from the cached Deployments' status; one this
+        status names that the cache does not hold (yet, after a restart) is read from the API
+        server, so a Deployment is taken off the record only once it is gone."""
+        cached = self.ctx.caches.objects["Deployment"].list(r.namespace)
+        bodies = {d["metadata"]["name"]: d for d in cached}
+        named = {s.deployment for s in status.serving_in or []}
+        named |= {e.deployment for e in status.history or [] if e.to is None}
+        for name in sorted(named - bodies.keys()):
+            body = self.ctx.get("Deployment", r.namespace, name)
+            if body is not None:
+                bodies[name] = body
+        deployments = {
+            name: DeploymentStatus.model_validate(body.get("status") or {})
+            for name, body in bodies.items()
+            if name in named or _mentions(body, r.name)
+        }
+        record = version_record(r.name, deployments, status.history or [], now)
+        return status.model_copy(
+            update={  # unset rather than empty: a version that never served says nothing
+                "serving_in": record.serving_in or None,
+                "role": record.role,
+                "aliases": record.aliases or None,
+                "history": record.history or None,
+            }
+        )
+
     def _wake_deployments(self, r: Read_) -> None:
         for deployment in self.ctx.caches.objects["Deployment"].list(r.namespace):
             spec = deployment.get("spec") or {}
@@ -151,3 +187,12 @@ class ModelVersionReconciler:
         )
         for phase in ("Pending", "Ready", "Invalid"):
             metrics.MODEL_VERSIONS.labels(namespace, phase).set(counts.get(phase, 0))
+
+
+def _mentions(deployment: Body, version: str) -> bool:
+    """Whether a Deployment's status names `version` (a cheap look before parsing it)."""
+    status = deployment.get("status") or {}
+    roles = ("stableVersion", "canaryVersion", "previousStableVersion")
+    return any(status.get(role) == version for role in roles) or any(
+        entry.get("version") == version for entry in status.get("history") or []
+    )

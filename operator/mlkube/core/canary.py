@@ -543,7 +543,7 @@ class _Machine:
             s.handled_action = obs.action_id or action
         self._finish_status()
         by = OPERATOR if action is None else obs.requester or UNKNOWN
-        s.history = record(self.before, s, self.now, by)
+        s.history = record(self.before, s, self.now, by) or None
         return Decision(
             status=s,
             workloads=self._workloads(),

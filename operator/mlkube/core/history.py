@@ -86,7 +86,7 @@ def record(
     `before`'s); `by` is the action's requester, or OPERATOR."""
     at = timestamp(now)
     holding = _roles(after)
-    history = [entry.model_copy() for entry in after.history]
+    history = [entry.model_copy() for entry in after.history or []]
     for entry in history:
         if entry.to is None and holding[entry.role] != entry.version:
             entry.to, entry.ended_by = at, by
@@ -134,7 +134,7 @@ def _serving_in(version: str, deployment: str, status: DeploymentStatus) -> list
     for role in SERVING_ROLES:
         if holding[role] != version:
             continue
-        spans = [e for e in status.history if e.version == version]
+        spans = [e for e in status.history or [] if e.version == version]
         if role == "Previous":  # warm since its stable span ended
             since = next((e.to for e in reversed(spans) if e.role == "Stable" and e.to), None)
         else:
@@ -146,7 +146,7 @@ def _serving_in(version: str, deployment: str, status: DeploymentStatus) -> list
 def _records(version: str, deployment: str, status: DeploymentStatus) -> list[ServingRecord]:
     return [
         ServingRecord.model_validate({**entry.model_dump(), "deployment": deployment})
-        for entry in status.history
+        for entry in status.history or []
         if entry.version == version
     ]
 
@@ -212,16 +212,16 @@ def stale_versions(
     """Versions whose ModelVersion status (`recorded(name)`; None: no such ModelVersion, not
     looked at) does not yet show what `after` says of them: its roles now and the spans this
     decision changed. After a restart the first decision finds what the ModelVersions missed."""
-    changed = [e for e in after.history if e not in before.history]
+    changed = [e for e in after.history or [] if e not in (before.history or [])]
     stale = []
     for version in sorted(serving_versions(after) | {e.version for e in changed}):
         mv = recorded(version)
         if mv is None:
             continue
-        shown = [s for s in mv.serving_in if s.deployment == deployment]
+        shown = [s for s in mv.serving_in or [] if s.deployment == deployment]
         spans = _records(version, deployment, DeploymentStatus(history=changed))
         if shown != _serving_in(version, deployment, after) or any(
-            span not in mv.history for span in spans
+            span not in (mv.history or []) for span in spans
         ):
             stale.append(version)
     return stale
