@@ -22,6 +22,7 @@ from mlkube.builders.serving import (
 )
 from mlkube.builders.training import build_job, build_verify_job, job_name
 from mlkube.config import OperatorConfig
+from mlkube.core.routes import desired_route
 
 CONFIG = OperatorConfig(runtime_image="localhost/mlkube-runtime:0.1.0")
 TJ_OWNER = Owner(kind="TrainingJob", name="iris-train", namespace="team-a", uid="uid-1")
@@ -202,18 +203,56 @@ def test_service_selects_every_version_in_traffic() -> None:
     assert per_version["spec"]["selector"]["mlkube.io/model-version"] == "iris-v2"
 
 
+def gateway_spec(**route: object) -> DeploymentSpec:
+    spec: dict[str, object] = {
+        "modelVersion": "iris-v2",
+        "traffic": "GatewayAPI",
+        "gateway": {"name": "gw", "namespace": "infra"},
+    }
+    if route:
+        spec["route"] = route
+    return DeploymentSpec.model_validate(spec)
+
+
+def httproute(spec: DeploymentSpec, weights: dict[str, int]) -> dict:  # type: ignore[type-arg]
+    return build_httproute(DEP_OWNER, spec, desired_route("team-a", "iris", spec), weights)
+
+
 def test_httproute_splits_by_weight() -> None:
-    spec = DeploymentSpec.model_validate(
-        {
-            "modelVersion": "iris-v2",
-            "traffic": "GatewayAPI",
-            "gateway": {"name": "gw", "namespace": "infra"},
-        }
-    )
-    route = build_httproute(DEP_OWNER, spec, {"iris-v1": 80, "iris-v2": 20})
+    route = httproute(gateway_spec(), {"iris-v1": 80, "iris-v2": 20})
     assert route["spec"]["parentRefs"] == [{"name": "gw", "namespace": "infra"}]
     refs = route["spec"]["rules"][0]["backendRefs"]
     assert [(r["name"], r["weight"]) for r in refs] == [("iris-iris-v1", 80), ("iris-iris-v2", 20)]
+
+
+def test_httproute_without_hostnames_takes_the_deployments_own_path_and_strips_it() -> None:
+    route = httproute(gateway_spec(), {"iris-v2": 100})
+    assert "hostnames" not in route["spec"]
+    rule = route["spec"]["rules"][0]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/serving/team-a/iris"}}]
+    # /serving/team-a/iris/predict reaches the server as /predict
+    assert rule["filters"] == [
+        {
+            "type": "URLRewrite",
+            "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+        }
+    ]
+
+
+def test_httproute_with_hostnames_matches_them_at_the_root_unrewritten() -> None:
+    spec = gateway_spec(hostnames=["iris.team-a.example.com", "*.iris.example.com"])
+    route = httproute(spec, {"iris-v2": 100})
+    assert route["spec"]["hostnames"] == ["iris.team-a.example.com", "*.iris.example.com"]
+    rule = route["spec"]["rules"][0]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    assert "filters" not in rule
+
+
+def test_httproute_with_hostnames_and_a_path_prefix_rewrites_the_prefix() -> None:
+    spec = gateway_spec(hostnames=["models.example.com"], pathPrefix="/iris")
+    rule = httproute(spec, {"iris-v2": 100})["spec"]["rules"][0]
+    assert rule["matches"][0]["path"]["value"] == "/iris"
+    assert rule["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] == "/"
 
 
 def test_autoscaler_only_when_asked() -> None:

@@ -47,9 +47,10 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [create, patch, delete]
+# each Deployment's HTTPRoute (traffic: GatewayAPI); watched, so no route shadows another's
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # each Deployment's NetworkPolicy (networkPolicy.enabled): applied, deleted when turned off
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]

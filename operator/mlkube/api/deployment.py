@@ -150,6 +150,55 @@ class ParentRef(ApiModel):
     section_name: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
 
 
+HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""Gateway API's Hostname: RFC 1123 in lower case, optionally led by a wildcard label `*.`."""
+PATH_PREFIX = r"^/$|^(/[A-Za-z0-9._~-]+)+$"
+"""An absolute path of whole elements, no trailing `/` (Gateway API ignores one), no `//`."""
+PATH_LENGTH = 256
+
+Hostname = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=OBJECT_NAME_LENGTH,
+        pattern=HOSTNAME,
+        json_schema_extra=validations(
+            cel(
+                "!self.matches('^[0-9]+([.][0-9]+){3}$')",
+                "hostnames must be names, not IP addresses",
+            )
+        ),
+    ),
+]
+
+
+class Route(ApiModel):
+    """Which requests of the gateway's listener reach this Deployment (traffic GatewayAPI)."""
+
+    hostnames: list[Hostname] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Host headers to answer, as HTTPRoute hostnames (`*.example.com` matches "
+        "any name under example.com); empty: every host the listener takes.",
+    )
+    path_prefix: str | None = Field(
+        default=None,
+        max_length=PATH_LENGTH,
+        pattern=PATH_PREFIX,
+        json_schema_extra=validations(
+            cel(
+                "!(self.contains('/./') || self.contains('/../') || self.endsWith('/.') "
+                "|| self.endsWith('/..'))",
+                "pathPrefix must not have a . or .. element",
+            )
+        ),
+        description="Requests under this path reach the model, the prefix replaced by `/` "
+        "(`<prefix>/predict` arrives as `/predict`). Default: `/` with hostnames, else "
+        "`/serving/<namespace>/<name>`, a path no other namespace may take.",
+    )
+
+
 class Autoscaling(ApiModel):
     model_config = api_config(
         cel("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas")
@@ -189,6 +238,11 @@ class DeploymentSpec(ApiModel):
             "gateway must be set when traffic is GatewayAPI",
             field_path=".gateway",
         ),
+        cel(
+            "!has(self.route) || self.traffic == 'GatewayAPI'",
+            "route must be unset unless traffic is GatewayAPI",
+            field_path=".route",
+        ),
     )
 
     model_version: str | None = Field(default=None, pattern=DNS_LABEL, max_length=NAME_LENGTH)
@@ -212,6 +266,11 @@ class DeploymentSpec(ApiModel):
         "GatewayAPI: an HTTPRoute with weighted backendRefs.",
     )
     gateway: ParentRef | None = None
+    route: Route | None = Field(
+        default=None,
+        description="The HTTPRoute's hostnames and path. A route that would take requests "
+        "another Deployment's route on the same listener receives is refused (RouteConflict).",
+    )
     strategy: Strategy = Field(default_factory=Strategy)
     network_policy: NetworkPolicy = Field(
         default_factory=NetworkPolicy,

@@ -22,6 +22,7 @@ from mlkube.builders.common import (
     storage_env_from,
 )
 from mlkube.config import OperatorConfig
+from mlkube.core.routes import Route
 from mlkube.layout import inference_log_uri
 
 SERVER = "server"
@@ -140,33 +141,38 @@ def build_service(owner: Owner, spec: DeploymentSpec, model_version: str | None 
     }
 
 
-def build_httproute(owner: Owner, spec: DeploymentSpec, weights: dict[str, int]) -> Manifest:
-    """Gateway API route splitting requests between versions by weight."""
-    assert spec.gateway is not None, "the schema requires gateway when traffic is GatewayAPI"
-    parent: Manifest = {"name": spec.gateway.name}
-    if spec.gateway.namespace:
-        parent["namespace"] = spec.gateway.namespace
-    if spec.gateway.section_name:
-        parent["sectionName"] = spec.gateway.section_name
+def build_httproute(
+    owner: Owner, spec: DeploymentSpec, route: Route, weights: dict[str, int]
+) -> Manifest:
+    """Gateway API route: the requests `route` matches, split between versions by weight.
+
+    Under a path prefix other than `/` the prefix is replaced by `/` on the way (URLRewrite,
+    ReplacePrefixMatch: `<prefix>/predict` reaches the server as `/predict`)."""
+    parent: Manifest = {"name": route.gateway, "namespace": route.gateway_namespace}
+    if route.section_name:
+        parent["sectionName"] = route.section_name
+    rule: Manifest = {
+        "matches": [{"path": {"type": "PathPrefix", "value": route.path_prefix}}],
+        "backendRefs": [
+            {"name": server_name(owner.name, version), "port": spec.port, "weight": weight}
+            for version, weight in sorted(weights.items())
+        ],
+    }
+    if route.path_prefix != "/":
+        rule["filters"] = [
+            {
+                "type": "URLRewrite",
+                "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+            }
+        ]
+    route_spec: Manifest = {"parentRefs": [parent], "rules": [rule]}
+    if route.hostnames:
+        route_spec["hostnames"] = list(route.hostnames)
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": metadata(owner.name, owner, {DEPLOYMENT_LABEL: owner.name}),
-        "spec": {
-            "parentRefs": [parent],
-            "rules": [
-                {
-                    "backendRefs": [
-                        {
-                            "name": server_name(owner.name, version),
-                            "port": spec.port,
-                            "weight": weight,
-                        }
-                        for version, weight in sorted(weights.items())
-                    ]
-                }
-            ],
-        },
+        "spec": route_spec,
     }
 
 

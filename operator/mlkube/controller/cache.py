@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from mlkube.core.routes import Conflict, Key, Route, StoredRoute, route_conflict, stored_route
+
 Body = dict[str, Any]
 _KEPT_METADATA = (
     "name",
@@ -126,3 +128,70 @@ class Store:
             for b in candidates
             if all((b["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
+
+
+class Routes:
+    """The HTTPRoutes the operator wrote, as `core.routes` reads them, by the Gateway they
+    attach to (a route's conflicts are looked up among its Gateway's routes only), and the
+    Deployments refused because of each: they look again when it changes or goes.
+
+    A route admitted is kept here at once, before it is written (`claim`): Deployments that
+    look at the same moment (all those waiting for a route that just went) see it, so no two
+    are admitted onto the same requests. The watch's copy replaces it when it comes."""
+
+    def __init__(self) -> None:
+        self._routes: dict[Key, StoredRoute] = {}
+        self._by_gateway: dict[Key, set[Key]] = defaultdict(set)
+        self._waiting: dict[Key, set[Key]] = defaultdict(set)
+        self._lock = threading.Lock()
+
+    def put(self, body: Body) -> None:
+        found = stored_route(body)
+        if found is not None:
+            with self._lock:
+                self._keep(found)
+
+    def _keep(self, stored: StoredRoute) -> None:
+        self._drop(stored.key)
+        self._routes[stored.key] = stored
+        self._by_gateway[(stored.route.gateway_namespace, stored.route.gateway)].add(stored.key)
+
+    def remove(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._drop((namespace, name))
+
+    def _drop(self, key: Key) -> None:
+        old = self._routes.pop(key, None)
+        if old is not None:
+            self._by_gateway[(old.route.gateway_namespace, old.route.gateway)].discard(key)
+
+    def get(self, namespace: str, name: str) -> StoredRoute | None:
+        with self._lock:
+            return self._routes.get((namespace, name))
+
+    def claim(
+        self, namespace: str, name: str, wanted: Route, now: str, keep: bool
+    ) -> tuple[StoredRoute | None, Conflict | None]:
+        """The Deployment's stored route and why `wanted` is refused (`core.routes`), judged
+        against the routes on its Gateway; admitted with `keep` (it is about to be written),
+        it is kept at once, as created `now` unless the Deployment's route exists already."""
+        with self._lock:
+            own = self._routes.get((namespace, name))
+            gateway = (wanted.gateway_namespace, wanted.gateway)
+            others = [self._routes[k] for k in self._by_gateway.get(gateway, ())]
+            conflict = route_conflict(namespace, name, wanted, own, others)
+            if conflict is None and keep:
+                created = now if own is None else own.created
+                self._keep(StoredRoute(namespace, name, created, wanted))
+            return own, conflict
+
+    def wait_for(self, holder: Key, waiter: Key) -> None:
+        """`waiter` was refused because of `holder`'s route."""
+        with self._lock:
+            self._waiting[holder].add(waiter)
+
+    def waiters(self, namespace: str, name: str) -> set[Key]:
+        """The Deployments waiting for this route to change, forgotten here (a look that
+        refuses them again records them again)."""
+        with self._lock:
+            return self._waiting.pop((namespace, name), set())

@@ -22,17 +22,23 @@ from mlkube.builders.serving import (
     server_name,
 )
 from mlkube.controller import metrics
-from mlkube.controller.cache import Body
+from mlkube.controller.cache import Body, Routes
 from mlkube.controller.context import Context, Read
 from mlkube.core.actions import pending_action, requester
 from mlkube.core.analysis import Counters, parse_counters
 from mlkube.core.canary import Decision, Observation, decide
+from mlkube.core.conditions import timestamp
 from mlkube.core.history import stale_versions
+from mlkube.core.routes import ROUTE_CONFLICT, Conflict, Route, desired_route, route_refused
 from mlkube.core.serving import resolve_target
 
 KIND = "Deployment"
 AUTOSCALER = ("autoscaling/v2", "HorizontalPodAutoscaler")
 NETWORK_POLICY = ("networking.k8s.io/v1", "NetworkPolicy")
+HTTPROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+ROUTE_RECHECK_SECONDS = 60.0
+"""A safety net: a refused route looks again this often, besides when the route in its way
+changes or goes."""
 FOLLOW_LATEST_SECONDS = 60.0
 """A safety net: a newly approved version wakes Deployments following latestApproved at once."""
 
@@ -40,8 +46,9 @@ Read_ = Read[DeploymentSpec, DeploymentStatus]
 
 
 class DeploymentReconciler:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, routes: Routes) -> None:
         self.ctx = ctx
+        self.routes = routes
 
     def __call__(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the rollout wants another look (None: nothing pending)."""
@@ -113,7 +120,10 @@ class DeploymentReconciler:
             input_columns=columns,
         )
         decision = decide(spec, status, observation, ctx.clock(), r.generation)
-        ctx.write_children(KIND, r, lambda: self._apply(r, decision, versions, children))
+        route, conflict = self._route(r, writes=bool(decision.weights))
+        ctx.write_children(KIND, r, lambda: self._apply(r, decision, versions, children, route))
+        if conflict is not None and decision.weights:
+            self._refuse_route(r, decision, conflict)
         decision.status.service_name = r.name
         decision.status.ready_replicas = ready.get(decision.status.stable_version or "", 0)
         for event in decision.events:
@@ -123,7 +133,11 @@ class DeploymentReconciler:
         self._wake_model_versions(r, status, decision.status, versions)
         metrics.CANARY_WEIGHT.labels(r.namespace, r.name).set(decision.status.canary_weight or 0)
         metrics.CANARY_STEP.labels(r.namespace, r.name).set(decision.status.current_step or 0)
-        waits = [decision.requeue_after, FOLLOW_LATEST_SECONDS if spec.latest_approved else None]
+        waits = [
+            decision.requeue_after,
+            FOLLOW_LATEST_SECONDS if spec.latest_approved else None,
+            ROUTE_RECHECK_SECONDS if conflict is not None else None,
+        ]
         return min((w for w in waits if w is not None), default=None)
 
     def _wake_model_versions(
@@ -139,8 +153,44 @@ class DeploymentReconciler:
         for version in stale_versions(r.name, before, after, recorded):
             self.ctx.enqueue(("ModelVersion", r.namespace, version), 0)
 
+    def _route(self, r: Read_, writes: bool) -> tuple[Route | None, Conflict | None]:
+        """The HTTPRoute to write (the spec's; while that is refused, the one stored, if any)
+        and why the spec's is refused, judged against the routes on its Gateway; `writes`:
+        a route is written now, so an admitted one is held for this Deployment at once."""
+        if r.spec.traffic != "GatewayAPI":
+            return None, None
+        wanted = desired_route(r.namespace, r.name, r.spec)
+        now = timestamp(self.ctx.clock())
+        while True:
+            own, conflict = self.routes.claim(r.namespace, r.name, wanted, now, writes)
+            if conflict is None:
+                return wanted, None
+            if conflict.holder is None or self.ctx.kube.get(*HTTPROUTE, *conflict.holder):
+                break
+            # gone unseen: deleted while the watch was down (a re-list reports no deletions),
+            # or held for a Deployment whose route was never written
+            self.routes.remove(*conflict.holder)
+        if conflict.holder is not None:
+            self.routes.wait_for(conflict.holder, (r.namespace, r.name))
+        return (None if own is None else own.route), conflict
+
+    def _refuse_route(self, r: Read_, decision: Decision, conflict: Conflict) -> None:
+        """Ready False (RouteConflict) naming the route in the way; a Warning when it is new."""
+        before = r.status.conditions
+        decision.status = route_refused(
+            decision.status, before, conflict, r.generation, self.ctx.clock()
+        )
+        ready = next((c for c in before if c.type == "Ready"), None)
+        if ready is None or (ready.reason, ready.message) != (ROUTE_CONFLICT, conflict.message):
+            self.ctx.post_event(r.obj, "Warning", ROUTE_CONFLICT, conflict.message)
+
     def _apply(
-        self, r: Read_, decision: Decision, versions: dict[str, Body], children: list[Body]
+        self,
+        r: Read_,
+        decision: Decision,
+        versions: dict[str, Body],
+        children: list[Body],
+        route: Route | None,
     ) -> None:
         ctx, spec = self.ctx, r.spec
         owner = Owner.from_body(KIND, r.obj)
@@ -173,7 +223,13 @@ class DeploymentReconciler:
         if spec.traffic == "GatewayAPI" and decision.weights:
             for version in decision.weights:
                 ctx.apply(build_service(owner, spec, version))
-            ctx.apply(build_httproute(owner, spec, decision.weights))
+            if route is not None:
+                ctx.apply(build_httproute(owner, spec, route, decision.weights))
+        elif spec.traffic != "GatewayAPI" and self.routes.get(r.namespace, r.name) is not None:
+            # traffic back to Replicas: the route goes, and with it its hold on the gateway
+            ctx.kube.delete(*HTTPROUTE, r.namespace, r.name)
+            ctx.forget_applied(*HTTPROUTE, r.namespace, r.name)
+            self.routes.remove(r.namespace, r.name)
         # only once the route no longer names them: a gateway never routes to a deleted backend
         for child in children:
             version = child["metadata"]["labels"][VERSION_LABEL]

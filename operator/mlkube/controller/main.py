@@ -30,7 +30,7 @@ from mlkube.api.crdgen import KINDS
 from mlkube.api.deployment import DeploymentStatus
 from mlkube.config import OperatorConfig
 from mlkube.controller import metrics
-from mlkube.controller.cache import Body
+from mlkube.controller.cache import Body, Routes
 from mlkube.controller.context import Context
 from mlkube.controller.deployment import DeploymentReconciler
 from mlkube.controller.driftmonitor import DriftMonitorReconciler
@@ -75,6 +75,7 @@ class Operator:
         config = OperatorConfig.from_env()
         self.events = EventRecorder(kube.post_event)
         self.ctx = Context(kube, config, post_event=self.events.record, enqueue=self.queue.add)
+        self.routes = Routes()
         self.elector = (
             None
             if config.leader_election_lease is None
@@ -83,7 +84,7 @@ class Operator:
         self.reconcilers: dict[str, Callable[[str, str], float | None]] = {
             "TrainingJob": TrainingJobReconciler(self.ctx),
             "ModelVersion": ModelVersionReconciler(self.ctx),
-            "Deployment": DeploymentReconciler(self.ctx),
+            "Deployment": DeploymentReconciler(self.ctx, self.routes),
             "DriftMonitor": DriftMonitorReconciler(self.ctx),
         }
         self.seen: dict[Key, tuple[Any, ...]] = {}
@@ -249,3 +250,24 @@ async def server_changed(event: kopf.RawEvent, **_: Any) -> None:
     op, body = operator(), cast(Body, event["object"])
     op.ctx.caches.servers.observe(event.get("type"), body)
     op.child_event(body, {"mlkube.io/deployment": "Deployment"})
+
+
+@kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)
+async def route_stored(body: kopf.Body, **_: Any) -> None:
+    """Keep the route as `core.routes` reads it (nothing goes into kopf's own index). Being a
+    kopf index, kopf holds every other handler until all existing routes have been through
+    here, so no Deployment is reconciled, and admitted on its gateway, before the operator
+    knows the routes already there."""
+    operator().routes.put(cast(Body, dict(body)))
+
+
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)
+async def route_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """A route changed or went: the Deployments refused because of it look again."""
+    op, body = operator(), cast(Body, event["object"])
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "", meta["name"]
+    if event.get("type") == "DELETED":
+        op.routes.remove(namespace, name)
+    for waiter in op.routes.waiters(namespace, name):
+        op.queue.add(("Deployment", *waiter), CHILD_EVENT_DELAY)
