@@ -44,6 +44,7 @@ CONTROLLER = Path(mlkube.controller.__file__).parent
 CALLS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "get": ("kind", ("get",), ""),
     "list_of": ("kind", ("list",), ""),
+    "list_at": ("kind", ("list",), ""),
     "patch": ("kind", ("patch",), ""),
     "delete": ("kind", ("delete",), ""),
     "create": ("manifest", ("create",), ""),
@@ -64,6 +65,9 @@ CALLS: dict[str, tuple[str, tuple[str, ...], str]] = {
 FORWARDERS = {("ctx", "apply"): "apply"}
 """Context methods that pass a caller's manifest straight to a Cluster method: their callers are
 read instead (the forwarding call itself names no kind)."""
+RELISTS = {("main.py", "relist")}
+"""Functions that list again what kopf watches (after its watch expired): the list right every
+kopf watch adds below covers them."""
 ADMISSION: set[Right] = {
     # the chart's ValidatingAdmissionPolicy: a TrainingJob with AutoApproveOnGates registers its
     # ModelVersion approved, and setting spec.approval takes the approve verb, for us too
@@ -197,6 +201,7 @@ class Scan:
                     scopes.setdefault(child, fn)
         # the forwarding method itself passes on its caller's manifest
         forwarders = set(FORWARDERS.values()) if self.source.name == "context.py" else set()
+        forwarders |= {fn for module, fn in RELISTS if module == self.source.name}
         called = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
         for node in ast.walk(tree):
             if not isinstance(node, ast.Attribute):

@@ -12,7 +12,6 @@ from mlkube.builders.common import Owner
 from mlkube.core.training import (
     model_version_manifest,
     next_version,
-    pod_start_problem,
     termination_result,
     training_outcome,
     training_status,
@@ -114,19 +113,6 @@ def test_a_missing_secret_keeps_the_training_pending_with_the_kubelets_reason() 
     outcome = training_outcome(job(active=1), [waiting])
     assert (outcome.phase, outcome.reason) == ("Pending", "CreateContainerConfigError")
     assert outcome.message == 'the trainer pod cannot start: secret "mlkube-s3" not found'
-
-
-def test_a_stuck_pod_says_why_it_cannot_start_and_nothing_else_does() -> None:
-    """What the training and the verify Job report while their pod cannot start."""
-    missing = pod({"waiting": {"reason": "CreateContainerConfigError", "message": "no secret"}})
-    pulling = pod({"waiting": {"reason": "ErrImagePull", "message": "not found"}})
-    assert pod_start_problem([missing]) == ("CreateContainerConfigError", "no secret")
-    assert pod_start_problem([pod({"running": {}}), pulling]) == (
-        "ImagePullFailed",
-        "ErrImagePull: not found",
-    )
-    assert pod_start_problem([pod({"waiting": {"reason": "ContainerCreating"}})]) is None
-    assert pod_start_problem([]) is None
 
 
 def test_running_suspended_and_pending() -> None:

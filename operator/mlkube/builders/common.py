@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mlkube.api.common import API_VERSION, ApiModel
+from mlkube.api.common import API_VERSION, GROUP, ApiModel
 from mlkube.api.common import Resources as ResourcesModel
 from mlkube.config import ARTIFACT_MOUNT_PATH, OperatorConfig
 
@@ -41,6 +41,29 @@ class Owner:
             "controller": True,
             "blockOwnerDeletion": True,
         }
+
+
+OWNER_LABELS = {
+    "mlkube.io/trainingjob": "TrainingJob",
+    "mlkube.io/modelversion": "ModelVersion",
+    "mlkube.io/driftmonitor": "DriftMonitor",
+}
+"""Labels naming the object a Job belongs to when its controller is not ours (a drift run's Job
+is owned by its CronJob)."""
+
+
+def owner_of(child: Manifest) -> tuple[str, str] | None:
+    """(kind, name) of the mlkube object a child belongs to: its controller reference when that
+    is one of ours (every child the builders make has one), else the first of OWNER_LABELS it
+    carries; None for anything else."""
+    meta = child.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and str(ref.get("apiVersion")).startswith(f"{GROUP}/"):
+            return str(ref["kind"]), str(ref["name"])
+    labels = meta.get("labels") or {}
+    return next(
+        ((kind, labels[label]) for label, kind in OWNER_LABELS.items() if labels.get(label)), None
+    )
 
 
 def child_name(base: str, suffix: str, limit: int = MAX_NAME) -> str:

@@ -7,6 +7,12 @@ resourceVersion never replaces a newer one, so a reconcile always sees at least 
 
 Children are kept slim (metadata, status and the top-level scalar spec fields such as `suspend`
 and `replicas`; no pod templates): 1,000 Jobs cost a few MB, not a hundred.
+
+A watch that expired (410 Gone, an API server restart) is followed by a new list, and a list
+reports no deletions: kopf hands its objects on one by one, so an object deleted meanwhile would
+stay here for ever. The operator then lists the namespace itself and `Store.replace`s it, as
+client-go's Reflector replaces its store on a re-list: whatever the list lacks and is not newer
+than the list is gone, and is reported so (its owner looks again).
 """
 
 from __future__ import annotations
@@ -67,24 +73,72 @@ class Store:
         self._lock = threading.Lock()
         self.synced = threading.Event()
         """Set once the watch has listed everything (kopf's resume pass or first events)."""
+        self._deleted: dict[str, dict[str, int]] = {}
+        """Namespaces being re-listed: the resourceVersion each deletion seen meanwhile had, so
+        the list (older than the deletion) never brings a deleted object back."""
 
     def put(self, body: Body) -> Body:
         """Keep `body` unless a newer version is already here; returns what is kept."""
         kept = slim(body) if self._slim else without_managed_fields(body)
+        with self._lock:
+            return self._put(kept)
+
+    def _put(self, kept: Body) -> Body:
         meta = kept["metadata"]
         namespace, name = meta.get("namespace") or "", meta["name"]
-        with self._lock:
-            old = self._items[namespace].get(name)
-            if old is not None and _version(old) > _version(kept) > 0:
-                return old
-            if old is not None:
-                self._unindex(namespace, name, old)
-            self._items[namespace][name] = kept
-            for label in self._index_keys:
-                value = (meta.get("labels") or {}).get(label)
-                if value is not None:
-                    self._by_label[(namespace, label, value)].add(name)
+        old = self._items[namespace].get(name)
+        if old is not None and _version(old) > _version(kept) > 0:
+            return old
+        if old is not None:
+            self._unindex(namespace, name, old)
+        self._items[namespace][name] = kept
+        for label in self._index_keys:
+            value = (meta.get("labels") or {}).get(label)
+            if value is not None:
+                self._by_label[(namespace, label, value)].add(name)
         return kept
+
+    def relisting(self, namespace: str) -> None:
+        """A list of `namespace` is about to be sent: deletions seen from now on are remembered
+        until `replace` applies it."""
+        with self._lock:
+            self._deleted.setdefault(namespace, {})
+
+    def replace(self, namespace: str, items: list[Body], version: str) -> list[Body]:
+        """A fresh list of `namespace` (as of resourceVersion `version`; `relisting` was called
+        before it was sent) replaces what is kept: listed objects are put (a newer one kept stays),
+        and a kept object the list lacks is removed unless it is newer than the list (created
+        since) or was only just made here (resourceVersion 0: not yet seen by any watch).
+        Returns the bodies removed: each is a deletion the watch never reported."""
+        listed = int(version) if version.isdigit() else 0
+        with self._lock:
+            deleted = self._deleted.pop(namespace, {})
+            names = set()
+            for body in items:
+                kept = slim(body) if self._slim else without_managed_fields(body)
+                name = kept["metadata"]["name"]
+                names.add(name)
+                if deleted.get(name, -1) < _version(kept):  # not deleted since the list
+                    self._put(kept)
+            gone = [
+                body
+                for name, body in self._items[namespace].items()
+                if name not in names and 0 < _version(body) <= listed
+            ]
+            for body in gone:
+                name = body["metadata"]["name"]
+                del self._items[namespace][name]
+                self._unindex(namespace, name, body)
+        return gone
+
+    def namespaces(self) -> list[str]:
+        """Namespaces with an object kept here."""
+        with self._lock:
+            return [namespace for namespace, items in self._items.items() if items]
+
+    def names(self, namespace: str) -> list[str]:
+        with self._lock:
+            return list(self._items[namespace])
 
     def _unindex(self, namespace: str, name: str, body: Body) -> None:
         for label in self._index_keys:
@@ -92,17 +146,19 @@ class Store:
             if value is not None:
                 self._by_label[(namespace, label, value)].discard(name)
 
-    def remove(self, namespace: str, name: str) -> None:
+    def remove(self, namespace: str, name: str, version: int = 0) -> None:
         with self._lock:
             old = self._items[namespace].pop(name, None)
             if old is not None:
                 self._unindex(namespace, name, old)
+            if namespace in self._deleted:
+                self._deleted[namespace][name] = max(version, _version(old or {}))
 
     def observe(self, event_type: str | None, body: Body) -> Body | None:
         """One watch event; returns the body kept (None once deleted)."""
         meta = body.get("metadata") or {}
         if event_type == "DELETED":
-            self.remove(meta.get("namespace") or "", meta["name"])
+            self.remove(meta.get("namespace") or "", meta["name"], _version(body))
             return None
         return self.put(body)
 

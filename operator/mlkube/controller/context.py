@@ -108,7 +108,8 @@ class Context:
         self.enqueue: Enqueue = enqueue or (lambda key, delay: None)
         self._storage_ready: set[str] = set()
         self._storage_lock = threading.Lock()
-        self._applied: dict[tuple[str, str, str, str], tuple[str, float]] = {}
+        self._applied: dict[tuple[str, str, str, str], tuple[str, float, object]] = {}
+        """(digest, when, the generation the API server answered) of each child applied lately."""
         self._asked: set[tuple[str, str, str, str]] = set()
 
     # -- our objects ---------------------------------------------------------------------------
@@ -226,10 +227,37 @@ class Context:
         result = self.kube.apply(manifest)
         if manifest["kind"] == "Deployment" and manifest["apiVersion"] == "apps/v1":
             self.caches.servers.put(result)
-        self._applied[key] = (digest, time.monotonic())
+        generation = (result.get("metadata") or {}).get("generation")
+        self._applied[key] = (digest, time.monotonic(), generation)
 
     def forget_applied(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self._applied.pop((api_version, kind, namespace, name), None)
+
+    def child_changed(self, child: Body, deleted: bool) -> None:
+        """A child's watch event: one deleted, or whose spec moved past what this process last
+        applied (a hand edit bumps its generation), is applied again at its owner's next look
+        instead of up to APPLY_MEMO_SECONDS later."""
+        meta = child.get("metadata") or {}
+        key = (
+            child.get("apiVersion", ""),
+            child.get("kind", ""),
+            meta.get("namespace", ""),
+            meta.get("name", ""),
+        )
+        last = self._applied.get(key)
+        if last is not None and (deleted or last[2] != meta.get("generation")):
+            self._applied.pop(key, None)
+
+    def events_about(self, workload: Body, pods: list[Body]) -> list[Body]:
+        """The FailedCreate Events about a workload none of whose pods is pending or running
+        (the API server may have refused them: a ResourceQuota), for `core.waiting`; no request
+        while a pod is there to say why itself."""
+        meta = workload.get("metadata") or {}
+        alive = any((p.get("status") or {}).get("phase") in ("Pending", "Running") for p in pods)
+        if alive or not meta.get("uid"):
+            return []
+        selector = f"involvedObject.uid={meta['uid']},reason=FailedCreate"
+        return self.kube.list_of("v1", "Event", meta.get("namespace"), field_selector=selector)
 
     def may_exist(
         self, kind: tuple[str, str], namespace: str, name: str, owner_is_new: bool

@@ -31,6 +31,7 @@ from mlkube.core.conditions import timestamp
 from mlkube.core.history import stale_versions
 from mlkube.core.routes import ROUTE_CONFLICT, Conflict, Route, desired_route, route_refused
 from mlkube.core.serving import resolve_target
+from mlkube.core.waiting import Problem, why_not_running
 
 KIND = "Deployment"
 AUTOSCALER = ("autoscaling/v2", "HorizontalPodAutoscaler")
@@ -81,6 +82,22 @@ class DeploymentReconciler:
             if text
         }
 
+    def _waiting(self, r: Read_, children: list[Body]) -> dict[str, Problem]:
+        """Why each version's pods that should be ready are not, in Kubernetes' words
+        (`core.waiting`): its pods are listed only while some are not ready."""
+        waiting = {}
+        for child in children:
+            wanted = int((child.get("spec") or {}).get("replicas") or 0)
+            if int((child.get("status") or {}).get("readyReplicas") or 0) >= wanted:
+                continue
+            version = child["metadata"]["labels"][VERSION_LABEL]
+            selector = f"{DEPLOYMENT_LABEL}={r.name},{VERSION_LABEL}={version}"
+            pods = self.ctx.kube.list_of("v1", "Pod", r.namespace, selector)
+            problem = why_not_running(child, pods)
+            if problem is not None:
+                waiting[version] = problem
+        return waiting
+
     def _reconcile(self, r: Read_) -> float | None:
         ctx, spec, status = self.ctx, r.spec, r.status
         versions = {
@@ -118,6 +135,7 @@ class DeploymentReconciler:
             requester=requester(action[1]) if action else None,
             live_replicas=live,
             input_columns=columns,
+            waiting=self._waiting(r, children),
         )
         decision = decide(spec, status, observation, ctx.clock(), r.generation)
         route, conflict = self._route(r, writes=bool(decision.weights))

@@ -18,20 +18,29 @@ from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from mlkube.builders.common import MANAGED_BY, Owner, child_name
 from mlkube.builders.monitoring import CHECKER, Watched, build_cronjob, cronjob_name
 from mlkube.controller import metrics
+from mlkube.controller.cache import Body
 from mlkube.controller.context import Context, Read
 from mlkube.core.conditions import set_condition, timestamp
 from mlkube.core.drift import fold_drift_run, performance_condition
 from mlkube.core.retrain import decide_retrain
 from mlkube.core.training import termination_result
+from mlkube.core.waiting import Problem, why_not_running
 from mlkube.tenancy import FORBIDDEN_URI
 
 KIND = "DriftMonitor"
 POLL_SECONDS = 60.0
 """A safety net: the drift Jobs' own events bring each finished run in at once."""
+RUN_POLL_SECONDS = 10.0
+"""While a run has not finished: its pods' troubles (no Job event tells them) reach status."""
 RECORDED_LABEL = "mlkube.io/recorded"
 """On a drift Job whose result is in the DriftMonitor's status."""
 
 Read_ = Read[DriftMonitorSpec, DriftMonitorStatus]
+
+
+def _finished(job: Body) -> bool:
+    status = job.get("status") or {}
+    return bool(status.get("completionTime") or status.get("failed"))
 
 
 def _model_uri(model_version: dict[str, Any] | None) -> str | None:
@@ -56,6 +65,7 @@ class DriftMonitorReconciler:
         new.observed_generation = r.generation
         watched, problem = self._reference(r)
         recorded: list[str] = []
+        running = False
         if watched is None:
             assert problem is not None
             new.conditions = set_condition(
@@ -75,6 +85,11 @@ class DriftMonitorReconciler:
                 r.generation, now,
             )  # fmt: skip
             new, recorded = self._collect_runs(r, new, now)
+            running, stuck = self._current_run(r)
+            if stuck is not None:
+                new.conditions = set_condition(
+                    new.conditions, "Ready", "False", stuck[0], stuck[1], r.generation, now
+                )
         if new != r.status:
             ctx.write_status(KIND, r.obj, new)
         for job in recorded:
@@ -86,7 +101,25 @@ class DriftMonitorReconciler:
                 {"metadata": {"labels": {RECORDED_LABEL: "true"}}},
             )
             ctx.caches.jobs.put(patched)
-        return POLL_SECONDS
+        return RUN_POLL_SECONDS if running else POLL_SECONDS
+
+    def _current_run(self, r: Read_) -> tuple[bool, Problem | None]:
+        """Whether a run is under way and, when its pods cannot start (a quota, an unschedulable
+        pod, an image), why, in Kubernetes' words (`core.waiting`)."""
+        runs = [
+            j
+            for j in self.ctx.caches.jobs.list(r.namespace, {"mlkube.io/driftmonitor": r.name})
+            if not _finished(j)
+        ]
+        if not runs:
+            return False, None
+        job = max(runs, key=lambda j: j["metadata"].get("creationTimestamp", ""))
+        name = job["metadata"]["name"]
+        pods = self.ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={name}")
+        problem = why_not_running(job, pods, self.ctx.events_about(job, pods))
+        if problem is None:
+            return True, None
+        return True, (problem[0], f"drift run {name} cannot start: {problem[1]}")
 
     def _reference(self, r: Read_) -> tuple[Watched | None, tuple[str, str] | None]:
         """The reference sample and the model version watched, or why there is none."""
@@ -142,11 +175,7 @@ class DriftMonitorReconciler:
         jobs = [
             j
             for j in ctx.caches.jobs.list(r.namespace, {"mlkube.io/driftmonitor": r.name})
-            if RECORDED_LABEL not in (j["metadata"].get("labels") or {})
-            and (
-                (j.get("status") or {}).get("completionTime")
-                or (j.get("status") or {}).get("failed")
-            )
+            if RECORDED_LABEL not in (j["metadata"].get("labels") or {}) and _finished(j)
         ]
         recorded = []
         for job in sorted(jobs, key=lambda j: j["metadata"].get("creationTimestamp", "")):
@@ -156,6 +185,8 @@ class DriftMonitorReconciler:
                 continue
             pods = ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={name}")
             result = termination_result(pods, CHECKER) or {}
+            if not result and (why := why_not_running(job, pods, ctx.events_about(job, pods))):
+                result = {"message": f"{why[0]}: {why[1]}"}  # a run that never ran says why
             status = fold_drift_run(status, result, name, spec, now)
             run = status.last_run
             assert run is not None

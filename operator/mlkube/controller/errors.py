@@ -1,7 +1,9 @@
 """One small error taxonomy for everything the API server (or the network) can answer.
 
 Terminal errors (NotFound, Conflict, Invalid, Forbidden) mean "retrying the same request will not
-help": a reconcile turns them into a condition and waits for a change. Temporary errors
+help": a reconcile turns them into a condition, and the work queue, reading `terminal`, does not
+retry the key but waits for a change of its object (with one slow safety look), as
+controller-runtime's `reconcile.TerminalError` and kopf's `PermanentError` do. Temporary errors
 (throttling, 5xx, a dropped connection, a timeout) are retried by the work queue, and only there,
 with exponential backoff that honours Retry-After.
 """

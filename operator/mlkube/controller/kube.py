@@ -169,11 +169,31 @@ class Cluster:
             return None
 
     def list_of(
-        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
     ) -> list[Body]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        result = self.request("GET", resource_path(api_version, kind, namespace), query=query)
-        return cast(list[Body], result.get("items") or [])
+        return self.list_at(api_version, kind, namespace, label_selector, field_selector)[0]
+
+    def list_at(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> tuple[list[Body], str]:
+        """The objects and the list's resourceVersion (the point in time they are as of)."""
+        query = {"labelSelector": label_selector} if label_selector else {}
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        path = resource_path(api_version, kind, namespace)
+        result = self.request("GET", path, query=query or None)
+        version = str((result.get("metadata") or {}).get("resourceVersion") or "")
+        return cast(list[Body], result.get("items") or []), version
 
     def create(self, manifest: Body) -> bool:
         """Create once; False when it already exists (a 409 is success)."""

@@ -2,10 +2,18 @@
 (the operator image's command).
 
 Every watch event feeds the caches and puts a key in the work queue: our four kinds enqueue
-themselves when their spec, annotations or deletion changed (not on our own status writes);
-Jobs and apps/v1 Deployments enqueue the object that owns them. Only `on.event` handlers are used,
-so kopf writes nothing onto any object (no progress or diff-base annotations, no finalizers), and
-kopf's own retries never run: the work queue is the one place that retries.
+themselves when their spec, annotations or deletion changed (not on our own status writes); every
+kind of child the operator writes (CHILDREN, selected server-side by `managed-by=mlkube`) enqueues
+the object that owns it when one changes or goes, as controller-runtime's `Owns()` does, and a
+periodic resync (MLKUBE_RESYNC_SECONDS, default 600, jittered) looks at every object again, as
+its SyncPeriod does. Only `on.event` handlers are used, so kopf writes nothing onto any object
+(no progress or diff-base annotations, no finalizers), and kopf's own retries never run: the work
+queue is the one place that retries.
+
+kopf re-lists a kind after its watch expired (410 Gone, an API server restart) and a list reports
+no deletions; a listed object the caches already hold says that happened, and the namespace's
+caches are then replaced by lists of the operator's own (`cache.Store.replace`), so an object
+deleted meanwhile is reported gone.
 
 Kinds are always selected by group, so `deployments.mlkube.io` is never confused with apps/v1.
 
@@ -18,22 +26,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from typing import Any, cast
 
 import kopf
 
-from mlkube.api.common import GROUP, VERSION
+from mlkube.api.common import API_VERSION, GROUP, VERSION
 from mlkube.api.crdgen import KINDS
 from mlkube.api.deployment import DeploymentStatus
+from mlkube.builders.common import MANAGED_BY, owner_of
 from mlkube.config import OperatorConfig
 from mlkube.controller import metrics
-from mlkube.controller.cache import Body, Routes
+from mlkube.controller.cache import Body, Routes, Store
 from mlkube.controller.context import Context
 from mlkube.controller.deployment import DeploymentReconciler
 from mlkube.controller.driftmonitor import DriftMonitorReconciler
+from mlkube.controller.errors import ApiError, Temporary
 from mlkube.controller.events import EventRecorder
 from mlkube.controller.kube import Cluster
 from mlkube.controller.leader import Elector
@@ -46,16 +59,54 @@ from mlkube.core.history import serving_versions
 METRICS_PORT = int(os.environ.get("MLKUBE_METRICS_PORT", "8080"))
 METRICS_SECURE = os.environ.get("MLKUBE_METRICS_SECURE", "true").lower() != "false"
 """/metrics only for tokens allowed to get it (`metrics_auth`); the chart's metrics.secure."""
-MANAGED = {"app.kubernetes.io/managed-by": "mlkube"}
+MANAGED = dict(MANAGED_BY)
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED.items())
 CHILD_EVENT_DELAY = 1.0
 """Seconds a child's event waits before its owner looks: a burst of them (created, scheduled,
 ready) is one reconcile, and new objects in a burst get their first child first."""
-OWNER_LABELS = {
-    "mlkube.io/trainingjob": "TrainingJob",
-    "mlkube.io/modelversion": "ModelVersion",
-    "mlkube.io/driftmonitor": "DriftMonitor",
-}
-"""A Job's label naming the object it belongs to."""
+RESYNC_SECONDS = float(os.environ.get("MLKUBE_RESYNC_SECONDS", "600"))
+"""Every object is looked at again this often (0: never), whatever its events said."""
+RESYNC_JITTER = 0.1
+"""The period varies by this share, and each pass spreads its keys over this share of it, so
+1,000 objects are not one burst."""
+RELIST_QUIET = 2.0
+"""Seconds without a listed object before the operator lists a namespace itself (kopf's list is
+over by then)."""
+
+
+@dataclass(frozen=True)
+class Child:
+    """A kind of object the operator writes for its own kinds."""
+
+    api_version: str
+    kind: str
+    plural: str
+    cache: str | None = None
+    """The `Caches` field it feeds (reconcilers read it); None: a store of its own, kept only to
+    notice deletions after a re-list."""
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+
+CHILDREN = (
+    Child("batch/v1", "Job", "jobs", cache="jobs"),
+    Child("apps/v1", "Deployment", "deployments", cache="servers"),
+    Child("v1", "Service", "services"),
+    Child("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    Child("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    Child("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+    Child("batch/v1", "CronJob", "cronjobs"),
+)
+"""Every kind of child, watched: one that changes or goes puts its owner (`owner_of`: its
+controller reference, or a drift Job's label) in the queue. A new kind's children are covered
+once its reconciler is registered; a new kind of child is one line here (and list/watch in the
+chart's RBAC)."""
 RELEASE_WAIT = 10.0
 """Seconds a stopping leader waits for running reconciles before handing its Lease over."""
 logger = logging.getLogger("mlkube.operator")
@@ -88,7 +139,17 @@ class Operator:
             "DriftMonitor": DriftMonitorReconciler(self.ctx),
         }
         self.seen: dict[Key, tuple[Any, ...]] = {}
+        self.children: dict[tuple[str, str], Store] = {
+            (child.api_version, child.kind): (
+                getattr(self.ctx.caches, child.cache) if child.cache else Store(slim_bodies=True)
+            )
+            for child in CHILDREN
+        }
+        self._listed: dict[str, float] = {}
+        """When kopf last listed an object of each namespace that the caches held already."""
+        self._relists: dict[str, asyncio.Task[None]] = {}
         self.task: asyncio.Task[None] | None = None
+        self.resyncing: asyncio.Task[None] | None = None
         self.metrics_server: ThreadingHTTPServer | None = None
 
     def reconcile(self, key: Key) -> float | None:
@@ -127,13 +188,18 @@ class Operator:
             await asyncio.to_thread(self.elector.release)
 
     def object_event(self, kind: str, event_type: str | None, body: Body) -> None:
-        """Cache the object; enqueue it unless only its status moved (our own write)."""
+        """Cache the object; enqueue it unless only its status moved (our own write). A deleted
+        one is enqueued too: its reconciler tells whoever depended on it."""
         meta = body.get("metadata") or {}
         key = (kind, meta.get("namespace") or "", meta["name"])
-        kept = self.ctx.caches.objects[kind].observe(event_type, body)
+        store = self.ctx.caches.objects[kind]
+        if event_type is None and store.get(key[1], key[2]) is not None:
+            self.listed(key[1])
+        kept = store.observe(event_type, body)
         if kept is None:
             self.seen.pop(key, None)
             metrics.forget(*key)
+            self.queue.add(key)
             if kind == "Deployment":  # the versions it served take it off their record
                 status = DeploymentStatus.model_validate(body.get("status") or {})
                 for version in serving_versions(status):
@@ -148,14 +214,102 @@ class Operator:
             self.seen[key] = fingerprint
             self.queue.add(key)
 
-    def child_event(self, body: Body, owners: dict[str, str]) -> None:
-        """A child changed: its owner (named by one of `owners`' labels) takes a look."""
+    def child_event(self, event_type: str | None, body: Body) -> None:
+        """A child changed or went: cached, applied again at its owner's next look if it went or
+        was edited (`Context.child_changed`), and its owner takes that look."""
         meta = body.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        for label, kind in owners.items():
-            owner = labels.get(label)
-            if owner:
-                self.queue.add((kind, meta.get("namespace") or "", owner), CHILD_EVENT_DELAY)
+        namespace = meta.get("namespace") or ""
+        store = self.children[(body.get("apiVersion", ""), body.get("kind", ""))]
+        if event_type is None and store.get(namespace, meta["name"]) is not None:
+            self.listed(namespace)
+        store.observe(event_type, body)
+        self.ctx.child_changed(body, deleted=event_type == "DELETED")
+        owner = owner_of(body)
+        if owner is not None and owner[0] in self.reconcilers:
+            self.queue.add((owner[0], namespace, owner[1]), CHILD_EVENT_DELAY)
+
+    # -- caches that re-list correctly, and the resync ------------------------------------------
+
+    def listed(self, namespace: str) -> None:
+        """kopf is listing again an object the caches hold (its watch expired): once its list
+        is over, the namespace's caches are replaced by lists of our own."""
+        self._listed[namespace] = time.monotonic()
+        if namespace not in self._relists:
+            self._relists[namespace] = asyncio.get_running_loop().create_task(
+                self._relist(namespace)
+            )
+
+    async def _relist(self, namespace: str) -> None:
+        try:
+            done = 0.0
+            while self._listed[namespace] > done:
+                while (quiet := self._listed[namespace] + RELIST_QUIET - time.monotonic()) > 0:
+                    await asyncio.sleep(quiet)
+                done = time.monotonic()
+                for kind in KINDS:
+                    store = self.ctx.caches.objects[kind.kind]
+                    gone = await self._replace(store, API_VERSION, kind.kind, "", namespace)
+                    for body in gone:
+                        self.object_event(kind.kind, "DELETED", body)
+                for child in CHILDREN:
+                    store = self.children[(child.api_version, child.kind)]
+                    selector = MANAGED_SELECTOR
+                    gone = await self._replace(
+                        store, child.api_version, child.kind, selector, namespace
+                    )
+                    for body in gone:
+                        self.child_event("DELETED", body)
+        finally:
+            del self._relists[namespace]
+
+    async def _replace(
+        self, store: Store, api_version: str, kind: str, selector: str, namespace: str
+    ) -> list[Body]:
+        """`store`'s objects of `namespace` replaced by a fresh list; returns those gone. A
+        temporary failure (the API server is still coming back) is retried with backoff; a
+        terminal one (the kind is not served: no Gateway API) leaves the store as it is."""
+        for attempt in range(8):
+            store.relisting(namespace)
+            try:
+                items, version = await asyncio.to_thread(
+                    self.relist, api_version, kind, selector, namespace
+                )
+            except Temporary as e:
+                logger.info("re-listing %s in %s: %s", kind, namespace, e)
+                await asyncio.sleep(min(2.0**attempt, 30.0))
+                continue
+            except ApiError as e:
+                logger.info("not re-listing %s in %s: %s", kind, namespace, e)
+                break
+            gone = store.replace(namespace, items, version)
+            if gone:
+                logger.info(
+                    "%s %s in %s deleted while the watch was down",
+                    len(gone), kind, namespace,
+                )  # fmt: skip
+            return gone
+        store.replace(namespace, [], "")  # remember no more deletions for a list never made
+        return []
+
+    def relist(
+        self, api_version: str, kind: str, selector: str, namespace: str
+    ) -> tuple[list[Body], str]:
+        """What kopf watches of one kind in one namespace, listed (the watch's own right)."""
+        return self.ctx.kube.list_at(api_version, kind, namespace, selector)
+
+    async def resync(self) -> None:
+        """Every RESYNC_SECONDS (jittered) every object is put in the queue again, spread over
+        a tenth of the period, as controller-runtime's SyncPeriod: what no event tells (a quota
+        lifted, a Service edited by hand) is put right within one period."""
+        while RESYNC_SECONDS > 0:
+            await asyncio.sleep(
+                RESYNC_SECONDS * random.uniform(1 - RESYNC_JITTER, 1 + RESYNC_JITTER)
+            )
+            spread = RESYNC_SECONDS * RESYNC_JITTER
+            for kind, store in self.ctx.caches.objects.items():
+                for namespace in store.namespaces():
+                    for name in store.names(namespace):
+                        self.queue.add((kind, namespace, name), random.uniform(0, spread))
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -212,6 +366,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         auth = MetricsAuth(_operator.ctx.kube) if METRICS_SECURE else None
         _operator.metrics_server = serve_metrics(METRICS_PORT, auth)
     _operator.task = asyncio.create_task(_operator.run())
+    _operator.resyncing = asyncio.create_task(_operator.resync())
+    for child in CHILDREN:  # only the operator's children, filtered by the API server
+        settings.watching.label_selectors[child.group, child.version, child.plural] = (
+            MANAGED_SELECTOR
+        )
 
 
 @kopf.on.cleanup()
@@ -219,8 +378,9 @@ async def stop(**_: Any) -> None:
     op = operator()
     if op.elector is not None:
         op.elector.stop()
-    if op.task is not None:
-        op.task.cancel()
+    for task in (op.task, op.resyncing, *op._relists.values()):
+        if task is not None:
+            task.cancel()
     if op.metrics_server is not None:
         await asyncio.to_thread(op.metrics_server.shutdown)  # waits out one poll interval
         op.metrics_server.server_close()
@@ -238,18 +398,16 @@ for _kind in KINDS:
     _watch_kind(_kind.kind, _kind.plural)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_changed(event: kopf.RawEvent, **_: Any) -> None:
-    op, body = operator(), cast(Body, event["object"])
-    op.ctx.caches.jobs.observe(event.get("type"), body)
-    op.child_event(body, OWNER_LABELS)
+def _watch_child(child: Child) -> None:
+    @kopf.on.event(
+        child.group, child.version, child.plural, labels=MANAGED, id=f"{child.plural}-changed"
+    )
+    async def changed(event: kopf.RawEvent, **_: Any) -> None:
+        operator().child_event(event.get("type"), cast(Body, event["object"]))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def server_changed(event: kopf.RawEvent, **_: Any) -> None:
-    op, body = operator(), cast(Body, event["object"])
-    op.ctx.caches.servers.observe(event.get("type"), body)
-    op.child_event(body, {"mlkube.io/deployment": "Deployment"})
+for _child in CHILDREN:
+    _watch_child(_child)
 
 
 @kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)

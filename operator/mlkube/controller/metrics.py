@@ -40,7 +40,10 @@ MODEL_VERSIONS = Gauge("mlkube_model_versions", "ModelVersions by phase.", ["nam
 API_REQUESTS = Counter("mlkube_operator_api_requests", "Requests to the API server.", ["method"])
 QUEUE_DEPTH = Gauge("mlkube_operator_queue_depth", "Keys waiting in the work queue.")
 QUEUE_RETRIES = Counter(
-    "mlkube_operator_queue_retries", "Reconciles put back with backoff, by error kind.", ["error"]
+    "mlkube_operator_queue_retries",
+    "Reconciles that raised, by error kind: terminal ones wait for a change of their object (and "
+    "one slow look), the others back off exponentially.",
+    ["error", "terminal"],
 )
 EVENTS_DROPPED = Counter(
     "mlkube_operator_events_dropped", "Events dropped because the event queue was full."

@@ -24,7 +24,8 @@ from mlkube.controller.cache import Body
 from mlkube.controller.context import Context, Read, ready_reason
 from mlkube.core.conditions import condition, set_condition
 from mlkube.core.history import version_record
-from mlkube.core.training import pod_start_problem, termination_result
+from mlkube.core.training import termination_result
+from mlkube.core.waiting import why_not_running
 from mlkube.tenancy import FORBIDDEN_URI
 
 KIND = "ModelVersion"
@@ -42,6 +43,7 @@ class ModelVersionReconciler:
         with metrics.reconciling(KIND):
             read = self.ctx.read(KIND, namespace, name, ModelVersionSpec, ModelVersionStatus)
             if read is None:
+                self._wake_users(namespace, name)
                 return None
             return self._reconcile(read)
 
@@ -117,15 +119,21 @@ class ModelVersionReconciler:
         )
         pods = ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={name}") if job else []
         result = termination_result(pods) if finished else None
-        problem = None if finished else pod_start_problem(pods)
+        problem = (
+            why_not_running(job, pods, ctx.events_about(job, pods))
+            if job is not None and result is None
+            else None
+        )
         s = status.model_copy(deep=True)
         ready: ConditionStatus
         if problem is not None:
-            # still Pending: the kubelet retries, and verification goes on once the pod starts
+            # still Pending: the kubelet retries a pod that cannot start, and a verify Job that
+            # ended without a result (its deadline) is made again once its TTL removed it
             s.phase = "Pending"
+            cannot = "could not run" if finished else "cannot start"
             reason, message, ready = (
                 problem[0],
-                f"the verify pod cannot start: {problem[1]}".strip(),
+                f"the verify pod {cannot}: {problem[1]}".strip(),
                 "False",
             )
         elif result is None:
@@ -179,6 +187,15 @@ class ModelVersionReconciler:
             spec = deployment.get("spec") or {}
             if spec.get("modelVersion") == r.name or spec.get("model") == r.spec.model:
                 self.ctx.enqueue(("Deployment", r.namespace, deployment["metadata"]["name"]), 0)
+
+    def _wake_users(self, namespace: str, name: str) -> None:
+        """A version gone (or unreadable): the Deployments naming it, or serving it, look again
+        now, so none keeps it as a rollout target."""
+        for deployment in self.ctx.caches.objects["Deployment"].list(namespace):
+            status = deployment.get("status") or {}
+            named = (deployment.get("spec") or {}).get("modelVersion") == name
+            if named or name in (status.get("stableVersion"), status.get("canaryVersion")):
+                self.ctx.enqueue(("Deployment", namespace, deployment["metadata"]["name"]), 0)
 
     def _count_versions(self, namespace: str) -> None:
         counts = Counter(

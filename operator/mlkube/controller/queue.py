@@ -10,9 +10,13 @@ A lane bounds how many keys of one kind of work run at once: the operator puts D
 scrape their pods in one lane per namespace, so one tenant's slow pods never hold every worker (a
 due key whose lane is full waits until a reconcile of its lane ends).
 
-A reconcile that raises is retried with exponential backoff per key (a Retry-After from the API
-server is honoured); a success resets it. There are no kopf timers: kopf puts a finalizer on every
-object with a timer, so objects could not be deleted while the operator is down.
+A reconcile that raises a temporary error (or an unexpected one) is retried with exponential
+backoff per key (a Retry-After from the API server is honoured); a success resets it. A terminal
+error (`ApiError.terminal`: the same request would be refused again) is not retried hot: the key
+waits for a change of its object, which enqueues it at once, with one slow safety look after
+`terminal_delay`, as controller-runtime does with a `TerminalError` and kopf with a
+`PermanentError`. There are no kopf timers: kopf puts a finalizer on every object with a timer,
+so objects could not be deleted while the operator is down.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class WorkQueue:
         monotonic: Callable[[], float] = time.monotonic,
         lane: Lane | None = None,
         lane_limit: int = 1,
+        terminal_delay: float = 600.0,
     ) -> None:
         self._reconcile = reconcile
         self._lane: Lane = lane or (lambda key: None)
@@ -75,6 +80,9 @@ class WorkQueue:
         self.workers = workers
         self.deadline = deadline
         self.backoff = backoff or Backoff()
+        self.terminal_delay = terminal_delay
+        """Seconds before a key that failed terminally is looked at again, unless its object
+        changes first."""
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._due: dict[Key, float] = {}
@@ -156,13 +164,21 @@ class WorkQueue:
     def _finish(self, key: Key, delay: float | None, error: BaseException | None) -> None:
         if error is None:
             self.failures.pop(key, None)
+        elif isinstance(error, ApiError) and error.terminal:
+            self.failures.pop(key, None)
+            delay = self.terminal_delay
+            metrics.QUEUE_RETRIES.labels(type(error).__name__, "true").inc()
+            logger.warning(
+                "reconciling %s/%s/%s: %s; terminal: again when it changes, or in %.0fs",
+                *key, error, delay,
+            )  # fmt: skip
         else:
             count = self.failures.get(key, 0) + 1
             self.failures[key] = count
             retry_after = error.retry_after if isinstance(error, Temporary) else None
             delay = self.backoff.delay(count, retry_after)
             kind = type(error).__name__ if isinstance(error, ApiError) else "Unexpected"
-            metrics.QUEUE_RETRIES.labels(kind).inc()
+            metrics.QUEUE_RETRIES.labels(kind, "false").inc()
             if isinstance(error, ApiError):
                 logger.warning("reconciling %s/%s/%s: %s; again in %.0fs", *key, error, delay)
             else:

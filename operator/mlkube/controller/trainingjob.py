@@ -32,7 +32,8 @@ from mlkube.tenancy import FORBIDDEN_URI
 
 KIND = "TrainingJob"
 POLL_SECONDS = 10.0
-"""While a Job runs: its events say when it ends; polling only catches pods that cannot pull."""
+"""While a Job runs: its events say when it ends; polling catches what no Job event tells, a pod
+that cannot start or pods the API server refused (`core.waiting`)."""
 JOB_LOST = "JobLost"
 
 Read_ = Read[TrainingJobSpec, TrainingJobStatus]
@@ -123,7 +124,8 @@ class TrainingJobReconciler:
             if suspended
             else ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={job_name(r.name)}")
         )
-        outcome = training_outcome(job, pods)
+        events = [] if suspended else ctx.events_about(job, pods)
+        outcome = training_outcome(job, pods, events)
         new = training_status(r.status, outcome, r.generation, ctx.clock())
         new = new.model_copy(update={"version": version, "job_name": job_name(r.name)})
         if outcome.phase == "Succeeded":

@@ -28,6 +28,7 @@ from mlkube.core.conditions import condition_status, parse_timestamp, set_condit
 from mlkube.core.history import OPERATOR, UNKNOWN, record
 
 WAIT_FOR_PODS_SECONDS = 5.0
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 WAIT_FOR_TARGET_SECONDS = 5.0
 """How often to look again for a ModelVersion that is missing, unverified or unapproved."""
 Action = Literal["promote", "promote-full", "abort", "retry", "rollback"]
@@ -53,6 +54,9 @@ class Observation:
     """`spec.replicas` of each version's workload as it is now (an HPA may have changed it)."""
     input_columns: dict[str, frozenset[str]] = field(default_factory=dict)
     """Input schema column names per version, for the stable and the target."""
+    waiting: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(reason, message) per version whose pods are not all ready, in Kubernetes' words
+    (`core.waiting`: a quota, an unschedulable pod, an image that cannot be pulled)."""
     requester: str | None = None
     """Who asked for `action`, as recorded on it (the history's `by`)."""
 
@@ -215,6 +219,8 @@ class _Machine:
         self.events: list[Event] = []
         self.requeue: list[float] = []
         self.promoted_from: str | None = None
+        self.stalled = False
+        """The stable's rollout passed its progress deadline in this decision."""
         """The stable replaced in this decision: the new one starts with at least its pods."""
 
     # -- helpers ---------------------------------------------------------------------------
@@ -239,6 +245,12 @@ class _Machine:
     def _split(self, weight: int) -> tuple[int, int]:
         return split_replicas(self.spec, weight, self._stable_total())
 
+    def _why(self, version: str | None) -> str:
+        """': <reason>: <Kubernetes' words>' when the version's pods say why they are not
+        ready, else ''."""
+        problem = self.obs.waiting.get(version or "")
+        return f": {problem[0]}: {problem[1]}" if problem else ""
+
     def _wait_for_pods(self, canary: str, desired: int) -> None:
         """Wait for the canary's pods, within the progress deadline; past it, roll back."""
         deadline = self.spec.strategy.canary.progress_deadline_seconds
@@ -247,10 +259,37 @@ class _Machine:
             ready = self.obs.ready_replicas.get(canary, 0)
             self.roll_back(
                 "ProgressDeadlineExceeded",
-                f"{ready} of {desired} canary pods ready after {deadline}s (progressDeadlineSeconds)",
+                f"{ready} of {desired} canary pods ready after {deadline}s "
+                f"(progressDeadlineSeconds){self._why(canary)}",
             )
             return
         self._wait(min(WAIT_FOR_PODS_SECONDS, deadline - waited))
+
+    def _roll_out_stable(self, desired: int) -> None:
+        """The stable's pods are not all ready and no canary runs (a first rollout, a promoted
+        canary scaling up, pods lost): Progressing within the progress deadline, counted from
+        `stepStartedAt`; past it Degraded (`ProgressDeadlineExceeded`, with what holds the pods),
+        as an apps/v1 Deployment reports it. There is nothing to roll back to: the pods stay and
+        the Deployment is Healthy once they are ready (their events bring it in)."""
+        s = self.status
+        deadline = self.spec.strategy.canary.progress_deadline_seconds
+        s.step_started_at = s.step_started_at or timestamp(self.now)
+        waited = self._since(s.step_started_at)
+        if waited < deadline:
+            s.phase = "Progressing"
+            self._wait(min(WAIT_FOR_PODS_SECONDS, deadline - waited))
+            return
+        stable = s.stable_version or ""
+        ready = self.obs.ready_replicas.get(stable, 0)
+        message = (
+            f"{ready} of {desired} pods of {stable} ready after {deadline}s "
+            f"(progressDeadlineSeconds){self._why(stable)}"
+        )
+        degraded = next((c for c in s.conditions if c.type == "Degraded"), None)
+        if degraded is None or degraded.reason != PROGRESS_DEADLINE_EXCEEDED:
+            self.events.append(Event(PROGRESS_DEADLINE_EXCEEDED, message, "Warning"))
+        self._degrade(PROGRESS_DEADLINE_EXCEEDED, message)
+        self.stalled = True
 
     def _step(self) -> CanaryStep | None:
         steps = self.spec.strategy.canary.steps
@@ -309,7 +348,7 @@ class _Machine:
         s = self.status
         s.aborted_version = s.canary_version
         self.drop_canary()
-        event = reason if reason == "ProgressDeadlineExceeded" else "RolledBack"
+        event = reason if reason == PROGRESS_DEADLINE_EXCEEDED else "RolledBack"
         self.events.append(Event(event, f"{s.aborted_version}: {message}", "Warning"))
         self._degrade(
             reason, f"rolled back {s.aborted_version}: {message}; {s.stable_version} serves"
@@ -603,10 +642,11 @@ class _Machine:
         if s.phase is None:
             if s.canary_version:
                 s.phase = "Progressing"
+            elif stable_available:
+                s.phase, s.step_started_at = "Healthy", None
             else:
-                s.phase = "Healthy" if stable_available else "Progressing"
-                if not stable_available:
-                    self._wait(WAIT_FOR_PODS_SECONDS)
+                self._roll_out_stable(desired_stable)
+        assert s.phase is not None
         phase: DeploymentPhase = s.phase
         if phase != "Degraded":
             s.conditions = set_condition(
@@ -620,9 +660,10 @@ class _Machine:
                 s.conditions, "Ready", "True", "Serving", f"{s.stable_version} is serving", gen, now
             )
         else:
+            why = self.obs.waiting.get(s.stable_version)
             s.conditions = set_condition(
-                s.conditions, "Ready", "False", "NoReadyReplicas",
-                f"{s.stable_version} has no ready pod yet", gen, now,
+                s.conditions, "Ready", "False", why[0] if why else "NoReadyReplicas",
+                f"{s.stable_version} has no ready pod yet{self._why(s.stable_version)}", gen, now,
             )  # fmt: skip
         progressing_by_phase: dict[DeploymentPhase, tuple[ConditionStatus, str]] = {
             "Progressing": ("True", "CanaryStep" if s.canary_version else "RollingOut"),
@@ -632,10 +673,13 @@ class _Machine:
             "Pending": ("False", "WaitingForModelVersion"),
         }
         progressing, reason = progressing_by_phase[phase]
+        if self.stalled:
+            reason = PROGRESS_DEADLINE_EXCEEDED  # nothing was rolled back: the stable is stuck
         message = (
             f"{s.canary_version} at weight {s.canary_weight}, step {s.current_step}"
+            f"{self._why(s.canary_version)}"
             if s.canary_version
-            else f"stable {s.stable_version}"
+            else f"stable {s.stable_version}{'' if stable_available else self._why(s.stable_version)}"
         )
         s.conditions = set_condition(
             s.conditions,

@@ -6,6 +6,7 @@ Pure functions over API objects as dicts; the handlers feed them and write what 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -25,8 +26,8 @@ from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import MANAGED_BY, Manifest, Owner
 from mlkube.builders.training import TRAINER
 from mlkube.core.conditions import outcome_conditions, timestamp
+from mlkube.core.waiting import IMAGE_PULL_FAILED, blocked
 
-IMAGE_PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 JOB_FAILURE_REASONS = {
     "DeadlineExceeded": "DeadlineExceeded",
     "BackoffLimitExceeded": "BackoffLimitExceeded",
@@ -79,22 +80,14 @@ def termination_result(
     return None
 
 
-def pod_start_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
-    """Why a Job's pod cannot start, as (reason, the kubelet's words): an image that cannot be
-    pulled (``ImagePullFailed``), or a container the kubelet cannot configure, e.g. the namespace's
-    storage Secret is missing (``CreateContainerConfigError``: the kubelet retries once it exists).
-    None when no pod is stuck."""
-    for pod in pods:
-        waiting = _container_state(pod).get("waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_FAILURES:
-            return "ImagePullFailed", f"{waiting['reason']}: {waiting.get('message', '')}".strip()
-        if waiting.get("reason") == "CreateContainerConfigError":
-            return "CreateContainerConfigError", str(waiting.get("message", ""))
-    return None
-
-
-def training_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Outcome:
-    """What the Job and its pods say about the training."""
+def training_outcome(
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    events: Sequence[dict[str, Any]] = (),
+) -> Outcome:
+    """What the Job, its pods and the Events about it say about the training. A pod that cannot
+    start keeps it Pending with Kubernetes' reason and words (`core.waiting`), except an image
+    that cannot be pulled, which fails it."""
     if job is None:
         return Outcome("Pending", "JobPending", "the training Job is being created")
     result = termination_result(pods) or {}
@@ -112,13 +105,14 @@ def training_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> 
             )
         reason = JOB_FAILURE_REASONS.get(str(failed.get("reason")), "TrainingFailed")
         return Outcome("Failed", reason, str(failed.get("message") or failed.get("reason") or ""))
-    problem = pod_start_problem(pods)
+    suspended = _condition(job, "Suspended") or (job.get("spec") or {}).get("suspend")
+    problem = blocked(job, pods, () if suspended else events)
     if problem is not None:
         reason, detail = problem
-        if reason == "ImagePullFailed":
+        if reason == IMAGE_PULL_FAILED:
             return Outcome("Failed", reason, detail)
         return Outcome("Pending", reason, f"the trainer pod cannot start: {detail}".strip())
-    if _condition(job, "Suspended") or (job.get("spec") or {}).get("suspend"):
+    if suspended:
         return Outcome("Suspended", "Suspended", "spec.suspend is true")
     if (job.get("status") or {}).get("active"):
         return Outcome("Running", "Training", "the trainer pod is running")
