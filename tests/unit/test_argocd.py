@@ -22,6 +22,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from mlkube.api.batchprediction import BatchPrediction, BatchPredictionSpec, BatchPredictionStatus
 from mlkube.api.common import ApiModel
 from mlkube.api.crdgen import KINDS
 from mlkube.api.deployment import Deployment, DeploymentSpec, DeploymentStatus
@@ -29,6 +30,8 @@ from mlkube.api.driftmonitor import DriftMonitor
 from mlkube.api.modelversion import Approval, ModelVersion
 from mlkube.api.trainingjob import TrainingJob, TrainingJobStatus
 from mlkube.core.actions import ACTION_ANNOTATION, action_value, pending_action
+from mlkube.core.batch import Observation as BatchObservation
+from mlkube.core.batch import decide as decide_batch
 from mlkube.core.canary import ACTIONS, Observation, decide
 from mlkube.core.conditions import timestamp
 from mlkube.core.training import Outcome, training_status
@@ -46,6 +49,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "ModelVersion": ModelVersion,
     "Deployment": Deployment,
     "DriftMonitor": DriftMonitor,
+    "BatchPrediction": BatchPrediction,
 }
 
 SANDBOX = """
@@ -198,6 +202,24 @@ def test_what_the_operator_decides_now_reads_as_expected(lua: Lua) -> None:
     )
     health = lua.run(CUSTOMIZATIONS / "TrainingJob/health.lua", {**job, "status": failed.to_api()})
     assert health == {"status": "Degraded", "message": "DatasetNotFound: builtin:nope"}
+    run = load(CUSTOMIZATIONS / "BatchPrediction/testdata/progressing_running.yaml")
+    shards_job = {"status": {"completedIndexes": "0-3", "conditions": [
+        {"type": "Complete", "status": "True"}]}}  # fmt: skip
+    finishing = decide_batch(
+        BatchPredictionSpec.model_validate(run["spec"]),
+        BatchPredictionStatus.model_validate(run["status"]),
+        BatchObservation(shards_job=shards_job),
+        NOW,
+        1,
+    ).status
+    health = lua.run(
+        CUSTOMIZATIONS / "BatchPrediction/health.lua", {**run, "status": finishing.to_api()}
+    )
+    assert health == {
+        "status": "Progressing",
+        "message": "WritingManifest: 4 of 4 shards done; 3,500,000 of 3,500,000 rows scored; "
+        "writing the manifest",
+    }
 
 
 # -- actions --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mlkube.api.batchprediction import BatchPrediction
 from mlkube.api.crdgen import KINDS, all_crds, rendered_files
 from mlkube.api.deployment import Deployment
 from mlkube.api.driftmonitor import CRON_PATTERN, DriftMonitor
@@ -26,6 +27,7 @@ MODELS = {
     "ModelVersion": ModelVersion,
     "Deployment": Deployment,
     "DriftMonitor": DriftMonitor,
+    "BatchPrediction": BatchPrediction,
 }
 
 

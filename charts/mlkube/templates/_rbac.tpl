@@ -10,29 +10,33 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
   resources: [trainingjobs, modelversions]
   verbs: [get, list, watch, create]
 - apiGroups: [mlkube.io]
-  resources: [deployments, driftmonitors]
+  resources: [deployments, driftmonitors, batchpredictions]
   verbs: [get, list, watch]
 # admission (mlkube-approval): a TrainingJob with AutoApproveOnGates registers its version approved
 - apiGroups: [mlkube.io]
   resources: [modelversions]
   verbs: [approve]
 - apiGroups: [mlkube.io]
-  resources: [trainingjobs/status, modelversions/status, deployments/status, driftmonitors/status]
+  resources:
+    - trainingjobs/status
+    - modelversions/status
+    - deployments/status
+    - driftmonitors/status
+    - batchpredictions/status
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
-# server-side apply: create and patch; every kind of child is watched (its owner looks again
-# when one changes or goes) and listed again after the watch expired
+# server-side apply: create and patch
 - apiGroups: [batch]
   resources: [cronjobs]
-  verbs: [list, watch, create, patch]
+  verbs: [create, patch]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [create, patch, delete]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [create]
@@ -42,13 +46,12 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
 - apiGroups: [""]
   resources: [pods/proxy]
   verbs: [get]
-# list: a Job's FailedCreate Events say why its pods were refused (a ResourceQuota)
 - apiGroups: [""]
   resources: [events]
-  verbs: [list, create]
+  verbs: [create]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [create, patch, delete]
 # each Deployment's HTTPRoute (traffic: GatewayAPI); watched, so no route shadows another's
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
@@ -56,7 +59,7 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
 # each Deployment's NetworkPolicy (networkPolicy.enabled): applied, deleted when turned off
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [create, patch, delete]
 {{- end }}
 {{- define "mlkube.clusterRules" -}}
 # kopf notices CRDs appearing and going

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
+from mlkube.api.batchprediction import BatchPredictionSpec, BatchPredictionStatus
 from mlkube.api.common import GROUP, VERSION, ApiModel, JsonDict, cel
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
@@ -127,6 +128,23 @@ KINDS: list[Kind] = [
             {"name": "Quality", "type": "string", "jsonPath": ".status.performance.verdict"},
             {"name": "Live", "type": "string", "jsonPath": ".status.performance.value"},
             {"name": "Last Run", "type": "date", "jsonPath": ".status.lastRun.at"},
+            AGE,
+        ],
+    ),
+    Kind(
+        kind="BatchPrediction",
+        plural="batchpredictions",
+        short_names=["mlbp"],
+        spec=BatchPredictionSpec,
+        status=BatchPredictionStatus,
+        columns=[
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Model", "type": "string", "jsonPath": ".status.modelVersion"},
+            {"name": "Shards", "type": "integer", "jsonPath": ".status.shards.total"},
+            {"name": "Done", "type": "integer", "jsonPath": ".status.shards.succeeded"},
+            {"name": "Failed", "type": "integer", "jsonPath": ".status.shards.failed"},
+            {"name": "Rows", "type": "integer", "jsonPath": ".status.rowsScored"},
+            {"name": "Output", "type": "string", "jsonPath": ".spec.output.uri", "priority": 1},
             AGE,
         ],
     ),

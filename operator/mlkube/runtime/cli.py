@@ -1,4 +1,4 @@
-"""`mlkube-runtime train|serve|drift --spec FILE`: what runs in a pod runs on a laptop.
+"""`mlkube-runtime train|serve|drift|batch --spec FILE`: what runs in a pod runs on a laptop.
 
 `--spec` takes the custom resource as applied (or just its `spec`). Results are printed as JSON
 and, in a pod, written to the termination-message file the operator reads.
@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mlkube.api.batchprediction import BatchPredictionSpec
 from mlkube.api.driftmonitor import DriftMonitorSpec
 from mlkube.api.trainingjob import TrainingJobSpec
+from mlkube.contract import SHARD_INDEX_ENV
 from mlkube.runtime.outcome import EXIT_PERMANENT, RunFailure, one_line
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -124,6 +126,38 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "Verified" else EXIT_PERMANENT
 
 
+def _batch(args: argparse.Namespace) -> int:
+    """One step of a BatchPrediction: plan, shard (JOB_COMPLETION_INDEX in a pod), manifest;
+    or `run`, all three on this machine."""
+    from mlkube.runtime import batch
+
+    spec = load_spec(args.spec, BatchPredictionSpec)
+    try:
+        if args.step == "plan":
+            result = batch.plan(spec, args.run_id)
+            _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
+            return 0
+        scoring = batch.Scoring(args.model_version, getattr(args, "model_uri", ""), args.sha256)
+        if args.step == "shard":
+            result = batch.score_shard(spec, args.run_id, args.shard, scoring)
+        elif args.step == "manifest":
+            result = batch.write_manifest(spec, args.run_id, args.model_version, args.sha256)
+        else:
+            result = batch.run_local(spec, args.run_id, scoring, args.parallelism)
+    except RunFailure as failure:
+        result = {"status": "Failed", "reason": failure.reason, "message": failure.message}
+        _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
+        return failure.exit_code
+    except Exception as e:  # a bug of ours: its traceback goes to the log, never to the status
+        traceback.print_exc()
+        internal = RunFailure("InternalError", one_line(e), permanent=False)
+        result = {"status": "Failed", "reason": internal.reason, "message": internal.message}
+        _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
+        return internal.exit_code
+    _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
+    return EXIT_PERMANENT if result.get("failures") else 0
+
+
 def _serve(args: argparse.Namespace, rest: list[str]) -> int:
     from mlkube.runtime.serving_cli import serve_main
 
@@ -192,6 +226,47 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--result-file")
 
     commands.add_parser("serve", help="serve a model version with BentoML", add_help=False)
+
+    batch = commands.add_parser(
+        "batch", help="score Parquet or CSV files in the store with a model version"
+    )
+    steps = batch.add_subparsers(dest="step", required=True)
+    for step, text in (
+        ("plan", "list and count the input, claim the output, write the plan"),
+        ("shard", "score one shard into its part"),
+        ("manifest", "merge the shards' records into _manifest.json"),
+        ("run", "plan, every shard and the manifest, on this machine"),
+    ):
+        command = steps.add_parser(step, help=text)
+        command.add_argument(
+            "--spec",
+            required=True,
+            help="BatchPrediction manifest or spec: a YAML file, or env:NAME",
+        )
+        command.add_argument(
+            "--run-id", default="local", help="the run's id (the BatchPrediction's uid in a pod)"
+        )
+        if step != "plan":
+            command.add_argument(
+                "--model-version", default="local", help="the ModelVersion's name, recorded"
+            )
+            command.add_argument("--sha256", help="of model.joblib (default: the one beside it)")
+        if step in ("shard", "run"):
+            command.add_argument(
+                "--model-uri",
+                required=True,
+                help="the version directory (model.joblib, schema.json)",
+            )
+        if step == "shard":
+            command.add_argument(
+                "--shard",
+                type=int,
+                default=int(os.environ.get(SHARD_INDEX_ENV, "0")),
+                help=f"the shard to score (default: ${SHARD_INDEX_ENV}, an Indexed Job's index)",
+            )
+        if step == "run":
+            command.add_argument("--parallelism", type=int, help="default: the spec's")
+        command.add_argument("--result-file")
     return root
 
 
@@ -202,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args, rest)
         if rest:
             parser().error(f"unrecognized arguments: {' '.join(rest)}")
-        return {"train": _train, "drift": _drift, "verify": _verify}[args.command](args)
+        commands = {"train": _train, "drift": _drift, "verify": _verify, "batch": _batch}
+        return commands[args.command](args)
     except (ValidationError, FileNotFoundError, yaml.YAMLError) as e:
         print(f"mlkube-runtime {args.command}: invalid --spec: {e}", file=sys.stderr)
         return EXIT_PERMANENT

@@ -1,0 +1,17 @@
+"""Names the operator and the in-pod runtime both use: the interface of a workload pod.
+
+Free of heavy imports: the operator image has no pyarrow or scikit-learn.
+"""
+
+from __future__ import annotations
+
+BATCHPREDICTION_ENV = "MLKUBE_BATCHPREDICTION"
+"""The BatchPrediction a batch pod works for: the plan and the manifest name it."""
+SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
+"""Set by the Job controller on every pod of an Indexed Job: the pod's index, its shard."""
+SHARD_ATTEMPT_ENV = {
+    "batch.kubernetes.io/job-index-failure-count": "MLKUBE_INDEX_FAILURES",
+    "batch.kubernetes.io/job-index-ignored-failure-count": "MLKUBE_INDEX_IGNORED_FAILURES",
+}
+"""Annotations the Job controller writes on an index's pods (its earlier failed, and ignored,
+attempts), handed to the worker by the downward API under these names."""
