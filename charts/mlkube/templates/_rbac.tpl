@@ -27,16 +27,17 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
-# server-side apply: create and patch
+# server-side apply: create and patch; every kind of child is watched (its owner looks again
+# when one changes or goes) and listed again after the watch expired
 - apiGroups: [batch]
   resources: [cronjobs]
-  verbs: [create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [create]
@@ -46,12 +47,13 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
 - apiGroups: [""]
   resources: [pods/proxy]
   verbs: [get]
+# list: a Job's FailedCreate Events say why its pods were refused (a ResourceQuota)
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [list, create]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # each Deployment's HTTPRoute (traffic: GatewayAPI); watched, so no route shadows another's
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
@@ -59,7 +61,7 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
 # each Deployment's NetworkPolicy (networkPolicy.enabled): applied, deleted when turned off
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 {{- end }}
 {{- define "mlkube.clusterRules" -}}
 # kopf notices CRDs appearing and going
