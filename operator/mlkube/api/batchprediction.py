@@ -64,9 +64,10 @@ class BatchPredictionSpec(ApiModel):
             "spec must set exactly one of modelVersion, or model with latestApproved: true",
         ),
         cel(
-            "[has(self.modelVersion) ? self.modelVersion : '', has(self.model) ? self.model : '',"
-            " self.latestApproved] == [has(oldSelf.modelVersion) ? oldSelf.modelVersion : '',"
-            " has(oldSelf.model) ? oldSelf.model : '', oldSelf.latestApproved]",
+            "(has(self.modelVersion) ? self.modelVersion : '') =="
+            " (has(oldSelf.modelVersion) ? oldSelf.modelVersion : '')"
+            " && (has(self.model) ? self.model : '') == (has(oldSelf.model) ? oldSelf.model : '')"
+            " && self.latestApproved == oldSelf.latestApproved",
             "modelVersion, model and latestApproved must not change after creation",
         ),
         cel(
