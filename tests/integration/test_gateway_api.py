@@ -214,9 +214,13 @@ def serving(kube: KubeCluster, ns: str, name: str, version: str) -> None:
     eventually(lambda: weights(kube, ns, name) == {backend: 100}, 30, f"the route to {version}")
     found = route(kube, ns, name)
     assert found is not None
-    # the API server's defaults filled in
+    # the API server's defaults filled in; the gateway's namespace is the Deployment's
     assert found["spec"]["parentRefs"] == [
-        {**GATEWAY, "group": GATEWAY_API_GROUP, "kind": "Gateway"}
+        {**GATEWAY, "namespace": ns, "group": GATEWAY_API_GROUP, "kind": "Gateway"}
+    ]
+    # no hostnames: the Deployment's own path, handed on to the server as /
+    assert found["spec"]["rules"][0]["matches"] == [
+        {"path": {"type": "PathPrefix", "value": f"/serving/{ns}/{name}"}}
     ]
     assert services(kube, ns, name)[backend] == {
         DEPLOYMENT_LABEL: name,

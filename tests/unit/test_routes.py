@@ -1,9 +1,9 @@
 """Which requests a Deployment's HTTPRoute may take on a shared Gateway (issue 16, item 4).
 
-The rule follows the Gateway API's precedence (HTTPRouteSpec.hostnames, HTTPRouteRule.matches):
-the most precise hostname wins, then the longest PathPrefix, then the oldest route. A Deployment's
-route is refused when it would match, at least as specifically, a request another Deployment's
-route receives now.
+A Deployment's route is refused when its hostnames overlap another Deployment's stored route's
+and its path prefix is that route's or under it: a gateway (Gateway API precedence: precise
+hostname, longest PathPrefix, oldest route) would give it that route's requests, or a tie it
+never answers. Where two stored routes tie, the older keeps the requests.
 """
 
 from __future__ import annotations
@@ -68,21 +68,23 @@ def test_hostnames_match_case_by_case_and_one_shared_name_is_enough() -> None:
     assert refused(route("c.example.com"), held) is None
 
 
-def test_an_exact_hostname_under_anothers_wildcard_takes_its_requests() -> None:
-    # a.example.com is more precise than *.example.com: a gateway gives it those requests
+def test_an_exact_hostname_under_anothers_wildcard_is_refused() -> None:
+    # a.example.com is more precise than *.example.com: a gateway would give it those requests
     message = refused(route("a.example.com"), stored("wild", route("*.example.com")))
+    assert message is not None and "requests for a.example.com, path /" in message
+
+
+def test_a_wildcard_over_anothers_exact_hostname_is_refused_too() -> None:
+    # a gateway would leave a.example.com to the exact name, but the two overlap: one owner each
+    message = refused(route("*.example.com"), stored("a", route("a.example.com")))
     assert message is not None and "requests for a.example.com" in message
 
 
-def test_a_wildcard_over_anothers_exact_hostname_takes_only_the_rest() -> None:
-    # a gateway keeps a.example.com's requests on the exact route: nothing is taken from it
-    assert refused(route("*.example.com"), stored("a", route("a.example.com"))) is None
-
-
-def test_a_longer_wildcard_takes_from_a_shorter_one() -> None:
+def test_nested_wildcards_overlap_either_way() -> None:
     message = refused(route("*.eu.example.com"), stored("wild", route("*.example.com")))
     assert message is not None and "requests for *.eu.example.com" in message
-    assert refused(route("*.example.com"), stored("eu", route("*.eu.example.com"))) is None
+    assert refused(route("*.example.com"), stored("eu", route("*.eu.example.com"))) is not None
+    assert refused(route("*.example.org"), stored("wild", route("*.example.com"))) is None
 
 
 def test_a_wildcard_does_not_match_its_own_suffix() -> None:
@@ -90,13 +92,15 @@ def test_a_wildcard_does_not_match_its_own_suffix() -> None:
     assert refused(route("example.com"), stored("wild", route("*.example.com"))) is None
 
 
-def test_no_hostnames_means_any_host() -> None:
-    any_host = stored("any", route())
-    message = refused(route("a.example.com"), any_host)
-    assert message is not None and "a.example.com" in message
-    message = refused(route(), any_host)
-    assert message is not None and "any host, path /" in message
-    # a route without hostnames is the least precise: it takes nothing from a named one
+def test_routes_without_hostnames_compete_only_with_each_other() -> None:
+    message = refused(route(), stored("any", route()))
+    assert message is not None and "requests for any host, path /" in message
+    # a route naming a host takes only that host from one naming none (a gateway gives a
+    # request to the route naming its host), and one naming none claims no name
+    assert refused(route("a.example.com"), stored("any", route())) is None
+    assert (
+        refused(route(path="/serving/team-b/new"), stored("named", route("a.example.com"))) is None
+    )
     assert refused(route(), stored("named", route("a.example.com"))) is None
 
 
@@ -117,10 +121,11 @@ def test_prefixes_match_whole_path_elements() -> None:
     assert refused(route(path="/iris/x"), stored("iris", route(path="/iris"))) is not None
 
 
-def test_a_precise_hostname_wins_over_a_longer_path_elsewhere() -> None:
-    # hostname precedence comes before path length: the named route keeps a.example.com
+def test_a_path_under_anothers_prefix_on_an_overlapping_hostname_is_refused() -> None:
     held = stored("a", route("a.example.com", path="/"))
-    assert refused(route("*.example.com", path="/deep/path"), held) is None
+    message = refused(route("*.example.com", path="/deep/path"), held)
+    assert message is not None and "requests for a.example.com, path /deep/path" in message
+    assert refused(route("b.example.com", path="/deep/path"), held) is None
 
 
 # -- parents -----------------------------------------------------------------------------------
@@ -174,6 +179,14 @@ def test_an_edit_cannot_take_what_anothers_route_already_has() -> None:
     message = refused(route("b.example.com"), theirs, own=mine)
     assert message is not None
     assert message.endswith("its HTTPRoute keeps hostnames a.example.com, pathPrefix / meanwhile")
+
+
+def test_a_route_under_ones_own_prefix_is_still_its_owners() -> None:
+    # team-a/o has /o under our "/": a gateway gives /o/... to the longer prefix, so /o/x is not
+    # ours to take, however old our own route
+    mine = stored("new", route("a.example.com"), T0, namespace="team-b")
+    theirs = stored("o", route("a.example.com", path="/o"), T1)
+    assert refused(route("a.example.com", path="/o/x"), theirs, own=mine) is not None
 
 
 def test_the_deployments_own_route_is_never_in_its_way() -> None:

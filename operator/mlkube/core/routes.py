@@ -4,16 +4,20 @@ A gateway gives each request to the most specific match among all routes on its 
 (Gateway API, HTTPRouteSpec.hostnames and HTTPRouteRule.matches): first the route with the most
 characters in a matching non-wildcard hostname, then in a matching hostname, then the longest
 PathPrefix, and only on a full tie the oldest route (creationTimestamp), then the first by
-`{namespace}/{name}`. A route without hostnames matches every host; `*.example.com` matches any
-name ending in `.example.com`, not `example.com`; a PathPrefix matches whole path elements
-(`/a` matches `/a` and `/a/b`, not `/ab`).
+`{namespace}/{name}`. `*.example.com` matches any name ending in `.example.com`, not
+`example.com`; a PathPrefix matches whole path elements (`/a` matches `/a` and `/a/b`, not
+`/ab`).
 
-So a route with a longer prefix or a more precise hostname than another's takes that other's
-requests whatever their ages. The rule here: a Deployment's route is refused when some request
-another Deployment's stored route receives would be matched by it at least as specifically
-(a steal, or a tie it would lose and so a route that never answers), unless the Deployment's own
-stored route already receives that request (an older route of the same specificity, as a
-gateway decides it). A refused Deployment's HTTPRoute keeps what it was admitted with.
+So a route under another's path prefix takes that other's sub-paths whatever their ages. The
+rule here: a Deployment's route is refused when its hostnames overlap another Deployment's
+stored route's and its path prefix is that route's or under it (it would take those requests,
+or tie for them and never answer). Hostnames overlap when a name of one is a name of the other
+or falls under its wildcard, and when neither route names any: a route without hostnames claims
+no name, so a route naming a host takes only that host's requests from it, as a gateway does.
+Where two stored routes already tie (one prefix, overlapping hostnames: routes written before
+routes had paths all hold `/`), the older one's Deployment may move within what it holds, as a
+gateway gives the older those requests. A refused Deployment's HTTPRoute keeps what it was
+admitted with.
 
 Default paths are `/serving/<namespace>/<name>` (KServe's path template), so two Deployments never
 collide by default, and no Deployment may take a path under another namespace's
@@ -38,9 +42,6 @@ ROUTE_CONFLICT = "RouteConflict"
 DEFAULT_PATH_ROOT = "/serving"
 Key = tuple[str, str]
 """(namespace, name) of a Deployment, and of its HTTPRoute (same name)."""
-_FRESH = "~"
-"""A host label no hostname has (RFC 1123: letters, digits, hyphens): a host only wildcards
-and routes without hostnames match."""
 
 
 @dataclass(frozen=True)
@@ -136,78 +137,55 @@ def _under(path: str, prefix: str) -> bool:
     return prefix in ("/", path) or path.startswith(prefix + "/")
 
 
-def _host_matches(hostname: str, host: str) -> bool:
-    return host.endswith(hostname[1:]) if hostname.startswith("*.") else hostname == host
+def _names_overlap(a: str, b: str) -> bool:
+    """Some host matches both hostnames."""
+    if a.startswith("*.") and b.startswith("*."):
+        return a.endswith(b[1:]) or b.endswith(a[1:])
+    if a.startswith("*."):
+        return b.endswith(a[1:])
+    if b.startswith("*."):
+        return a.endswith(b[1:])
+    return a == b
 
 
-def _rank(route: Route, host: str, path: str) -> tuple[int, int, int] | None:
-    """How specifically `route` matches a request (higher wins), None when it does not:
-    (characters of the matching non-wildcard hostname, of the matching hostname, of the
-    PathPrefix)."""
-    if not _under(path, route.path_prefix):
+def _shared_host(a: Route, b: Route) -> str | None:
+    """A hostname the routes compete for, the more precise of an overlapping pair ("" when
+    neither names a host); None when they compete for none."""
+    if not a.hostnames or not b.hostnames:
+        return "" if not a.hostnames and not b.hostnames else None
+    for x in a.hostnames:
+        for y in b.hostnames:
+            if _names_overlap(x, y):
+                return max(x, y, key=lambda h: (not h.startswith("*."), len(h)))
+    return None
+
+
+def _shadows(route: Route, other: Route) -> str | None:
+    """The hostname `route` would take `other`'s requests on (or tie for them), None if none."""
+    if not _same_listener(route, other) or not _under(route.path_prefix, other.path_prefix):
         return None
-    if not route.hostnames:
-        return 0, 0, len(route.path_prefix)
-    keys = [
-        (0 if hostname.startswith("*.") else len(hostname), len(hostname))
-        for hostname in route.hostnames
-        if _host_matches(hostname, host)
-    ]
-    return (*max(keys), len(route.path_prefix)) if keys else None
-
-
-def _witness_hosts(*routes: Route) -> list[str]:
-    """One host of each kind the routes tell apart: every exact hostname, a fresh name under
-    each wildcard's suffix (which exactly the wildcards of that suffix or shorter match), and a
-    host no hostname matches."""
-    hosts = {_FRESH}
-    for route in routes:
-        for hostname in route.hostnames:
-            hosts.add(_FRESH + hostname[1:] if hostname.startswith("*.") else hostname)
-    return sorted(hosts)
+    return _shared_host(route, other)
 
 
 def _precedence(stored: StoredRoute) -> tuple[str, str]:
     return stored.created, f"{stored.namespace}/{stored.name}"
 
 
-def _taken(wanted: Route, own: StoredRoute | None, other: StoredRoute) -> tuple[str, str] | None:
-    """A request (host, path) `other` receives now that `wanted` would match at least as
-    specifically; None when there is none."""
-    if not _same_listener(wanted, other.route):
-        return None
-    mine = own.route if own is not None and _same_listener(own.route, other.route) else None
-    routes = [r for r in (wanted, other.route, mine) if r is not None]
-    # the request paths the prefixes tell apart are the prefixes themselves
-    paths = sorted({r.path_prefix for r in routes})
-    for host in _witness_hosts(*routes):
-        for path in paths:
-            theirs = _rank(other.route, host, path)
-            if theirs is None:
-                continue
-            ours = _rank(wanted, host, path)
-            if ours is None or ours < theirs:
-                continue
-            if own is not None and mine is not None:
-                held = _rank(mine, host, path)
-                if held is not None and (
-                    held > theirs or (held == theirs and _precedence(own) < _precedence(other))
-                ):
-                    continue  # our own route has it already
-            return host, path
-    return None
+def _holds(own: StoredRoute | None, other: StoredRoute) -> bool:
+    """Both routes are stored with one prefix on overlapping hostnames and `own` is the older:
+    a gateway gives it those requests, so its Deployment may move within them (routes written
+    before routes had paths all held `/`)."""
+    return (
+        own is not None
+        and own.route.path_prefix == other.route.path_prefix
+        and _shadows(own.route, other.route) is not None
+        and _precedence(own) < _precedence(other)
+    )
 
 
 def _describe(route: Route) -> str:
     hosts = ", ".join(route.hostnames) if route.hostnames else "any"
     return f"hostnames {hosts}, pathPrefix {route.path_prefix}"
-
-
-def _request(host: str, path: str) -> str:
-    if host == _FRESH:
-        return f"any host, path {path}"
-    shown = "*" + host[len(_FRESH) :] if host.startswith(_FRESH) else host
-    return f"{shown}, path {path}"
 
 
 def _foreign_default(namespace: str, prefix: str) -> str | None:
@@ -229,8 +207,8 @@ def route_conflict(
     """Why the Deployment `namespace/name` may not have `wanted` as its route (None: it may).
 
     `own` is its HTTPRoute as stored (None before there is one); `others` are the stored routes
-    on `wanted`'s Gateway (its own among them is skipped). The oldest route that would lose
-    requests is named, with the request."""
+    on `wanted`'s Gateway (its own among them is skipped). The oldest route in the way is named,
+    with a hostname and the path they would share."""
     keeps = "" if own is None else f"; its HTTPRoute keeps {_describe(own.route)} meanwhile"
     foreign = _foreign_default(namespace, wanted.path_prefix)
     if foreign is not None:
@@ -240,17 +218,17 @@ def route_conflict(
             None,
         )
     for other in sorted(others, key=_precedence):
-        if other.key == (namespace, name):
+        if other.key == (namespace, name) or _holds(own, other):
             continue
-        taken = _taken(wanted, own, other)
-        if taken is None:
+        host = _shadows(wanted, other.route)
+        if host is None:
             continue
         return Conflict(
             f"Deployment {other.namespace}/{other.name}'s HTTPRoute ({_describe(other.route)}) "
             f"on Gateway {wanted.gateway_namespace}/{wanted.gateway} receives requests for "
-            f"{_request(*taken)} that this Deployment's route ({_describe(wanted)}) matches "
-            f"at least as specifically; choose spec.route.hostnames or spec.route.pathPrefix "
-            f"apart from it{keeps}",
+            f"{host or 'any host'}, path {wanted.path_prefix} that this "
+            f"Deployment's route ({_describe(wanted)}) would match as well; choose "
+            f"spec.route.hostnames or spec.route.pathPrefix apart from it{keeps}",
             other.key,
         )
     return None

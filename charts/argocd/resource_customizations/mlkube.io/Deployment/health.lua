@@ -35,9 +35,11 @@ if generation ~= nil and (observed == nil or observed < generation) then
   return hs
 end
 
--- A spec the operator refused; a Ready condition from an older generation is stale.
+-- A spec the operator refused, or a route it refused on a shared gateway (RouteConflict: another
+-- Deployment's route has those requests); a Ready condition from an older generation is stale.
 local ready = condition("Ready")
-if ready ~= nil and ready.status == "False" and ready.reason == "InvalidSpec" and ready.observedGeneration == generation then
+local refused = ready ~= nil and (ready.reason == "InvalidSpec" or ready.reason == "RouteConflict")
+if refused and ready.status == "False" and ready.observedGeneration == generation then
   hs.status = "Degraded"
   hs.message = describe(ready)
   return hs
