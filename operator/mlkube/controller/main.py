@@ -1,7 +1,7 @@
 """kopf wiring, nothing else. Run with `kopf run --all-namespaces -m mlkube.controller.main`
 (the operator image's command).
 
-Every watch event feeds the caches and puts a key in the work queue: our four kinds enqueue
+Every watch event feeds the caches and puts a key in the work queue: our kinds enqueue
 themselves when their spec, annotations or deletion changed (not on our own status writes); every
 kind of child the operator writes (CHILDREN, selected server-side by `managed-by=mlkube`) enqueues
 the object that owns it when one changes or goes, as controller-runtime's `Owns()` does, and a
@@ -42,6 +42,7 @@ from mlkube.api.deployment import DeploymentStatus
 from mlkube.builders.common import MANAGED_BY, owner_of
 from mlkube.config import OperatorConfig
 from mlkube.controller import metrics
+from mlkube.controller.batchprediction import BatchPredictionReconciler
 from mlkube.controller.cache import Body, Routes, Store
 from mlkube.controller.context import Context
 from mlkube.controller.deployment import DeploymentReconciler
@@ -137,6 +138,7 @@ class Operator:
             "ModelVersion": ModelVersionReconciler(self.ctx),
             "Deployment": DeploymentReconciler(self.ctx, self.routes),
             "DriftMonitor": DriftMonitorReconciler(self.ctx),
+            "BatchPrediction": BatchPredictionReconciler(self.ctx),
         }
         self.seen: dict[Key, tuple[Any, ...]] = {}
         self.children: dict[tuple[str, str], Store] = {
