@@ -1,4 +1,4 @@
-"""`mlkube` (also `kubectl mlkube`): look at and steer the four kinds.
+"""`mlkube` (also `kubectl mlkube`): look at and steer the mlkube kinds.
 
 Actions on a Deployment (promote, abort, retry, rollback) are annotations the operator carries out;
 the CLI never edits a Deployment's spec, so it is safe on objects a GitOps tool owns.
@@ -85,6 +85,49 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
         "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
         for r in [headers, *rows]
     )
+
+
+BAR_WIDTH = 30
+
+
+def progress_bar(done: int, failed: int, total: int, width: int = BAR_WIDTH) -> str:
+    """``[####x.....]``: done (#), failed (x) and left (.) in proportion, never an empty share
+    rounded away (one failed shard of 1,000 still shows)."""
+    if total <= 0:
+        return f"[{'.' * width}]"
+    bad = max(1, round(width * failed / total)) if failed else 0
+    good = min(width - bad, round(width * done / total))
+    return f"[{'#' * good}{'x' * bad}{'.' * (width - good - bad)}]"
+
+
+def batch_progress(prediction: dict[str, Any], detail: bool = False) -> str:
+    """A BatchPrediction's run as a bar of its shards, the rows scored and, with `detail`, the
+    failed shards and its conditions."""
+    name = (prediction.get("metadata") or {}).get("name", "")
+    status = prediction.get("status") or {}
+    shards = status.get("shards") or {}
+    total, done, failed = (int(shards.get(k) or 0) for k in ("total", "succeeded", "failed"))
+    line = f"{name} {progress_bar(done, failed, total)} {done}/{total} shards"
+    if failed:
+        line += f", {failed} failed"
+    if status.get("rows") is not None:
+        line += f", {int(status.get('rowsScored') or 0):,}/{int(status['rows']):,} rows"
+    line += f"   {status.get('phase') or 'Pending'} ({status.get('modelVersion') or '-'})"
+    if not detail:
+        return line
+    lines = [line]
+    lines += [
+        f"  shard {f['shard']}: {f['reason']}: {f.get('message', '')}"
+        for f in status.get("failedShards") or []
+    ]
+    if status.get("manifestUri"):
+        lines.append(f"  manifest {status['manifestUri']}")
+    for condition in status.get("conditions", []):
+        lines.append(
+            f"{condition['type']}={condition['status']} {condition['reason']}: "
+            f"{condition.get('message', '')}"
+        )
+    return "\n".join(lines)
 
 
 def canary_progress(deployment: dict[str, Any]) -> str:
@@ -240,7 +283,12 @@ def _status(cluster: Cluster, args: argparse.Namespace) -> int:
     if args.name:
         deployment = cluster.get_object(BY_KIND["Deployment"], args.namespace, args.name)
         if deployment is None:
-            print(f"deployment.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)
+            prediction = cluster.get_object(BY_KIND["BatchPrediction"], args.namespace, args.name)
+            if prediction is not None:
+                print(batch_progress(prediction, detail=True))
+                return 0
+            missing = f"no deployment.{GROUP} or batchprediction.{GROUP} {args.name}"
+            print(f"{missing} in {args.namespace}", file=sys.stderr)
             return 1
         print(canary_progress(deployment))
         history = (deployment.get("status") or {}).get("history") or []
@@ -265,6 +313,9 @@ def _status(cluster: Cluster, args: argparse.Namespace) -> int:
                     rows_for(kind, items, now, args.all_namespaces),
                 )
             )
+            if kind.kind == "BatchPrediction":
+                for item in items:
+                    print(batch_progress(item))
             print()
     return 0
 
@@ -367,8 +418,12 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("-A", "--all-namespaces", action="store_true")
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("version", help="client and server versions")
-    status = commands.add_parser("status", help="all mlkube objects, or one Deployment's rollout")
-    status.add_argument("name", nargs="?", help="a Deployment (mlkube.io) to show in detail")
+    status = commands.add_parser(
+        "status", help="all mlkube objects, or one Deployment's rollout or BatchPrediction's run"
+    )
+    status.add_argument(
+        "name", nargs="?", help="a Deployment (mlkube.io), else a BatchPrediction, in detail"
+    )
     approve = commands.add_parser("approve", help="approve (or --reject) a ModelVersion")
     approve.add_argument("name")
     approve.add_argument(

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from mlkube.api.crdgen import KINDS
 from mlkube.cli import (
+    batch_progress,
     canary_progress,
     gitops_rollback_hint,
     headers_for,
@@ -13,6 +14,7 @@ from mlkube.cli import (
     json_path,
     live_quality,
     parser,
+    progress_bar,
     rows_for,
     serving_summary,
     table,
@@ -213,3 +215,35 @@ def test_model_versions_list_their_serving_role_beside_the_persons_stage() -> No
 def test_history_takes_a_deployment_or_a_model_version() -> None:
     assert parser().parse_args(["history", "iris"]).name == "iris"
     assert parser().parse_args(["-n", "a", "history", "mlmv/iris-v2"]).name == "mlmv/iris-v2"
+
+
+def test_a_batch_prediction_shows_its_shards_as_a_bar_and_names_the_failed_ones() -> None:
+    """The status as the operator's own decision wrote it (the Argo CD testdata of a run whose
+    shard 2 failed), one line in the list and in detail with `mlkube status NAME`."""
+    import yaml
+
+    from tests.unit.test_argocd import CUSTOMIZATIONS
+
+    run = yaml.safe_load(
+        (CUSTOMIZATIONS / "BatchPrediction/testdata/degraded_shard_failed.yaml").read_text()
+    )
+    line = batch_progress(run)
+    assert line == (
+        "scores [######################xxxxxxxx] 3/4 shards, 1 failed, 2,500,000/3,500,000 rows"
+        "   Failed (iris-v3)"
+    )
+    detail = batch_progress(run, detail=True).splitlines()
+    assert detail[1].startswith("  shard 2: InputSchemaMismatch: s3://models/prod/ml/scoring/")
+    assert detail[2] == "  manifest s3://models/prod/ml/scores/2026-11/_manifest.json"
+    assert "Failed=True ShardsFailed: 1 of 4 shards failed" in detail[-1]
+    kind = next(k for k in KINDS if k.kind == "BatchPrediction")
+    assert rows_for(kind, [run], NOW, False)[0][:7] == [
+        "scores", "Failed", "iris-v3", "4", "3", "1", "2500000",
+    ]  # fmt: skip
+
+
+def test_the_progress_bar_never_rounds_a_failure_away() -> None:
+    assert progress_bar(0, 0, 0, width=10) == "[..........]"
+    assert progress_bar(5, 0, 10, width=10) == "[#####.....]"
+    assert progress_bar(998, 1, 1000, width=10) == "[#########x]"
+    assert progress_bar(10, 0, 10, width=10) == "[##########]"
