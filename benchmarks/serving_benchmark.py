@@ -5,6 +5,10 @@ Servers (each peer in its own venv, made by ``benchmarks/setup_serving_peers.sh`
 - ``mlkube``: ``python -m mlkube.runtime.serving_cli`` from /work/main/.venv (what a pod runs),
   with validation, metrics and the inference log on; rows as objects (``instances``).
 - ``mlkube-columnar``: the same server, the same rows as columns (``inputs``).
+- ``mlkube-oip``: the same server, the same rows through the Open Inference Protocol
+  (``POST /v2/models/iris/infer``, one FP64 input per column, MLServer's pandas shape), and
+  ``mlkube-oip-tensor``: one [N, 4] FP64 tensor, the body the ``mlserver`` peer gets. Their target
+  is /predict's own throughput (``mlkube``), as the floor reads neither body.
 - ``bentoml``: stock BentoML 1.4, a plain ``@bentoml.service`` with a sync ``@bentoml.api``,
   run by ``bentoml serve``.
 - ``mlserver``: MLServer 1.7 with ``mlserver_sklearn.SKLearnModel`` (V2 inference protocol).
@@ -63,6 +67,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 CONCURRENCIES = (1, 8, 32)
 THROUGHPUT_TARGETS = {1: 0.9, 100: 0.9}
+OIP_TARGET = 0.9
+"""The Open Inference Protocol's requests/s over /predict's, same rows (issue 17 item 5)."""
 """mlkube's requests/s over the raw floor's reading the same body, by rows per request."""
 P99_TARGET = 1.5
 TARGET_CONCURRENCIES = (1, 8)
@@ -300,6 +306,7 @@ def mlkube_env(work: Path) -> dict[str, str]:
     return {
         "MLKUBE_MODEL_URI": str(work / "model"),
         "MLKUBE_MODEL_VERSION": "bench",
+        "MLKUBE_MODEL_NAME": "iris",
         "MLKUBE_INFERENCE_LOG_URI": str(work / "inference-log"),
         "BENTOML_HOME": str(work / "bentoml-home-mlkube"),
     }
@@ -311,6 +318,31 @@ def row_body(rows: list[list[float]]) -> Any:
 
 def column_body(rows: list[list[float]]) -> Any:
     return {"inputs": dict(zip(FEATURES, map(list, zip(*rows, strict=True)), strict=True))}
+
+
+def oip_column_body(rows: list[list[float]]) -> Any:
+    """One input per column, as MLServer's pandas codec and tritonclient send a table."""
+    return {
+        "inputs": [
+            {"name": name, "shape": [len(rows)], "datatype": "FP64", "data": list(column)}
+            for name, column in zip(FEATURES, zip(*rows, strict=True), strict=True)
+        ]
+    }
+
+
+def oip_tensor_body(rows: list[list[float]]) -> Any:
+    """One [N, F] tensor, flat in row-major order."""
+    data = [v for r in rows for v in r]
+    return {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [len(rows), len(FEATURES)],
+                "datatype": "FP64",
+                "data": data,
+            }
+        ]
+    }
 
 
 def raw_floor_command(reader: str) -> Callable[[Path, int], list[str]]:
@@ -343,6 +375,17 @@ PEERS: dict[str, Peer] = {
             body=column_body,
             env=mlkube_env,
         ),
+        *(
+            Peer(
+                name=name,
+                venv=None,
+                path="/v2/models/iris/infer",
+                command=mlkube_command,
+                body=body,
+                env=mlkube_env,
+            )
+            for name, body in [("mlkube-oip", oip_column_body), ("mlkube-oip-tensor", oip_tensor_body)]
+        ),
         Peer(
             name="bentoml",
             venv=".venv-bench-bentoml",
@@ -360,16 +403,7 @@ PEERS: dict[str, Peer] = {
             venv=".venv-bench-mlserver",
             path="/v2/models/iris/infer",
             command=mlserver_command,
-            body=lambda rows: {
-                "inputs": [
-                    {
-                        "name": "input-0",
-                        "shape": [len(rows), len(FEATURES)],
-                        "datatype": "FP64",
-                        "data": [v for r in rows for v in r],
-                    }
-                ]
-            },
+            body=oip_tensor_body,
             env=lambda work: {},
         ),
         Peer(
@@ -629,6 +663,19 @@ def report(runs: list[Run]) -> None:
             "(not asserted):"
         )
         for mlkube in ours_runs:
+            if mlkube.peer.startswith("mlkube-oip") and "mlkube" in by_peer:
+                for rows in ROW_COUNTS:
+                    ours, rest = (
+                        mlkube.cell(concurrency, rows),
+                        by_peer["mlkube"].cell(concurrency, rows),
+                    )
+                    print(
+                        f"  {mlkube.peer} rows={rows}: throughput "
+                        f"{ours.requests_per_second / rest.requests_per_second:.2f}x mlkube's "
+                        f"/predict (target >= {OIP_TARGET}), p99 "
+                        f"{ours.p99_ms / rest.p99_ms:.2f}x"
+                    )
+                continue
             same = by_peer.get(SAME_BODY_FLOOR.get(mlkube.peer, ""), floor)
             for rows in ROW_COUNTS:
                 ours, base = mlkube.cell(concurrency, rows), same.cell(concurrency, rows)

@@ -215,8 +215,8 @@ class ServingMetrics:
         if values:
             _observe_many(self._value_child, np.concatenate([np.ravel(v) for v in values]))
 
-    def inference_log_failed(self) -> None:
-        self._log_errors_child.inc()
+    def inference_log_failed(self, requests: int = 1) -> None:
+        self._log_errors_child.inc(requests)
 
     def observe_labelled(self, counted: Counted) -> None:
         """Labels counted by the live-quality thread; straight into Prometheus (a few updates

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -121,16 +122,22 @@ def _all_valid(expected: ColumnType, values: list[Any], nullable: bool) -> bool:
         return False
 
 
-def number_matrix(flat: Sequence[Any], shape: tuple[int, int]) -> npt.NDArray[np.float64] | None:
-    """`flat` as a float matrix of `shape` when it holds JSON numbers only (no bools, strings,
-    nulls or containers); None otherwise, or for an integer beyond float's range."""
-    if not set(map(type, flat)) <= NUMBERS:
+def number_matrix(
+    parts: Sequence[Sequence[Any]], shape: tuple[int, int]
+) -> npt.NDArray[np.float64] | None:
+    """`parts` (rows, or columns, each a sequence of values; together exactly the matrix's
+    values in row-major order) as a float matrix of `shape` when they hold JSON numbers only (no
+    bools, strings, nulls or containers); None otherwise, or for an integer beyond float's
+    range. The values are read from the parts as they are (``np.fromiter`` over them), never
+    copied into one list first: at 100 rows as fast as ``np.array`` of the rows, which checks
+    nothing."""
+    if not set(map(type, chain.from_iterable(parts))) <= NUMBERS:
         return None
     try:
-        # one flat list converts several times faster than a list of rows
-        return np.array(flat, dtype=np.float64).reshape(shape)
+        flat = np.fromiter(chain.from_iterable(parts), np.float64, shape[0] * shape[1])
     except (OverflowError, ValueError):
         return None
+    return flat.reshape(shape)
 
 
 def finite_number(value: Any) -> bool:

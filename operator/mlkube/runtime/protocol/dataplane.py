@@ -31,7 +31,7 @@ from mlkube.layout import (
     version_log_uri,
 )
 from mlkube.runtime import artifacts
-from mlkube.runtime.inference_log import Batch, SegmentWriter
+from mlkube.runtime.inference_log import Batch, Logged, SegmentWriter
 from mlkube.runtime.live_quality import LiveQuality
 from mlkube.runtime.metrics import ServingMetrics
 from mlkube.runtime.protocol.columns import DTYPES, PROBE_VALUES, check_types
@@ -66,6 +66,12 @@ INLINE_PREDICT_SECONDS = 0.002
 """A prediction the model's measured cost puts under this runs on the event loop: a thread hop
 costs tens of µs, as much as a whole small request's share of a core."""
 CALIBRATION_ROWS = 256
+LOG_BATCH_REQUESTS = 64
+LOG_BATCH_ROWS = 8192
+LOG_BATCH_SECONDS = 1.0
+"""Answered requests are handed to the inference log in batches of this many requests or rows,
+or after this long: one copy per column for all of them, ~1 µs a request where a copy each
+cost ~10."""
 
 # Classifiers whose predict is not the argmax of predict_proba.
 _PREDICT_IS_NOT_ARGMAX_PROBA = frozenset({"SVC", "NuSVC", "SGDClassifier"})
@@ -374,6 +380,8 @@ class DataPlane:
         self.feedback_reader = FeedbackReader(classes, settings.max_rows)
         self.ready = False
         """Whether the readiness endpoints say so: from `start` until `close`."""
+        self._logged: list[Logged] = []
+        self._logged_rows = 0
 
     def start(self) -> None:
         self.ready = True
@@ -382,9 +390,10 @@ class DataPlane:
 
     def close(self) -> None:
         """Write out what both logs buffered (a SIGTERM shuts down through here)."""
-        self.ready = False
+        started, self.ready = self.ready, False
+        self._flush_log()
         self.pool.shutdown()
-        if self.live_quality is not None:
+        if self.live_quality is not None and started:
             self.live_quality.stop()
         for writer in (self.inference_log, self.feedback_log):
             if writer is not None:
@@ -515,12 +524,25 @@ class DataPlane:
         except Exception:
             logger.exception("prediction metrics update failed")
         if self.inference_log is not None:
-            try:
-                self.inference_log.append(
-                    arrays, prediction.values, request_id, prediction.probabilities
-                )
-            except Exception:
-                logger.exception("inference log append failed")
-                self.metrics.inference_log_failed()
+            values = prediction.values
+            if not self._logged:  # the batch goes to the log within a second whatever comes
+                asyncio.get_running_loop().call_later(LOG_BATCH_SECONDS, self._flush_log)
+            self._logged.append(
+                Logged(arrays, values, request_id, prediction.probabilities, time.time())
+            )
+            self._logged_rows += len(values)
+            if len(self._logged) >= LOG_BATCH_REQUESTS or self._logged_rows >= LOG_BATCH_ROWS:
+                self._flush_log()
         if self.live_quality is not None and request_id is not None:
             self.live_quality.observe(request_id, prediction.values)
+
+    def _flush_log(self) -> None:
+        """The answered requests not yet in the inference log, into it."""
+        logged, self._logged, self._logged_rows = self._logged, [], 0
+        if not logged or self.inference_log is None:
+            return
+        try:
+            self.inference_log.append_many(logged)
+        except Exception:
+            logger.exception("inference log append failed")
+            self.metrics.inference_log_failed(len(logged))

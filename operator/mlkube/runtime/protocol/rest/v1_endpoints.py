@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from itertools import accumulate, chain
+from itertools import accumulate
 from operator import itemgetter
 from typing import Any, NoReturn
 
@@ -259,22 +259,19 @@ class V1Endpoint:
             picked = list(map(self.predictor.row_values, rows))
         except (KeyError, TypeError):
             return None
-        if width == 1:
-            return number_matrix(picked, (len(rows), 1))
-        # one row is already a flat tuple; more are flattened into one list
-        flat = picked[0] if len(rows) == 1 else list(chain.from_iterable(picked))
-        return number_matrix(flat, (len(rows), width))
+        if width == 1:  # itemgetter of one name gives the value, not a tuple
+            return number_matrix([picked], (len(rows), 1))
+        return number_matrix(picked, (len(rows), width))
 
     def _lists_matrix(self, rows: list[Any]) -> npt.NDArray[np.float64] | None:
         """Rows as lists in schema order (KServe v1), as a matrix in the fitted order."""
         width = self._width
         try:  # a row that is not a list: len() fails, or its items are no numbers
-            if set(map(len, rows)) != {width}:
+            if set(map(len, rows)) != {width}:  # an object's keys are no numbers either
                 return None
         except TypeError:
             return None
-        flat = rows[0] if len(rows) == 1 else list(chain.from_iterable(rows))
-        matrix = number_matrix(flat, (len(rows), width))
+        matrix = number_matrix(rows, (len(rows), width))
         return None if matrix is None else self.predictor.in_feature_order(matrix)
 
     def _columns_matrix(self, inputs: Any) -> npt.NDArray[np.float64] | None:
@@ -290,7 +287,7 @@ class V1Endpoint:
             return None
         if not picked[0]:
             return None
-        return number_matrix(list(chain.from_iterable(picked)), (len(names), len(picked[0])))
+        return number_matrix(picked, (len(names), len(picked[0])))
 
     def answer(self, prediction: Prediction, request_id: str, inputs: Inputs) -> dict[str, Any]:
         answer: dict[str, Any] = {"predictions": prediction.values}

@@ -238,8 +238,8 @@ class V2Endpoint:
         _check_rows(rows)
         predictor.check_rows(rows)
         if predictor.float_matrix and all(t.datatype[:2] == "FP" for t in tensors):
-            flat = list(chain.from_iterable(by_name[n].data for n in predictor.feature_order))
-            matrix = number_matrix(flat, (self._width, rows))
+            parts = [by_name[name].data for name in predictor.feature_order]
+            matrix = number_matrix(parts, (self._width, rows))
             if matrix is not None:
                 return predictor.from_matrix(matrix.T, body_id, rows, outputs)
         columns = {name: by_name[name].data for name in types}
@@ -275,7 +275,7 @@ class V2Endpoint:
         _check_rows(rows)
         predictor.check_rows(rows)
         if kind == "float" and predictor.float_matrix:
-            matrix = number_matrix(tensor.data, (rows, width))
+            matrix = number_matrix([tensor.data], (rows, width))
             if matrix is not None:
                 return predictor.from_matrix(
                     predictor.in_feature_order(matrix), body_id, rows, outputs
