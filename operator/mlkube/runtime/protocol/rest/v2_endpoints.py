@@ -252,7 +252,7 @@ class V2Endpoint:
 
     def _from_tensor(self, tensor: Tensor, body_id: Any, outputs: Any) -> Inputs:
         predictor = self.predictor
-        label = f"input {cut(repr(tensor.name))}"
+        label = _input(tensor.name)
         if self._not_numeric is not None:
             raise RequestError(
                 400,
@@ -369,38 +369,45 @@ def _tensor(index: int, tensor: Any) -> Tensor:
     name = tensor.get("name")
     if type(name) is not str or not name:
         raise RequestError(400, f"inputs[{index}].name must be a non-empty string")
-    label = f"input {cut(repr(name))}"
     shape = tensor.get("shape")
-    if (
-        type(shape) is not list
-        or not shape
-        or not all(type(size) is int and size >= 0 for size in shape)
-    ):
+    if type(shape) is not list or not shape or set(map(type, shape)) != _INT or min(shape) < 0:
         raise RequestError(
-            400, f"{label}: shape must be a list of non-negative integers, got {describe(shape)}"
+            400,
+            f"{_input(name)}: shape must be a list of non-negative integers, got {describe(shape)}",
         )
     datatype = tensor.get("datatype")
     if datatype not in DATATYPE_KINDS:
         raise RequestError(
             400,
-            f"{label}: datatype {describe(datatype)} is not one of {', '.join(DATATYPE_KINDS)}",
+            f"{_input(name)}: datatype {describe(datatype)} is not one of "
+            f"{', '.join(DATATYPE_KINDS)}",
         )
-    _check_content_type(tensor.get("parameters"), label)
+    parameters = tensor.get("parameters")
+    if parameters is not None:
+        _check_content_type(parameters, _input(name))
     data = tensor.get("data")
     if type(data) is not list:
         raise RequestError(
-            400, f"{label}: data must be a JSON array (binary tensor data is not taken)"
+            400, f"{_input(name)}: data must be a JSON array (binary tensor data is not taken)"
         )
     while data and type(data[0]) is list:  # nested in row-major order: flatten
-        if set(map(type, data)) != {list}:
-            raise RequestError(400, f"{label}: data mixes arrays and values at one level")
+        if set(map(type, data)) != _LIST:
+            raise RequestError(400, f"{_input(name)}: data mixes arrays and values at one level")
         data = list(chain.from_iterable(data))
-    size = math.prod(shape)
+    size = shape[0] if len(shape) == 1 else math.prod(shape)
     if len(data) != size:
         raise RequestError(
-            400, f"{label}: shape {shape} holds {size} values, but data has {len(data)}"
+            400, f"{_input(name)}: shape {shape} holds {size} values, but data has {len(data)}"
         )
     return Tensor(name, shape, datatype, data)
+
+
+_INT = {int}
+_LIST = {list}
+
+
+def _input(name: str) -> str:
+    return f"input {cut(repr(name))}"
 
 
 class V2Endpoints:
