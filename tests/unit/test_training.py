@@ -9,8 +9,8 @@ from typing import Any
 from mlkube.api.modelversion import ModelVersionSpec
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import Owner
+from mlkube.builders.modelversion import model_version_manifest
 from mlkube.core.training import (
-    model_version_manifest,
     next_version,
     termination_result,
     training_outcome,

@@ -1,4 +1,6 @@
-"""TrainingJob reconciler: claim a version, run the training Job, read its result, register it.
+"""TrainingJob reconciler: observe, let `core.training.decide` choose, act, write the status once.
+
+It claims a version, runs the training Job, reads its result and registers it.
 
 A claimed version is kept per TrainingJob in memory, then carried by the Job's annotation and the
 status written after it is created (or refused), so a retry never claims another one. `suspend` is forwarded to the Job alone (batch/v1 semantics, so a queue such as Kueue
@@ -9,32 +11,31 @@ operator `ttlSecondsAfterFinished` after its result is in status, never before.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from dataclasses import replace
 
 from mlkube.api.crdgen import BY_KIND
 from mlkube.api.modelversion import model_version_name
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import Owner
+from mlkube.builders.modelversion import model_version_manifest
 from mlkube.builders.training import build_job, job_name
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
 from mlkube.controller.context import INVALID_SPEC, Context, Read, describe
-from mlkube.controller.errors import Forbidden, Invalid
-from mlkube.core.conditions import parse_timestamp, set_condition
+from mlkube.controller.errors import ApiError, Forbidden, Invalid
 from mlkube.core.training import (
-    Outcome,
-    model_version_manifest,
+    ChampionArtifact,
+    Decision,
+    Observation,
+    champion_name,
+    checked_uris,
+    decide,
     next_version,
-    training_outcome,
-    training_status,
+    resolve_champion,
+    retries_after_fix,
 )
-from mlkube.tenancy import FORBIDDEN_URI
 
 KIND = "TrainingJob"
-POLL_SECONDS = 10.0
-"""While a Job runs: its events say when it ends; polling catches what no Job event tells, a pod
-that cannot start or pods the API server refused (`core.waiting`)."""
-JOB_LOST = "JobLost"
 
 Read_ = Read[TrainingJobSpec, TrainingJobStatus]
 
@@ -94,50 +95,62 @@ class TrainingJobReconciler:
             return self._reconcile(read)
 
     def _reconcile(self, r: Read_) -> float | None:
+        observation = self._observe(r)
+        decision = self._decide(r, observation)
+        if decision.create_job:
+            refused = self._create(r, decision)
+            if refused is not None:  # Failed with the API server's words; the queue backs off
+                error, message = refused
+                self._write(
+                    r, self._decide(r, replace(observation, refused=(INVALID_SPEC, message)))
+                )
+                raise error
+        self._act(r, decision)
+        self._write(r, decision)
+        return decision.requeue_after
+
+    def _decide(self, r: Read_, observation: Observation) -> Decision:
+        return decide(
+            r.spec, r.status, observation, self.ctx.clock(), r.generation, job_name(r.name)
+        )
+
+    def _observe(self, r: Read_) -> Observation:
         ctx, status = self.ctx, r.status
         job = ctx.caches.jobs.get(r.namespace, job_name(r.name))
-        if status.phase in ("Succeeded", "Failed") and not _retry_after_fix(status, r.generation):
-            return self._clean_up(r, job)
+        if status.phase in ("Succeeded", "Failed") and not retries_after_fix(status, r.generation):
+            return Observation(version=status.version or 0, job=job)  # only its clean-up is left
         if job is None and status.job_name:
             job = ctx.kube.get("batch/v1", "Job", r.namespace, job_name(r.name))
             if job is None:
-                self._lost(r)
-                return None
+                registered = model_version_name(r.spec.model, status.version or 0)
+                return Observation(
+                    version=status.version or 0,
+                    job_lost=True,
+                    registered=ctx.get("ModelVersion", r.namespace, registered) is not None,
+                )
             ctx.caches.jobs.put(job)
         version = self._version(r, job)
         if job is None:
-            job = self._create(r, version)
-            if job is None:
-                return None
-        elif bool((job.get("spec") or {}).get("suspend")) != r.spec.suspend:
-            patched = ctx.kube.patch(
-                "batch/v1",
-                "Job",
+            champion = self._champion(r)
+            known = champion if isinstance(champion, tuple) else None
+            forbidden = ctx.forbidden(
                 r.namespace,
-                job_name(r.name),
-                {"spec": {"suspend": r.spec.suspend}},
+                checked_uris(r.spec, known),
+                data_fields={"spec.dataset.uri"},  # feedback files live in the store, never https
             )
-            job = ctx.caches.jobs.put(patched)
-        suspended = bool((job.get("spec") or {}).get("suspend"))
+            return Observation(
+                version=version,
+                champion=champion,
+                forbidden=None if forbidden is None else forbidden.message,
+            )
+        # the decision forwards spec.suspend to the Job: no pods to read while it is suspended
         pods = (
             []
-            if suspended
+            if r.spec.suspend
             else ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={job_name(r.name)}")
         )
-        events = [] if suspended else ctx.events_about(job, pods)
-        outcome = training_outcome(job, pods, events)
-        new = training_status(r.status, outcome, r.generation, ctx.clock())
-        new = new.model_copy(update={"version": version, "job_name": job_name(r.name)})
-        if outcome.phase == "Succeeded":
-            new = self._register(r, outcome.result, new)
-        if new.phase != r.status.phase:
-            type_ = "Warning" if new.phase == "Failed" else "Normal"
-            ctx.post_event(r.obj, type_, outcome.reason, outcome.message or str(new.phase))
-        if new != r.status:
-            ctx.write_status(KIND, r.obj, new)
-        if new.phase in ("Pending", "Running"):
-            return POLL_SECONDS
-        return self._clean_up(r, job) if new.phase in ("Succeeded", "Failed") else None
+        events = [] if r.spec.suspend else ctx.events_about(job, pods)
+        return Observation(version=version, job=job, pods=pods, events=events)
 
     def _version(self, r: Read_, job: Body | None) -> int:
         """The version this TrainingJob trains: in status, on its Job, or claimed (once per
@@ -148,134 +161,54 @@ class TrainingJobReconciler:
             return int(job["metadata"]["annotations"]["mlkube.io/model-version"])
         return self.claims.claim(r.namespace, r.spec.model, r.name, r.obj["metadata"]["uid"])
 
-    def _create(self, r: Read_, version: int) -> Body | None:
-        """Create the Job; None when the TrainingJob cannot train (status says why)."""
-        ctx = self.ctx
-        champion = self._champion(r)
-        if isinstance(champion, str):
-            self._fail(r, "ChampionNotFound", champion, version)
-            return None
-        log = r.spec.dataset.inference_log
-        feedback = {
-            f"spec.dataset.inferenceLog.feedbackUris[{i}]": uri
-            for i, uri in enumerate(log.feedback_uris if log else [])
-        }
-        forbidden = ctx.forbidden(
-            r.namespace,
-            {
-                "spec.dataset.uri": r.spec.dataset.uri,
-                "spec.qualityGates.champion.modelVersion": champion[0] if champion else None,
-                **feedback,
-            },
-            data_fields={"spec.dataset.uri"},  # feedback files live in the store, never https
-        )
-        if forbidden is not None:
-            self._fail(r, FORBIDDEN_URI, forbidden.message, version)
-            return None
-        ctx.ensure_artifact_storage(r.namespace)
-        owner = Owner.from_body(KIND, r.obj)
-        manifest = build_job(owner, r.spec, version, ctx.config, champion)
-        try:
-            ctx.kube.create(manifest)
-        except (Invalid, Forbidden) as e:
-            self._fail(r, INVALID_SPEC, describe(e, manifest), version)
-            raise
-        ctx.post_event(r.obj, "Normal", "JobCreated", f"training {r.spec.model} v{version}")
-        # the watch brings the full object; until then, what was sent is what exists
-        return ctx.caches.jobs.get(r.namespace, job_name(r.name)) or ctx.caches.jobs.put(
-            {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "0"}}
-        )
-
-    def _champion(self, r: Read_) -> tuple[str, str] | str | None:
+    def _champion(self, r: Read_) -> ChampionArtifact | str | None:
         gate = r.spec.quality_gates.champion
         if gate is None:
             return None
-        name = gate.model_version
-        if gate.deployment is not None:
-            deployment = self.ctx.get("Deployment", r.namespace, gate.deployment)
-            name = ((deployment or {}).get("status") or {}).get("stableVersion")
-            if not name:
-                return f"qualityGates.champion: Deployment {gate.deployment} serves no version"
-        champion = self.ctx.get("ModelVersion", r.namespace, name) if name else None
-        if champion is None:
-            return f"qualityGates.champion: ModelVersion {name} does not exist"
-        artifact = champion["spec"]["artifact"]
-        return str(artifact["uri"]), str(artifact["sha256"])
-
-    def _fail(self, r: Read_, reason: str, message: str, version: int | None) -> None:
-        new = training_status(
-            r.status, Outcome("Failed", reason, message), r.generation, self.ctx.clock()
+        deployment = (
+            self.ctx.get("Deployment", r.namespace, gate.deployment) if gate.deployment else None
         )
-        new = new.model_copy(update={"version": version})
-        if (r.status.phase, _failed_reason(r.status)) != ("Failed", reason):
-            self.ctx.post_event(r.obj, "Warning", reason, message)
-        self.ctx.write_status(KIND, r.obj, new)
+        name = champion_name(gate, deployment)
+        version = self.ctx.get("ModelVersion", r.namespace, name) if name else None
+        return resolve_champion(gate, deployment, version)
 
-    def _lost(self, r: Read_) -> None:
-        """The Job is gone before its result was read (deleted, or lost while the operator was
-        down): never trained again under a new version. A registered version means it finished."""
-        registered = model_version_name(r.spec.model, r.status.version or 0)
-        if self.ctx.get("ModelVersion", r.namespace, registered) is not None:
-            outcome = Outcome("Succeeded", "Succeeded", "trained and registered")
-            new = training_status(r.status, outcome, r.generation, self.ctx.clock())
-            self.ctx.write_status(KIND, r.obj, new.model_copy(update={"model_version": registered}))
-            return
-        self._fail(
-            r,
-            JOB_LOST,
-            f"Job {job_name(r.name)} disappeared before its result was read; create a new "
-            f"TrainingJob to train again (version {r.status.version} stays unused)",
-            r.status.version,
-        )
-
-    def _clean_up(self, r: Read_, job: Body | None) -> float | None:
-        """Delete the finished Job ttlSecondsAfterFinished after the result was recorded."""
-        ttl = r.spec.ttl_seconds_after_finished
-        done = r.status.completion_time
-        if ttl is None or job is None or done is None:
-            return None
-        left = ttl - (self.ctx.clock() - parse_timestamp(done)).total_seconds()
-        if left > 0:
-            return left
-        self.ctx.kube.delete("batch/v1", "Job", r.namespace, job_name(r.name))
+    def _create(self, r: Read_, decision: Decision) -> tuple[ApiError, str] | None:
+        """Create the Job; the error and its message naming the Job when refused as written."""
+        ctx = self.ctx
+        ctx.ensure_artifact_storage(r.namespace)
+        owner = Owner.from_body(KIND, r.obj)
+        version = decision.status.version or 0
+        manifest = build_job(owner, r.spec, version, ctx.config, decision.champion)
+        try:
+            ctx.kube.create(manifest)
+        except (Invalid, Forbidden) as e:
+            return e, describe(e, manifest)
+        # the watch brings the full object; until then, what was sent is what exists
+        if ctx.caches.jobs.get(r.namespace, job_name(r.name)) is None:
+            ctx.caches.jobs.put(
+                {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "0"}}
+            )
         return None
 
-    def _register(
-        self, r: Read_, result: dict[str, Any], status: TrainingJobStatus
-    ) -> TrainingJobStatus:
-        ctx = self.ctx
-        image = r.spec.image or ctx.config.runtime_image
-        if not result.get("columns"):
-            failed = status.model_copy(update={"phase": "Failed"})
-            failed.conditions = set_condition(
-                failed.conditions,
-                "Failed",
-                "True",
-                "SchemaTooLarge",
-                "the input schema did not fit the termination message; register the version by hand",
-                status.observed_generation,
-                ctx.clock(),
-            )
-            return failed
-        owner = Owner.from_body(KIND, r.obj)
-        manifest = model_version_manifest(owner, r.spec, result, image, ctx.clock())
-        if ctx.kube.create_custom(BY_KIND["ModelVersion"], manifest):
-            ctx.post_event(
-                r.obj, "Normal", "Registered", f"ModelVersion {manifest['metadata']['name']}"
-            )
-        return status.model_copy(update={"model_version": manifest["metadata"]["name"]})
+    def _act(self, r: Read_, decision: Decision) -> None:
+        """Patch, register or delete as decided (the Job is created before)."""
+        ctx, name = self.ctx, job_name(r.name)
+        if decision.suspend is not None:
+            patch = {"spec": {"suspend": decision.suspend}}
+            ctx.caches.jobs.put(ctx.kube.patch("batch/v1", "Job", r.namespace, name, patch))
+        if decision.register is not None:
+            image = r.spec.image or ctx.config.runtime_image
+            owner = Owner.from_body(KIND, r.obj)
+            manifest = model_version_manifest(owner, r.spec, decision.register, image, ctx.clock())
+            if ctx.kube.create_custom(BY_KIND["ModelVersion"], manifest):
+                ctx.post_event(
+                    r.obj, "Normal", "Registered", f"ModelVersion {manifest['metadata']['name']}"
+                )
+        if decision.delete_job:
+            ctx.kube.delete("batch/v1", "Job", r.namespace, name)
 
-
-def _failed_reason(status: TrainingJobStatus) -> str | None:
-    return next(
-        (c.reason for c in status.conditions if c.type == "Failed" and c.status == "True"), None
-    )
-
-
-def _retry_after_fix(status: TrainingJobStatus, generation: int | None) -> bool:
-    """A TrainingJob refused as written trains once its spec changed; any other end is final."""
-    return (
-        status.phase == "Failed"
-        and _failed_reason(status) in (INVALID_SPEC, FORBIDDEN_URI, "ChampionNotFound")
-        and generation != status.observed_generation
-    )
+    def _write(self, r: Read_, decision: Decision) -> None:
+        for event in decision.events:
+            self.ctx.post_event(r.obj, event.type, event.reason, event.message)
+        if decision.status != r.status:
+            self.ctx.write_status(KIND, r.obj, decision.status)

@@ -1,6 +1,7 @@
 """TrainingJob decisions: which version to train, what the Job's state means, what to register.
 
-Pure functions over API objects as dicts; the handlers feed them and write what they return.
+Pure functions over API objects as dicts, in the Deployment reconciler's shape: the controller
+observes (`Observation`), `decide` chooses, the controller acts and writes the status it returns.
 """
 
 from __future__ import annotations
@@ -11,22 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from mlkube.api.common import API_VERSION
-from mlkube.api.modelversion import (
-    Approval,
-    Artifact,
-    Column,
-    Framework,
-    Lineage,
-    LogWindow,
-    ModelVersionSpec,
-    model_version_name,
-)
-from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
-from mlkube.builders.common import MANAGED_BY, Manifest, Owner
+from mlkube.api.modelversion import model_version_name
+from mlkube.api.trainingjob import ChampionGate, TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.training import TRAINER
-from mlkube.core.conditions import outcome_conditions, timestamp
+from mlkube.core.conditions import condition, outcome_conditions, parse_timestamp, timestamp
 from mlkube.core.waiting import IMAGE_PULL_FAILED, blocked
+from mlkube.tenancy import FORBIDDEN_URI
 
 JOB_FAILURE_REASONS = {
     "DeadlineExceeded": "DeadlineExceeded",
@@ -131,6 +122,7 @@ def training_status(
         s.start_time = timestamp(now)
     if outcome.phase in ("Succeeded", "Failed"):
         s.completion_time = s.completion_time or timestamp(now)
+    if outcome.result:  # a lost Job's outcome has none: what status holds stays
         s.metrics = {str(k): str(v) for k, v in (outcome.result.get("metrics") or {}).items()}
     s.conditions = outcome_conditions(
         s.conditions, outcome.phase, outcome.reason, outcome.message, generation, now
@@ -138,67 +130,199 @@ def training_status(
     return s
 
 
-def model_version_manifest(
-    owner: Owner, spec: TrainingJobSpec, result: dict[str, Any], image: str, now: datetime
-) -> Manifest:
-    """The registry entry for a successful training.
+# -- the reconciler's decision -------------------------------------------------------------------
 
-    No owner reference on purpose: deleting a TrainingJob never deletes its ModelVersions.
-    """
-    version = int(result["version"])
-    approval = None
-    if spec.approval_policy == "AutoApproveOnGates":
-        approval = Approval(
-            approved=True,
-            by="policy:AutoApproveOnGates",
-            at=timestamp(now),
-            reason="every quality gate passed",
-        )
-    framework = result.get("framework") or {}
-    mv = ModelVersionSpec(
-        model=spec.model,
-        version=version,
-        task=result["task"],
-        artifact=Artifact(
-            uri=result["artifactUri"], sha256=result["sha256"], files=result.get("files") or {}
-        ),
-        framework=Framework(
-            version=framework.get("version", "unknown"),
-            python_version=framework.get("pythonVersion"),
-        ),
-        # [name, type] or [name, type, true] for a column that may be null
-        input_schema=[
-            Column(name=c[0], type=c[1], nullable=bool(c[2:])) for c in result.get("columns") or []
-        ],
-        target=spec.target,
-        classes=result.get("classes"),
-        metrics={str(k): str(v) for k, v in (result.get("metrics") or {}).items()},
-        lineage=Lineage(
-            training_job=owner.name,
-            dataset_uri=spec.dataset.describe(),
-            inference_log=LogWindow.model_validate(result["inferenceLog"])
-            if result.get("inferenceLog")
-            else None,
-            dataset_digest=result.get("datasetDigest"),
-            image=image,
-            estimator=spec.estimator.class_name,
-            params=spec.estimator.hyperparameters,
-            seed=spec.split.seed,
-        ),
-        reference_sample_uri=f"{result['artifactUri']}/reference.parquet",
-        approval=approval,
-    )
+POLL_SECONDS = 10.0
+"""While a Job runs: its events say when it ends; polling catches what no Job event tells, a pod
+that cannot start or pods the API server refused (`core.waiting`)."""
+CHAMPION_NOT_FOUND = "ChampionNotFound"
+JOB_LOST = "JobLost"
+SCHEMA_TOO_LARGE = "SchemaTooLarge"
+
+Body = dict[str, Any]
+ChampionArtifact = tuple[str, str]
+"""(artifact URI, sha256) of the version a challenger must beat."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the controller saw of one TrainingJob's world this pass."""
+
+    version: int
+    """The version this TrainingJob trains (in status, on its Job, or claimed)."""
+    job: Body | None = None
+    job_lost: bool = False
+    """The status names a Job the API server no longer has."""
+    registered: bool = False
+    """The ModelVersion of `version` exists (read only when the Job is lost)."""
+    pods: Sequence[Body] = ()
+    events: Sequence[Body] = ()
+    """FailedCreate Events about the Job (`core.waiting`)."""
+    champion: ChampionArtifact | str | None = None
+    """Before the Job exists: the artifact `qualityGates.champion` names, or why there is none."""
+    forbidden: str | None = None
+    """Before the Job exists: a URI of the spec outside the namespace's store, the message."""
+    refused: tuple[str, str] | None = None
+    """(reason, message): the API server refused the Job as written."""
+
+
+@dataclass
+class Decision:
+    status: TrainingJobStatus
+    events: list[Event] = field(default_factory=list)
+    create_job: bool = False
+    champion: ChampionArtifact | None = None
+    """For the Job to create: the champion's artifact to score on the held-out split."""
+    suspend: bool | None = None
+    """Patch the Job's spec.suspend to this (batch/v1 semantics; the template never changes)."""
+    register: dict[str, Any] | None = None
+    """The trainer's result to register as a ModelVersion."""
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+
+def champion_name(gate: ChampionGate, deployment: Body | None) -> str | None:
+    """The ModelVersion `qualityGates.champion` names: its own, or the one `deployment` (the
+    Deployment the gate names, None when it does not exist) serves as stable."""
+    if gate.deployment is None:
+        return gate.model_version
+    return ((deployment or {}).get("status") or {}).get("stableVersion") or None
+
+
+def resolve_champion(
+    gate: ChampionGate, deployment: Body | None, version: Body | None
+) -> ChampionArtifact | str:
+    """The champion's artifact, or why there is none (a message naming the field); `version`
+    is the ModelVersion `champion_name` returned, None when it does not exist."""
+    name = champion_name(gate, deployment)
+    if name is None:
+        return f"qualityGates.champion: Deployment {gate.deployment} serves no version"
+    if version is None:
+        return f"qualityGates.champion: ModelVersion {name} does not exist"
+    artifact = version["spec"]["artifact"]
+    return str(artifact["uri"]), str(artifact["sha256"])
+
+
+def checked_uris(spec: TrainingJobSpec, champion: ChampionArtifact | None) -> dict[str, str | None]:
+    """Every URI the trainer reads, by the field that names it, for the tenancy check."""
+    log = spec.dataset.inference_log
     return {
-        "apiVersion": API_VERSION,
-        "kind": "ModelVersion",
-        "metadata": {
-            "name": model_version_name(spec.model, version),
-            "namespace": owner.namespace,
-            "labels": {
-                **MANAGED_BY,
-                "mlkube.io/model": spec.model,
-                "mlkube.io/trainingjob": owner.name,
-            },
+        "spec.dataset.uri": spec.dataset.uri,
+        "spec.qualityGates.champion.modelVersion": champion[0] if champion else None,
+        **{
+            f"spec.dataset.inferenceLog.feedbackUris[{i}]": uri
+            for i, uri in enumerate(log.feedback_uris if log else [])
         },
-        "spec": mv.to_api(),
     }
+
+
+def failed_reason(status: TrainingJobStatus) -> str | None:
+    failed = condition(status.conditions, "Failed")
+    return failed.reason if failed is not None and failed.status == "True" else None
+
+
+def retries_after_fix(status: TrainingJobStatus, generation: int | None) -> bool:
+    """A TrainingJob refused before its Job was created (InvalidSpec, ForbiddenURI,
+    ChampionNotFound) trains once its spec changed; any other end is final."""
+    return (
+        status.phase == "Failed"
+        and status.job_name is None
+        and generation != status.observed_generation
+    )
+
+
+def seconds_to_clean_up(
+    spec: TrainingJobSpec, status: TrainingJobStatus, now: datetime
+) -> float | None:
+    """Seconds until the finished Job goes, ttlSecondsAfterFinished after its result was
+    recorded in status (never before); None: it stays."""
+    ttl = spec.ttl_seconds_after_finished
+    if ttl is None or status.completion_time is None:
+        return None
+    return ttl - (now - parse_timestamp(status.completion_time)).total_seconds()
+
+
+def decide(
+    spec: TrainingJobSpec,
+    status: TrainingJobStatus,
+    o: Observation,
+    now: datetime,
+    generation: int | None,
+    job_name: str,
+) -> Decision:
+    """One look at a TrainingJob: its new status, what to create, patch, register or delete,
+    the Events to post and when to look again. `job_name` is the name of its Job."""
+    if status.phase in ("Succeeded", "Failed") and not retries_after_fix(status, generation):
+        left = seconds_to_clean_up(spec, status, now) if o.job is not None else None
+        if left is not None and left <= 0:
+            return Decision(status, delete_job=True)
+        return Decision(status, requeue_after=left)
+    decision = Decision(status)
+    if o.job is None and o.job_lost:
+        outcome, named = _lost(status, o)
+    elif o.job is None:
+        outcome, named = _before_the_job(spec, o, decision), False
+    else:
+        job = o.job
+        if bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
+            decision.suspend = spec.suspend
+            job = {**job, "spec": {**(job.get("spec") or {}), "suspend": spec.suspend}}
+        outcome, named = training_outcome(job, list(o.pods), o.events), True
+    if outcome.phase == "Succeeded" and outcome.result and not outcome.result.get("columns"):
+        outcome = Outcome(
+            "Failed",
+            SCHEMA_TOO_LARGE,
+            "the input schema did not fit the termination message; register the version by hand",
+            outcome.result,
+        )
+    new = training_status(status, outcome, generation, now)
+    new.version = o.version
+    if named or decision.create_job:
+        new.job_name = job_name
+    if outcome.phase == "Succeeded":
+        new.model_version = model_version_name(spec.model, o.version)
+        decision.register = outcome.result or None
+    decision.status = new
+    if (new.phase, failed_reason(new)) != (status.phase, failed_reason(status)) and not (
+        decision.create_job
+    ):
+        type_: Literal["Normal", "Warning"] = "Warning" if new.phase == "Failed" else "Normal"
+        decision.events.append(Event(type_, outcome.reason, outcome.message or str(new.phase)))
+    if new.phase in ("Pending", "Running"):
+        decision.requeue_after = POLL_SECONDS
+    elif new.phase in ("Succeeded", "Failed") and o.job is not None:
+        decision.requeue_after = seconds_to_clean_up(spec, new, now)
+    return decision
+
+
+def _lost(status: TrainingJobStatus, o: Observation) -> tuple[Outcome, bool]:
+    """The Job went before its result was read (deleted, or lost while the operator was down):
+    never trained again under a new version. A registered version means it finished."""
+    if o.registered:
+        return Outcome("Succeeded", "Succeeded", "trained and registered"), True
+    message = (
+        f"Job {status.job_name} disappeared before its result was read; create a new "
+        f"TrainingJob to train again (version {o.version} stays unused)"
+    )
+    return Outcome("Failed", JOB_LOST, message), True
+
+
+def _before_the_job(spec: TrainingJobSpec, o: Observation, decision: Decision) -> Outcome:
+    """No Job yet: refuse what cannot train (naming the field), else create it."""
+    if isinstance(o.champion, str):
+        return Outcome("Failed", CHAMPION_NOT_FOUND, o.champion)
+    if o.forbidden is not None:
+        return Outcome("Failed", FORBIDDEN_URI, o.forbidden)
+    if o.refused is not None:
+        return Outcome("Failed", *o.refused)
+    decision.create_job = True
+    decision.champion = o.champion
+    decision.events.append(Event("Normal", "JobCreated", f"training {spec.model} v{o.version}"))
+    return training_outcome(None, [])
