@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.batch_store import STORE, read_output, wait_phase, write_inputs
 from tests.cluster.fixtures import KubeCluster, project_version, wait_until
 from tests.e2e.conftest import Helm, retag
 from tests.integration.fixtures import (
@@ -45,7 +46,7 @@ from tests.s3_fixtures import S3Server
 
 RELEASE, SYSTEM = "mlkube", "mlkube-system"
 CHART = "charts/mlkube"
-KINDS = ("trainingjobs", "modelversions", "deployments", "driftmonitors")
+KINDS = ("trainingjobs", "modelversions", "deployments", "driftmonitors", "batchpredictions")
 
 
 def operator_ready(kube: KubeCluster) -> str | None:
@@ -202,6 +203,10 @@ def test_the_chart_runs_the_whole_loop(
             assert fence.spec.pod_selector.match_labels["mlkube.io/deployment"] == "iris"
             assert answer["predictions"][:3] == [0, 0, 0]
 
+        # 2b. a BatchPrediction scores files in the namespace's store with the approved version
+        with timings(f"[{mode}] BatchPrediction of 4 shards"):
+            score_in_batch(kube, ns, runtime_image, s3)
+
         # 3. v2 canaries; the operator is upgraded to a new image tag mid-rollout; v2 becomes stable
         upgraded = retag(kube, operator_image, f"localhost/mlkube-operator:{version}-e2e-{mode}")
         with (
@@ -317,6 +322,34 @@ def test_the_chart_runs_the_whole_loop(
     finally:
         if operator_ready(kube) is not None:  # a failure above: leave no release behind
             helm("uninstall", RELEASE, "--namespace", SYSTEM, "--wait", "--timeout", "3m")
+
+
+def score_in_batch(kube: KubeCluster, namespace: str, image: str, s3: S3Server | None) -> None:
+    """150 rows in a.parquet, b.csv and c.parquet under the namespace's store, scored by
+    iris-v1 as four shards, two at a time, by the chart's operator; `mlkube status` shows it."""
+    root = f"s3://{s3.bucket}/e2e/{namespace}" if s3 else f"{STORE}/{namespace}"
+    source, output = f"{root}/scoring/", f"{root}/scores/"
+    assert write_inputs(kube, namespace, image, source, s3=s3) == 150
+    create(kube, namespace, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "BatchPrediction", "metadata": {"name": "scores"},
+        "spec": {
+            "modelVersion": "iris-v1", "input": {"uri": source},
+            "output": {"uri": output, "idColumn": "id"}, "rowsPerShard": 40, "parallelism": 2,
+        },
+    })  # fmt: skip
+    status = wait_phase(kube, namespace, "scores")
+    assert status["phase"] == "Succeeded", status
+    assert status["shards"] == {"total": 4, "succeeded": 4, "failed": 0}
+    assert (status["rowsScored"], status["manifestUri"]) == (150, f"{output}_manifest.json")
+    out = read_output(kube, namespace, image, output, s3)
+    assert out["parts"] == [f"part-{i:05d}.parquet" for i in range(4)]
+    assert (out["rows"], out["uniqueIds"], out["manifest"]["rowsOut"]) == (150, 150, 150)
+    cli = [sys.executable, "-m", "mlkube.cli", "--kubeconfig", kube.kubeconfig, "-n", namespace]
+    shown = subprocess.run([*cli, "status", "scores"], capture_output=True, text=True, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "[##############################] 4/4 shards, 150/150 rows   Succeeded (iris-v1)" in (
+        shown.stdout
+    ), "no Deployment is named scores: the BatchPrediction is shown"
 
 
 def check_object_storage(kube: KubeCluster, namespace: str, s3: S3Server) -> None:
