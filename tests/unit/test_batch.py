@@ -322,3 +322,12 @@ def test_every_step_runs_a_locked_down_pod_without_a_token() -> None:
 @pytest.mark.parametrize("left", [0, -30])
 def test_a_step_never_gets_a_deadline_below_one_second(left: int) -> None:
     assert build_plan_job(OWNER, SPEC, CONFIG, left)["spec"]["activeDeadlineSeconds"] == 1
+
+
+def test_pods_are_read_only_while_none_is_ready_and_only_of_shards_still_open() -> None:
+    from mlkube.controller.batchprediction import _waiting_indexes
+
+    job = {"spec": {"completions": 20}, "status": {"active": 2, "completedIndexes": "0-3,5"}}
+    assert _waiting_indexes(job) == "4,6,7,8,9,10,11,12", "at most 8, the lowest first"
+    assert _waiting_indexes({**job, "status": {**job["status"], "ready": 1}}) == ""
+    assert _waiting_indexes({"spec": {"completions": 4}, "status": {}}) == "", "no pods yet"
