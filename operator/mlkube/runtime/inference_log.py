@@ -518,7 +518,11 @@ def _segment_paths(fs: Any, directory: str) -> list[str]:
 
 
 def _segment_sizes(fs: Any, directory: str) -> list[tuple[str, int]]:
-    """(path, bytes) of each segment, oldest first, from one listing."""
+    """(path, bytes) of each segment, oldest first, from one listing. Locally by ``os.scandir``:
+    fsspec's listing builds a dict per file, ~6 ms of GIL for 300 segments against ~2, after every
+    segment written (a stall the requests in flight feel)."""
+    if isinstance(fs, LocalFileSystem):
+        return sorted(_local_segment_sizes(directory), key=lambda entry: _name(entry[0]))
     fs.invalidate_cache(directory)
     try:
         entries: list[dict[str, Any]] = fs.ls(directory, detail=True)
@@ -532,6 +536,19 @@ def _segment_sizes(fs: Any, directory: str) -> list[tuple[str, int]]:
         ),
         key=lambda entry: _name(entry[0]),
     )
+
+
+def _local_segment_sizes(directory: str) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(SEGMENT_SUFFIX):
+                    with contextlib.suppress(FileNotFoundError):  # another writer deleted it
+                        found.append((entry.path, entry.stat().st_size))
+    except FileNotFoundError:
+        return []
+    return found
 
 
 def _name(path: str) -> str:
