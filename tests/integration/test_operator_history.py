@@ -1,7 +1,8 @@
 """The registry's record on the real cluster (issue 18 item 5): a promotion and a rollback asked
 for with `mlkube` are kept in the Deployment's history (who asked, why) and in both ModelVersions'
-status (where each serves, its alias, its own history), `kubectl get mlmv` shows the serving role,
-and the record survives an operator restart without an entry written twice."""
+status (where each serves, its alias, its own history), across an operator restart between the
+two without an entry written twice or lost; `kubectl get mlmv` shows the serving role; a retry
+goes on from there; a deleted Deployment's spans stay on its versions, closed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import contextlib
 import io
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +79,24 @@ def record(kube: KubeCluster, ns: str, version: str) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def records_show(
+    kube: KubeCluster, ns: str, expected: dict[str, tuple[Any, ...]], what: str
+) -> None:
+    """Wait until each version's record starts with its expected fields; fail showing them."""
+    deadline, seen = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        seen = {v: record(kube, ns, v)[: len(fields)] for v, fields in expected.items()}
+        if seen == expected:
+            return
+        time.sleep(1)
+    pytest.fail(f"timed out after 30s waiting for {what}: {seen} instead of {expected}")
+
+
+STABLE, CANARY = ("Stable", [("hist", "Stable")], [("champion", "hist")]), (
+    "Canary", [("hist", "Canary")], [("challenger", "hist")]
+)  # fmt: skip
+
+
 @pytest.mark.timeout(900)
 def test_promotion_and_rollback_are_recorded_and_survive_a_restart(
     kube_cluster: KubeCluster,
@@ -100,11 +120,7 @@ def test_promotion_and_rollback_are_recorded_and_survive_a_restart(
         180,
         f"the Deployment to serve {v1}",
     )
-    eventually(
-        lambda: record(kube, ns, v1)[:3] == ("Stable", [("hist", "Stable")], [("champion", "hist")]),
-        30,
-        f"{v1} to say it is hist's champion",
-    )  # fmt: skip
+    records_show(kube, ns, {v1: STABLE}, f"{v1} to say it is hist's champion")
 
     # -- a canary, promoted by request ------------------------------------------------------
     kube.custom.patch_namespaced_custom_object(
@@ -115,7 +131,7 @@ def test_promotion_and_rollback_are_recorded_and_survive_a_restart(
         180,
         f"{v2}'s canary to reach the pause",
     )
-    assert record(kube, ns, v2)[:3] == ("Canary", [("hist", "Canary")], [("challenger", "hist")])
+    records_show(kube, ns, {v2: CANARY}, f"{v2} to say it is hist's challenger")
     assert _act(cluster, args, "promote-full") == 0
     promoted = eventually(
         lambda: (s := status_of(kube, ns, "deployments", "hist")).get("stableVersion") == v2 and s,
@@ -127,14 +143,14 @@ def test_promotion_and_rollback_are_recorded_and_survive_a_restart(
         (v2, "Canary", "CanaryStarted", "operator", "Promoted", me),
         (v2, "Stable", "Promoted", me, None, None),
     ]
-    eventually(
-        lambda: record(kube, ns, v2)[:3] == ("Stable", [("hist", "Stable")], [("champion", "hist")])
-        and record(kube, ns, v1)[:3] == ("Previous", [("hist", "Previous")], []),
-        30,
+    records_show(
+        kube, ns, {v2: STABLE, v1: ("Previous", [("hist", "Previous")], [])},
         f"{v2} to be the champion, {v1} the warm previous",
     )  # fmt: skip
 
-    # -- rolled back by request --------------------------------------------------------------
+    # -- the operator restarts while v1 is warm; then a rollback by request ------------------
+    operator["runner"].__exit__(None, None, None)
+    operator["runner"] = start_operator(ns, os.environ["MLKUBE_RUNTIME_IMAGE"], kube.kubeconfig)
     assert _act(cluster, args, "rollback") == 0
     rolled_back = eventually(
         lambda: (s := status_of(kube, ns, "deployments", "hist")).get("stableVersion") == v1 and s,
@@ -142,11 +158,16 @@ def test_promotion_and_rollback_are_recorded_and_survive_a_restart(
         f"the rollback to {v1}",
     )
     history = rolled_back["history"]
-    assert spans(history)[2:] == [
-        (v2, "Stable", "Promoted", me, "RolledBack", me),
-        (v1, "Stable", "RolledBack", me, None, None),
-    ]
-    expected = {
+    assert len(history) == 4, "nothing recorded twice or lost across the restart"
+    assert history[:2] == promoted["history"][:2]
+    assert history[2] == {
+        **promoted["history"][2],
+        "to": history[3]["from"],
+        "endReason": "RolledBack",
+        "endedBy": me,
+    }
+    assert spans(history)[3] == (v1, "Stable", "RolledBack", me, None, None)
+    expected: dict[str, tuple[Any, ...]] = {
         v1: ("Stable", [("hist", "Stable")], [("champion", "hist")], [
             ("hist", "Stable", "Initial", "Replaced"), ("hist", "Stable", "RolledBack", None),
         ]),
@@ -154,11 +175,7 @@ def test_promotion_and_rollback_are_recorded_and_survive_a_restart(
             ("hist", "Canary", "CanaryStarted", "Promoted"), ("hist", "Stable", "Promoted", "RolledBack"),
         ]),
     }  # fmt: skip
-    eventually(
-        lambda: {v: record(kube, ns, v) for v in (v1, v2)} == expected,
-        30,
-        "both ModelVersions to record the promotion and the rollback",
-    )
+    records_show(kube, ns, expected, "both ModelVersions to record the promotion and the rollback")
     listed = kubectl("get", "modelversions.mlkube.io", "-n", ns).stdout.splitlines()
     assert listed[0].split()[:7] == [
         "NAME",
@@ -180,32 +197,27 @@ def test_promotion_and_rollback_are_recorded_and_survive_a_restart(
     ]  # fmt: skip
     assert out.getvalue().splitlines()[-1].split()[3] == "serving"
 
-    # -- the operator restarts: the record is as it was, and goes on from there ------------
-    operator["runner"].__exit__(None, None, None)
-    operator["runner"] = start_operator(ns, os.environ["MLKUBE_RUNTIME_IMAGE"], kube.kubeconfig)
+    # -- a retry goes on from there ----------------------------------------------------------
     assert _act(cluster, args, "retry") == 0
     retried = eventually(
         lambda: (s := status_of(kube, ns, "deployments", "hist")).get("canaryVersion") == v2 and s,
         60,
-        f"the restarted operator to try {v2} again",
+        f"{v2} to be tried again",
     )
-    assert retried["history"][:4] == history, "nothing recorded twice or lost"
+    assert retried["history"][:4] == history
     assert spans(retried["history"])[4:] == [(v2, "Canary", "Retried", me, None, None)]
-    eventually(
-        lambda: record(kube, ns, v2)[:3] == ("Canary", [("hist", "Canary")], [("challenger", "hist")])
-        and record(kube, ns, v2)[3][-1] == ("hist", "Canary", "Retried", None)
-        and record(kube, ns, v1) == expected[v1],
-        30,
+    retried_v2 = (*CANARY, [*expected[v2][3], ("hist", "Canary", "Retried", None)])
+    records_show(
+        kube, ns, {v2: retried_v2, v1: expected[v1]},
         f"{v2} to be the challenger again, {v1}'s record unchanged",
     )  # fmt: skip
 
     # -- the Deployment is deleted: the versions keep their history, closed -------------------
     kube.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "deployments", "hist")
-    eventually(
-        lambda: all(record(kube, ns, v)[:3] == (None, [], []) for v in (v1, v2)),
-        30,
+    records_show(
+        kube, ns, {v1: (None, [], []), v2: (None, [], [])},
         "both versions to stop serving in the deleted Deployment",
-    )
+    )  # fmt: skip
     kept = status_of(kube, ns, "modelversions", v1)["history"]
     assert [e.get("endReason") for e in kept] == ["Replaced", "DeploymentDeleted"]
     assert kept[0] == {**history[0], "deployment": "hist"}

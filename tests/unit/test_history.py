@@ -225,7 +225,10 @@ def test_versions_whose_status_does_not_show_a_change_yet_are_stale() -> None:
 
     assert stale_versions("iris", before, after, recorded(before).get) == ["iris-v1", "iris-v2"]
     assert stale_versions("iris", before, after, recorded(after).get) == []
-    assert stale_versions("iris", after, after, {}.get) == [], "a missing ModelVersion is not asked"
+    assert stale_versions("iris", before, after, {}.get) == ["iris-v1", "iris-v2"], (
+        "a ModelVersion the cache does not hold yet is asked once its spans change"
+    )
+    assert stale_versions("iris", after, after, {}.get) == [], "and only then"
     restarted = recorded(after)
     restarted["iris-v2"] = ModelVersionStatus()
     assert stale_versions("iris", after, after, restarted.get) == ["iris-v2"], (

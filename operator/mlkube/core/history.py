@@ -209,14 +209,21 @@ def stale_versions(
     after: DeploymentStatus,
     recorded: Callable[[str], ModelVersionStatus | None],
 ) -> list[str]:
-    """Versions whose ModelVersion status (`recorded(name)`; None: no such ModelVersion, not
-    looked at) does not yet show what `after` says of them: its roles now and the spans this
-    decision changed. After a restart the first decision finds what the ModelVersions missed."""
+    """Versions whose ModelVersion status (`recorded(name)`) does not yet show what `after`
+    says of them: its roles now and the spans this decision changed. After a restart the first
+    decision finds what the ModelVersions missed.
+
+    A version `recorded` does not know (None: not in the cache, just after a restart, or gone)
+    is stale only when this decision changed its spans, so a missing one is asked about once per
+    change, never at every look."""
     changed = [e for e in after.history or [] if e not in (before.history or [])]
+    touched = {e.version for e in changed}
     stale = []
-    for version in sorted(serving_versions(after) | {e.version for e in changed}):
+    for version in sorted(serving_versions(after) | touched):
         mv = recorded(version)
         if mv is None:
+            if version in touched:
+                stale.append(version)
             continue
         shown = [s for s in mv.serving_in or [] if s.deployment == deployment]
         spans = _records(version, deployment, DeploymentStatus(history=changed))
