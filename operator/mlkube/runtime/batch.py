@@ -816,6 +816,7 @@ def write_manifest(
     output = spec.output.uri
     the_plan = load_plan(output, run_id)
     fs, path = _fs(output)
+    fs.invalidate_cache()  # s3fs keeps listings: the shards wrote since this process looked
     folder = f"{path.rstrip('/')}/{SHARDS_DIR}"
     found = fs.ls(folder, detail=False) if fs.exists(folder) else []
     texts = fs.cat([p for p in found if p.endswith(".json")]) if found else {}
