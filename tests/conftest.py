@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.cluster.fixtures", "tests.integration.fixtures", "tests.s3_fixtures"]
+pytest_plugins = [
+    "tests.cluster.fixtures",
+    "tests.integration.fixtures",
+    "tests.s3_fixtures",
+    "tests.mlflow_fixtures",
+]
 
 TIERS = {
     "unit": "unit",

@@ -6,8 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mlkube.api.modelversion import ModelVersionSpec
 from mlkube.api.trainingjob import ChampionGate, TrainingJobSpec, TrainingJobStatus
-from mlkube.core.conditions import timestamp
+from mlkube.builders.common import Owner
+from mlkube.builders.modelversion import model_version_manifest
+from mlkube.builders.training import build_job
+from mlkube.config import OperatorConfig
+from mlkube.core.conditions import condition, timestamp
 from mlkube.core.training import (
     POLL_SECONDS,
     Observation,
@@ -176,3 +181,87 @@ def test_every_uri_the_trainer_reads_is_checked_by_its_field() -> None:
         "spec.qualityGates.champion.modelVersion": "s3://b/ns/iris/1",
         "spec.dataset.inferenceLog.feedbackUris[0]": "s3://b/ns/l.csv",
     }
+
+
+TRACKED_RUN = {
+    "trackingUri": "http://mlflow.team-a:5000", "experimentId": "3", "runId": "r" * 32,
+    "runUrl": "http://mlflow.team-a:5000/#/experiments/3/runs/" + "r" * 32,
+    "registeredModel": "iris", "registeredVersion": "7",
+}  # fmt: skip
+
+
+def test_a_tracked_run_lands_in_status_and_the_model_versions_lineage() -> None:
+    result = {**RESULT, "tracking": TRACKED_RUN}
+    observation = Observation(version=3, job=job("Complete"), pods=[finished_pod(result)])
+    decision = decide(SPEC, running(), observation, NOW, 1, JOB)
+    assert decision.status.tracking is not None
+    assert decision.status.tracking.run_id == "r" * 32
+    assert decision.status.tracking.registered_version == "7"
+    tracked = condition(decision.status.conditions, "Tracked")
+    assert tracked is not None
+    assert (tracked.status, tracked.reason) == ("True", "RunLogged")
+    assert decision.register is not None
+    owner = Owner(kind="TrainingJob", name="iris-train", namespace="ns", uid="u")
+    manifest = model_version_manifest(owner, SPEC, decision.register, "img", NOW)
+    lineage = ModelVersionSpec.model_validate(manifest["spec"]).lineage
+    assert lineage.mlflow == decision.status.tracking
+    assert manifest["spec"]["lineage"]["mlflow"]["runUrl"] == TRACKED_RUN["runUrl"]
+
+
+def test_an_untracked_run_that_was_not_required_warns_and_still_registers() -> None:
+    why = (
+        "tracking.mlflow: cannot start a run in experiment 'iris' at http://x:5000: cannot connect"
+    )
+    result = {**RESULT, "tracking": {"unavailable": why}}
+    observation = Observation(version=3, job=job("Complete"), pods=[finished_pod(result)])
+    decision = decide(SPEC, running(), observation, NOW, 1, JOB)
+    assert decision.status.phase == "Succeeded"
+    assert decision.register is not None
+    assert decision.status.tracking is None
+    tracked = condition(decision.status.conditions, "Tracked")
+    assert tracked is not None
+    assert (tracked.status, tracked.reason, tracked.message) == (
+        "False", "TrackingUnavailable", why
+    )  # fmt: skip
+    assert ("Warning", "TrackingUnavailable") in [(e.type, e.reason) for e in decision.events]
+    owner = Owner(kind="TrainingJob", name="iris-train", namespace="ns", uid="u")
+    manifest = model_version_manifest(owner, SPEC, decision.register, "img", NOW)
+    assert "mlflow" not in manifest["spec"]["lineage"]
+
+
+def test_an_untracked_spec_has_no_tracked_condition() -> None:
+    observation = Observation(version=3, job=job("Complete"), pods=[finished_pod(RESULT)])
+    decision = decide(SPEC, running(), observation, NOW, 1, JOB)
+    assert condition(decision.status.conditions, "Tracked") is None
+
+
+def test_the_credentials_secret_is_mapped_to_mlflows_env_never_read_by_the_operator() -> None:
+    spec = TrainingJobSpec.model_validate(
+        {**SPEC.to_api(), "tracking": {"mlflow": {
+            "trackingUri": "https://mlflow.example", "experiment": "iris",
+            "credentialsSecret": "mlflow-team-a"}}}
+    )  # fmt: skip
+    owner = Owner(kind="TrainingJob", name="iris-train", namespace="ns", uid="u")
+    env = build_job(owner, spec, 3, OperatorConfig())["spec"]["template"]["spec"]["containers"][0][
+        "env"
+    ]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+    assert refs == {
+        "MLFLOW_TRACKING_USERNAME": {"name": "mlflow-team-a", "key": "username", "optional": True},
+        "MLFLOW_TRACKING_PASSWORD": {"name": "mlflow-team-a", "key": "password", "optional": True},
+        "MLFLOW_TRACKING_TOKEN": {"name": "mlflow-team-a", "key": "token", "optional": True},
+    }
+    assert not [e for e in build_job(owner, SPEC, 3, OperatorConfig())["spec"]["template"]["spec"][
+        "containers"][0]["env"] if e["name"].startswith("MLFLOW_")]  # fmt: skip
+
+
+def test_a_tracking_uri_must_be_http_or_https() -> None:
+    for uri in ("file:///tmp/mlruns", "databricks", "sqlite:///m.db", "http://"):
+        try:
+            TrainingJobSpec.model_validate(
+                {**SPEC.to_api(), "tracking": {"mlflow": {"trackingUri": uri, "experiment": "x"}}}
+            )
+        except ValueError as e:
+            assert "trackingUri" in str(e)
+        else:
+            raise AssertionError(f"{uri} was accepted")

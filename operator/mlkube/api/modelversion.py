@@ -10,6 +10,7 @@ from mlkube.api.common import (
     DNS_LABEL,
     MAP_KEY_LENGTH,
     NAME_LENGTH,
+    NUMBER_LENGTH,
     OBJECT_NAME_LENGTH,
     TEXT_LENGTH,
     URI_LENGTH,
@@ -85,6 +86,21 @@ class LogWindow(ApiModel):
     )
 
 
+class MlflowRun(ApiModel):
+    """The training's run in MLflow (its TrainingJob's spec.tracking.mlflow)."""
+
+    tracking_uri: str = Field(max_length=URI_LENGTH)
+    experiment_id: str = Field(max_length=TEXT_LENGTH)
+    run_id: str = Field(max_length=TEXT_LENGTH)
+    run_url: str | None = Field(default=None, max_length=2 * URI_LENGTH)
+    registered_model: str | None = Field(
+        default=None, max_length=TEXT_LENGTH, description="The model in MLflow's registry."
+    )
+    registered_version: str | None = Field(
+        default=None, max_length=NUMBER_LENGTH, description="Its version in MLflow's registry."
+    )
+
+
 class Lineage(ApiModel):
     training_job: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
     dataset_uri: str | None = Field(
@@ -96,6 +112,7 @@ class Lineage(ApiModel):
     estimator: str | None = Field(default=None, max_length=TEXT_LENGTH)
     params: FreeForm = Field(default_factory=dict)
     seed: int | None = None
+    mlflow: MlflowRun | None = None
 
 
 class Approval(ApiModel):

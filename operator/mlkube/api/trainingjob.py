@@ -32,10 +32,12 @@ from mlkube.api.common import (
     keys_at_most,
     unique_by,
 )
-from mlkube.api.modelversion import ColumnType
+from mlkube.api.modelversion import ColumnType, MlflowRun
 from mlkube.estimators import ESTIMATORS
 
 DATASET_URI = r"^(builtin:[a-z_]+|file://.+|https://.+|s3://.+)$"
+HTTP_URI = r"^https?://[^/?#\s]+(/\S*)?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SIGNED_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
@@ -305,6 +307,49 @@ def _gates_fit_the_task() -> list[JsonDict]:
     return rules
 
 
+class MlflowTracking(ApiModel):
+    """Log the training as an MLflow run: parameters, held-out metrics, the dataset, tags and the
+    model (scikit-learn flavor, signature from the input schema); optionally register it."""
+
+    tracking_uri: str = Field(
+        pattern=HTTP_URI,
+        max_length=URI_LENGTH,
+        description="The tracking server, http:// or https:// (MLFLOW_TRACKING_URI).",
+    )
+    experiment: str = Field(
+        min_length=1,
+        max_length=500,
+        description="Experiment name; created when it does not exist.",
+    )
+    run_name: str | None = Field(
+        default=None, max_length=250, description="Default: the TrainingJob's name."
+    )
+    registered_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Register the model under this name in MLflow's registry: one version per "
+        "training, tagged with its ModelVersion.",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=OBJECT_NAME_LENGTH,
+        description="A Secret in this namespace whose keys username and password (MLflow "
+        "basic auth) or token (a bearer token) the trainer sends; the operator never reads it.",
+    )
+    required: bool = Field(
+        default=True,
+        description="true: a tracking server that cannot be reached or refuses the run fails "
+        "the training (TrackingUnavailable, checked before fitting); false: the version is "
+        "trained and registered in the cluster all the same, with Tracked False and a Warning.",
+    )
+
+
+class Tracking(ApiModel):
+    mlflow: MlflowTracking | None = None
+
+
 class TrainingJobSpec(ApiModel):
     model_config = api_config(
         cel(
@@ -346,6 +391,7 @@ class TrainingJobSpec(ApiModel):
     backoff_limit: int = Field(default=0, ge=0, le=10)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     suspend: bool = False
+    tracking: Tracking | None = None
 
 
 Phase = Literal["Pending", "Suspended", "Running", "Succeeded", "Failed"]
@@ -366,6 +412,7 @@ class TrainingJobStatus(StatusBase):
     )
     version: int | None = None
     progress: str | None = Field(default=None, max_length=MESSAGE_LENGTH)
+    tracking: MlflowRun | None = Field(default=None, description="The run in MLflow.")
 
 
 class TrainingJob(ApiModel):

@@ -19,6 +19,7 @@ from mlkube.api.modelversion import (
 from mlkube.api.trainingjob import TrainingJobSpec
 from mlkube.builders.common import MANAGED_BY, Manifest, Owner
 from mlkube.core.conditions import timestamp
+from mlkube.core.training import mlflow_run
 
 
 def model_version_manifest(
@@ -68,6 +69,7 @@ def model_version_manifest(
             estimator=spec.estimator.class_name,
             params=spec.estimator.hyperparameters,
             seed=spec.split.seed,
+            mlflow=mlflow_run(result),
         ),
         reference_sample_uri=f"{result['artifactUri']}/reference.parquet",
         approval=approval,

@@ -34,6 +34,31 @@ def trainer_labels(owner: Owner, spec: TrainingJobSpec) -> dict[str, str]:
     }
 
 
+TRACKING_CREDENTIALS = {
+    "username": "MLFLOW_TRACKING_USERNAME",
+    "password": "MLFLOW_TRACKING_PASSWORD",
+    "token": "MLFLOW_TRACKING_TOKEN",
+}
+"""Keys of tracking.mlflow.credentialsSecret -> the env MLflow's client reads (basic auth, or a
+bearer token)."""
+
+
+def tracking_env(spec: TrainingJobSpec) -> list[Manifest]:
+    """The credentials Secret's keys as env, each optional (basic auth or a token); the kubelet
+    reads the Secret, so the operator never holds a tenant's tracking credentials."""
+    mlflow = spec.tracking.mlflow if spec.tracking else None
+    if mlflow is None or mlflow.credentials_secret is None:
+        return []
+    secret = mlflow.credentials_secret
+    return [
+        {
+            "name": env,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
+        }
+        for key, env in TRACKING_CREDENTIALS.items()
+    ]
+
+
 def build_job(
     owner: Owner,
     spec: TrainingJobSpec,
@@ -64,6 +89,7 @@ def build_job(
             spec_env(spec, exclude={"suspend"}),
             {"name": "MLKUBE_TRAININGJOB", "value": owner.name},
             {"name": "MLKUBE_IMAGE", "value": image},
+            *tracking_env(spec),
         ],
         resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
         config,

@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from mlkube.api.modelversion import model_version_name
+from mlkube.api.common import ConditionStatus
+from mlkube.api.modelversion import MlflowRun, model_version_name
 from mlkube.api.trainingjob import ChampionGate, TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.training import TRAINER
-from mlkube.core.conditions import condition, outcome_conditions, parse_timestamp, timestamp
-from mlkube.core.waiting import IMAGE_PULL_FAILED, blocked
+from mlkube.core.conditions import (
+    condition,
+    outcome_conditions,
+    parse_timestamp,
+    set_condition,
+    timestamp,
+)
+from mlkube.core.waiting import IMAGE_PULL_FAILED, blocked, why_not_running
 from mlkube.tenancy import FORBIDDEN_URI
 
 JOB_FAILURE_REASONS = {
@@ -95,7 +102,9 @@ def training_outcome(
                 str(result.get("message", "")),
             )
         reason = JOB_FAILURE_REASONS.get(str(failed.get("reason")), "TrainingFailed")
-        return Outcome("Failed", reason, str(failed.get("message") or failed.get("reason") or ""))
+        # the Job's words, and what held its pods before (a quota, an unschedulable pod)
+        _, words = why_not_running(job, pods, events) or ("", "")
+        return Outcome("Failed", reason, words)
     suspended = _condition(job, "Suspended") or (job.get("spec") or {}).get("suspend")
     problem = blocked(job, pods, () if suspended else events)
     if problem is not None:
@@ -135,6 +144,10 @@ def training_status(
 POLL_SECONDS = 10.0
 """While a Job runs: its events say when it ends; polling catches what no Job event tells, a pod
 that cannot start or pods the API server refused (`core.waiting`)."""
+TRACKED = "Tracked"
+"""Condition: the training's MLflow run (spec.tracking.mlflow) was logged; False with
+TrackingUnavailable when the server could not take it and tracking is not required."""
+TRACKING_UNAVAILABLE = "TrackingUnavailable"
 CHAMPION_NOT_FOUND = "ChampionNotFound"
 JOB_LOST = "JobLost"
 SCHEMA_TOO_LARGE = "SchemaTooLarge"
@@ -289,6 +302,7 @@ def decide(
     if outcome.phase == "Succeeded":
         new.model_version = model_version_name(spec.model, o.version)
         decision.register = outcome.result or None
+        _tracked(new, status, outcome.result, decision, generation, now)
     decision.status = new
     if (new.phase, failed_reason(new)) != (status.phase, failed_reason(status)) and not (
         decision.create_job
@@ -300,6 +314,36 @@ def decide(
     elif new.phase in ("Succeeded", "Failed") and o.job is not None:
         decision.requeue_after = seconds_to_clean_up(spec, new, now)
     return decision
+
+
+def mlflow_run(result: dict[str, Any]) -> MlflowRun | None:
+    """The run the trainer logged (its result's `tracking`), None without one."""
+    tracking = result.get("tracking") or {}
+    return MlflowRun.model_validate(tracking) if tracking.get("runId") else None
+
+
+def _tracked(
+    new: TrainingJobStatus,
+    old: TrainingJobStatus,
+    result: dict[str, Any],
+    decision: Decision,
+    generation: int | None,
+    now: datetime,
+) -> None:
+    """The run in status and the Tracked condition; a Warning when it could not be logged."""
+    tracking = result.get("tracking")
+    if not tracking:
+        return
+    new.tracking = mlflow_run(result)
+    value: ConditionStatus
+    if new.tracking is not None:
+        why, value, message = "RunLogged", "True", f"MLflow run {new.tracking.run_id}"
+    else:
+        why, value, message = TRACKING_UNAVAILABLE, "False", str(tracking.get("unavailable"))
+    new.conditions = set_condition(new.conditions, TRACKED, value, why, message, generation, now)
+    before = condition(old.conditions, TRACKED)
+    if value == "False" and (before is None or before.reason != why):
+        decision.events.append(Event("Warning", why, message))
 
 
 def _lost(status: TrainingJobStatus, o: Observation) -> tuple[Outcome, bool]:

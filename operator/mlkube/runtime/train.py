@@ -55,6 +55,7 @@ from mlkube.runtime import artifacts
 from mlkube.runtime.datasets import LoadedDataset, check_data, load_training_data
 from mlkube.runtime.outcome import RunFailure, one_line
 from mlkube.runtime.quality import Calibration, fit_calibration
+from mlkube.runtime.tracking import RunIdentity, Tracker
 from mlkube.runtime.transforms import as_text
 
 REFERENCE_SAMPLE_ROWS = 5000
@@ -338,7 +339,25 @@ def _lineage(request: TrainRequest, loaded: LoadedDataset) -> dict[str, Any]:
 
 
 def train(request: TrainRequest) -> dict[str, Any]:
-    """Run the whole training; returns the result document, or raises RunFailure."""
+    """Run the whole training; returns the result document, or raises RunFailure. With
+    `tracking.mlflow`, the run is started before anything else and ends FAILED with the reason
+    of a failed training."""
+    spec = request.spec
+    identity = RunIdentity(
+        request.namespace, request.training_job, spec.model, request.version, request.image
+    )
+    tracker = Tracker(spec.tracking.mlflow if spec.tracking else None, identity)
+    tracker.start()
+    try:
+        result = _train(request, tracker)
+    except RunFailure as failure:
+        tracker.fail(failure)
+        raise
+    tracking = tracker.result()
+    return {**result, "tracking": tracking} if tracking else result
+
+
+def _train(request: TrainRequest, tracker: Tracker) -> dict[str, Any]:
     spec = request.spec
     task = ESTIMATORS[spec.estimator.class_name]
     with _phase("DatasetNotFound", f"dataset {spec.dataset.describe()}"):
@@ -397,6 +416,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
             files[CALIBRATION_FILE] = artifacts.write_json(
                 artifacts.join(directory, CALIBRATION_FILE), calibration.to_json()
             )
+    rows = checked[[*features, spec.target]]
+    tracker.log(spec, metrics, rows, loaded.digest, model, columns, digest)
     return {
         "status": "Succeeded",
         "model": spec.model,
