@@ -1,7 +1,8 @@
 """The chart's admission policies on a real API server, with users impersonated: a team member
 with the edit role cannot approve (and is told how to get the right), nobody can record someone
 else as the approver, a holder of mlkube-approver can; the operator's service account registers
-policy approvals and changes only the traffic label of mlkube's pods.
+policy approvals and changes only the traffic label of mlkube's pods; an action on a Deployment
+names as who asked only the user asking.
 
 The chart's cluster-scoped objects are applied under names of this run, the policies bound to this
 test's namespace only (other tests on the cluster are not judged by them), and deleted at the end.
@@ -43,7 +44,13 @@ CLUSTER_KINDS = {
     "ValidatingAdmissionPolicyBinding",
     "ClusterRole",
 }
-PICKED = {"mlkube-approval", "mlkube-approver", "mlkube-edit", "mlkube-operator-pods"}
+PICKED = {
+    "mlkube-approval",
+    "mlkube-approver",
+    "mlkube-edit",
+    "mlkube-operator-pods",
+    "mlkube-action-requester",
+}
 
 pytestmark = pytest.mark.usefixtures("crds")
 
@@ -253,3 +260,32 @@ def test_the_operator_changes_only_the_traffic_label_of_mlkube_pods(
     assert label("server", "mlkube.io/traffic", "off") == ""
     assert "only a pod's mlkube.io/traffic label" in label("server", "app", "x")
     assert "only the pods of mlkube Deployments" in label("other", "mlkube.io/traffic", "off")
+
+
+def test_an_action_names_only_the_user_asking_as_requester(
+    kubectl_in: Kubectl, policy_namespace: str
+) -> None:
+    ns = policy_namespace
+    deployment = {
+        "apiVersion": "mlkube.io/v1alpha1",
+        "kind": "Deployment",
+        "metadata": {"name": "iris", "namespace": ns},
+        "spec": {"modelVersion": "iris-v1"},
+    }
+    assert create_as(kubectl_in, EDITOR, json.dumps(deployment)).returncode == 0
+
+    def annotate(value: str) -> Any:
+        return kubectl_in("annotate", "--overwrite", "deployment.mlkube.io", "iris", "-n", ns,
+                          f"mlkube.io/action={value}", "--as", EDITOR, check=False)  # fmt: skip
+
+    deadline = time.monotonic() + 60  # a policy applied a moment ago may not be enforced yet
+    for second in range(60):
+        forged = annotate(f"rollback@2026-12-07T10:01:{second:02d}Z@{APPROVER}")
+        if forged.returncode != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert forged.returncode != 0
+    assert f"names {APPROVER} as who asked, but {EDITOR} is making the change" in forged.stderr
+    for value in (f"rollback@2026-12-07T10:00:01Z@{EDITOR}", "promote@2026-12-07T10:00:02Z"):
+        done = annotate(value)
+        assert done.returncode == 0, done.stderr
