@@ -193,6 +193,13 @@ def install_crds() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=200)
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=0,
+        help="after everything settled, measure CPU for this many seconds of no change (with "
+        "MLKUBE_RESYNC_SECONDS set, what the operator's resync passes cost)",
+    )
     args = parser.parse_args()
     config.load_kube_config()
     install_crds()
@@ -201,7 +208,8 @@ def main() -> None:
     ns = f"mlkube-bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     port = free_port()
-    env = {**os.environ, "MLKUBE_METRICS_PORT": str(port)}
+    # the benchmark reads /metrics without a token
+    env = {**os.environ, "MLKUBE_METRICS_PORT": str(port), "MLKUBE_METRICS_SECURE": "false"}
     log = (ROOT / ".work").joinpath("operator-benchmark.log")
     log.parent.mkdir(exist_ok=True)
     operator = subprocess.Popen(
@@ -210,6 +218,7 @@ def main() -> None:
     )  # fmt: skip
     processes = {**cluster_processes(), "operator": operator.pid, "benchmark": os.getpid()}
     meters = {"TrainingJobs": CpuMeter(processes), "Deployments": CpuMeter(processes)}
+    idle = CpuMeter(processes)
     try:
         time.sleep(5)
         before = apiserver_requests(api)
@@ -288,6 +297,10 @@ def main() -> None:
         settle_dep = healthy.wait("every Deployment to report Healthy", args.count, 900) - t0
         meters["Deployments"].stop()
         replicasets.wait("every ReplicaSet", args.count, 300)
+        if args.idle:
+            idle.start()
+            time.sleep(args.idle)
+            idle.stop()
         children.stop()
         dep_latency = [children.seen[n] - t for n, t in created.items() if n in children.seen]
         rs_latency = [
@@ -317,6 +330,12 @@ def main() -> None:
         print("\nCPU milliseconds per object, from the first create until every object settled:")
         for kind, meter in meters.items():
             print(f"    {kind:14} {meter.line(args.count)}")
+        if args.idle:
+            resync = os.environ.get("MLKUBE_RESYNC_SECONDS", "600 (default)")
+            print(
+                f"  then {args.idle:.0f} s without a change (MLKUBE_RESYNC_SECONDS={resync}), "
+                f"per object of both kinds:\n    {'idle':14} {idle.line(2 * args.count)}"
+            )
         print(f"\noperator peak RSS                 {rss:8.1f} MB")
         print(
             f"API requests by mlkube's client   {own:8.0f}   ({own / (2 * args.count + 1):.1f} per object)"

@@ -173,3 +173,12 @@ def test_a_suspended_training_reads_no_old_refusal() -> None:
 def test_messages_are_bounded() -> None:
     long = failed_create("2026-12-01T10:00:05Z", "x" * 5000)
     assert len(why_not_running(job(), [], [long])[1]) == 1024  # type: ignore[index]
+
+
+def test_a_training_past_its_deadline_says_what_held_its_pod() -> None:
+    expired = job(("Failed", "DeadlineExceeded", "Job was active longer than specified deadline"))
+    outcome = training_outcome(expired, [], [failed_create("2026-12-01T10:00:05Z")])
+    assert (outcome.phase, outcome.reason) == ("Failed", "DeadlineExceeded")
+    assert outcome.message == (
+        f"Job was active longer than specified deadline (FailedCreate: {QUOTA})"
+    )

@@ -283,7 +283,9 @@ class Operator:
             except ApiError as e:
                 logger.info("not re-listing %s in %s: %s", kind, namespace, e)
                 break
-            gone = store.replace(namespace, items, version)
+            # a list's items carry no apiVersion and kind: the watch's events do
+            typed = [{**item, "apiVersion": api_version, "kind": kind} for item in items]
+            gone = store.replace(namespace, typed, version)
             if gone:
                 logger.info(
                     "%s %s in %s deleted while the watch was down",
