@@ -14,6 +14,7 @@ from mlkube.api.common import (
     NUMBER_LENGTH,
     OBJECT_NAME_LENGTH,
     TEXT_LENGTH,
+    URI_LENGTH,
     ApiModel,
     JsonDict,
     Resources,
@@ -359,6 +360,23 @@ class HistoryEntry(ApiModel):
     ended_by: str | None = Field(default=None, max_length=TEXT_LENGTH, description="As `by`.")
 
 
+MLFLOW_ALIASES_LIMIT = 16
+
+
+class MlflowAlias(ApiModel):
+    """An alias this Deployment holds in MLflow's registry, as its last sync set it."""
+
+    tracking_uri: str = Field(max_length=URI_LENGTH)
+    registered_model: str = Field(max_length=TEXT_LENGTH)
+    alias: str = Field(
+        max_length=TEXT_LENGTH,
+        description="champion_<namespace>_<deployment> (the stable version) or "
+        "challenger_<namespace>_<deployment> (the canary).",
+    )
+    version: str = Field(max_length=NUMBER_LENGTH, description="The version in MLflow's registry.")
+    credentials_secret: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
+
+
 class DeploymentStatus(StatusBase):
     phase: DeploymentPhase | None = None
     stable_version: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
@@ -398,6 +416,13 @@ class DeploymentStatus(StatusBase):
         description="What served when and why, oldest first (`mlkube history`); kept in status, "
         "so it survives operator restarts. At most 50 entries: the oldest ended ones go first. "
         "Unset until a version serves.",
+    )
+    mlflow_aliases: list[MlflowAlias] | None = Field(
+        default=None,
+        max_length=MLFLOW_ALIASES_LIMIT,
+        description="The aliases the stable and canary versions hold in MLflow's registry "
+        "(those registered there, lineage.mlflow), as last synced; condition AliasesSynced says "
+        "whether MLflow is in step.",
     )
 
 

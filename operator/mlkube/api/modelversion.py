@@ -99,6 +99,12 @@ class MlflowRun(ApiModel):
     registered_version: str | None = Field(
         default=None, max_length=NUMBER_LENGTH, description="Its version in MLflow's registry."
     )
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=OBJECT_NAME_LENGTH,
+        description="The Secret in this namespace the trainer's credentials came from; a "
+        "Deployment serving the version sets its MLflow aliases with the same.",
+    )
 
 
 class Lineage(ApiModel):

@@ -149,16 +149,18 @@ def runtime_container(
     env: list[Manifest],
     resources_: Manifest,
     config: OperatorConfig,
+    store: bool = True,
 ) -> Manifest:
-    """A run-to-completion `mlkube-runtime` container that reports through its termination message."""
+    """A run-to-completion `mlkube-runtime` container that reports through its termination message;
+    `store`: it reads or writes the artifact store (its env and credentials)."""
     return {
         "name": name,
         "image": image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["mlkube-runtime"],
         "args": args,
-        "env": [*env, *storage_env(config), {"name": "HOME", "value": "/tmp"}],
-        "envFrom": storage_env_from(config),
+        "env": [*env, *(storage_env(config) if store else []), {"name": "HOME", "value": "/tmp"}],
+        "envFrom": storage_env_from(config) if store else [],
         "resources": resources_,
         "securityContext": restricted_security_context(),
         "terminationMessagePath": "/dev/termination-log",
@@ -166,8 +168,13 @@ def runtime_container(
     }
 
 
-def pod_spec(container: Manifest, config: OperatorConfig, restart_policy: str) -> Manifest:
+def pod_spec(
+    container: Manifest, config: OperatorConfig, restart_policy: str, store: bool = True
+) -> Manifest:
+    """A pod with a writable /tmp and, when it uses the `store`, the artifact volume."""
     pod_volumes, mounts = volumes(config)
+    if not store:
+        pod_volumes, mounts = pod_volumes[:1], mounts[:1]  # /tmp alone
     spec: Manifest = {
         "restartPolicy": restart_policy,
         "securityContext": pod_security_context(config),

@@ -16,6 +16,7 @@ from mlkube.builders.common import (
     runtime_container,
     spec_env,
 )
+from mlkube.builders.tracking import credentials_env
 from mlkube.config import OperatorConfig
 from mlkube.runtime.outcome import EXIT_PERMANENT
 
@@ -34,29 +35,10 @@ def trainer_labels(owner: Owner, spec: TrainingJobSpec) -> dict[str, str]:
     }
 
 
-TRACKING_CREDENTIALS = {
-    "username": "MLFLOW_TRACKING_USERNAME",
-    "password": "MLFLOW_TRACKING_PASSWORD",
-    "token": "MLFLOW_TRACKING_TOKEN",
-}
-"""Keys of tracking.mlflow.credentialsSecret -> the env MLflow's client reads (basic auth, or a
-bearer token)."""
-
-
 def tracking_env(spec: TrainingJobSpec) -> list[Manifest]:
-    """The credentials Secret's keys as env, each optional (basic auth or a token); the kubelet
-    reads the Secret, so the operator never holds a tenant's tracking credentials."""
+    """The trainer's env from tracking.mlflow.credentialsSecret."""
     mlflow = spec.tracking.mlflow if spec.tracking else None
-    if mlflow is None or mlflow.credentials_secret is None:
-        return []
-    secret = mlflow.credentials_secret
-    return [
-        {
-            "name": env,
-            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
-        }
-        for key, env in TRACKING_CREDENTIALS.items()
-    ]
+    return credentials_env(mlflow.credentials_secret if mlflow else None)
 
 
 def build_job(

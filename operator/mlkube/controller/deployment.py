@@ -8,7 +8,7 @@ Deployments put their owner in the work queue, so pods becoming ready move a rol
 from __future__ import annotations
 
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
-from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
+from mlkube.api.modelversion import MlflowRun, ModelVersionSpec, ModelVersionStatus
 from mlkube.builders.common import Owner
 from mlkube.builders.serving import (
     DEPLOYMENT_LABEL,
@@ -21,16 +21,32 @@ from mlkube.builders.serving import (
     build_service,
     server_name,
 )
+from mlkube.builders.tracking import (
+    ALIASES_CONTAINER,
+    DIGEST_ANNOTATION,
+    alias_job_name,
+    build_alias_job,
+)
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body, Routes
 from mlkube.controller.context import Context, Read
+from mlkube.controller.errors import Forbidden, Invalid
 from mlkube.core.actions import pending_action, requester
+from mlkube.core.aliases import (
+    ALIASES_SYNCED,
+    SYNC_FAILED,
+    AliasSync,
+    next_sync,
+    synced_condition,
+    wanted,
+)
 from mlkube.core.analysis import Counters, parse_counters
 from mlkube.core.canary import Decision, Observation, decide
-from mlkube.core.conditions import timestamp
+from mlkube.core.conditions import condition, set_condition, timestamp
 from mlkube.core.history import stale_versions
 from mlkube.core.routes import ROUTE_CONFLICT, Conflict, Route, desired_route, route_refused
 from mlkube.core.serving import resolve_target
+from mlkube.core.training import termination_result
 from mlkube.core.waiting import Problem, why_not_running
 
 KIND = "Deployment"
@@ -40,10 +56,19 @@ HTTPROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
 ROUTE_RECHECK_SECONDS = 60.0
 """A safety net: a refused route looks again this often, besides when the route in its way
 changes or goes."""
+ALIASES_RECHECK_SECONDS = 60.0
+"""A safety net while MLflow's aliases are not in step: the alias Job's events wake it sooner, and
+a failed Job is made again once its TTL removed it (`ALIAS_JOB_TTL_SECONDS`)."""
 FOLLOW_LATEST_SECONDS = 60.0
 """A safety net: a newly approved version wakes Deployments following latestApproved at once."""
 
 Read_ = Read[DeploymentSpec, DeploymentStatus]
+
+
+def _does(job: Body | None, sync: AliasSync) -> bool:
+    """Whether an alias Job does `sync`'s work (its annotation), rather than older work."""
+    annotations = (job or {}).get("metadata", {}).get("annotations") or {}
+    return job is not None and annotations.get(DIGEST_ANNOTATION) == sync.digest()
 
 
 class DeploymentReconciler:
@@ -144,6 +169,7 @@ class DeploymentReconciler:
             self._refuse_route(r, decision, conflict)
         decision.status.service_name = r.name
         decision.status.ready_replicas = ready.get(decision.status.stable_version or "", 0)
+        aliases_wait = self._sync_aliases(r, decision.status, versions)
         for event in decision.events:
             ctx.post_event(r.obj, event.type, event.reason, event.message)
         if decision.status != status:
@@ -155,8 +181,61 @@ class DeploymentReconciler:
             decision.requeue_after,
             FOLLOW_LATEST_SECONDS if spec.latest_approved else None,
             ROUTE_RECHECK_SECONDS if conflict is not None else None,
+            aliases_wait,
         ]
         return min((w for w in waits if w is not None), default=None)
+
+    def _sync_aliases(
+        self, r: Read_, status: DeploymentStatus, versions: dict[str, Body]
+    ) -> float | None:
+        """MLflow's aliases in step with the stable and canary versions (`core.aliases`), by a
+        short Job per registered model; `status` gets mlflowAliases and AliasesSynced. Returns
+        when to look again while MLflow is not in step (its Job's events wake it sooner)."""
+        ctx = self.ctx
+        runs = {}
+        for version in (status.stable_version, status.canary_version):
+            lineage = ((versions.get(version or "") or {}).get("spec") or {}).get("lineage") or {}
+            if version is not None and lineage.get("mlflow"):
+                runs[version] = MlflowRun.model_validate(lineage["mlflow"])
+        want = wanted(r.namespace, r.name, status, runs)
+        sync = next_sync(r.namespace, r.name, want, status.mlflow_aliases or [])
+        name = alias_job_name(r.name)
+        job = ctx.caches.jobs.get(r.namespace, name) if sync is not None else None
+        done = job is not None and bool((job.get("status") or {}).get("succeeded"))
+        if sync is not None and done and _does(job, sync):
+            status.mlflow_aliases = sync.synced or None
+            sync = next_sync(r.namespace, r.name, want, sync.synced)
+        failure = None
+        if sync is not None and not _does(job, sync):
+            if job is not None:
+                ctx.kube.delete("batch/v1", "Job", r.namespace, name)
+            try:
+                ctx.kube.create(build_alias_job(Owner.from_body(KIND, r.obj), sync, ctx.config))
+            except (Invalid, Forbidden) as e:  # a quota, an admission webhook
+                failure = ("FailedCreate", e.message)
+        elif sync is not None and job is not None:
+            failure = self._alias_job_failure(job)
+        previous = condition(status.conditions, ALIASES_SYNCED)
+        found = synced_condition(sync, status.mlflow_aliases or [], failure, previous)
+        if found is not None:
+            status.conditions = set_condition(
+                status.conditions, ALIASES_SYNCED, *found, r.generation, ctx.clock()
+            )
+            if found[0] == "False" and (previous is None or previous.reason != found[1]):
+                ctx.post_event(r.obj, "Warning", found[1], found[2])
+        return None if sync is None else ALIASES_RECHECK_SECONDS
+
+    def _alias_job_failure(self, job: Body) -> Problem | None:
+        """Why the alias Job failed (its result's reason and message), or cannot run."""
+        meta = job["metadata"]
+        pods = self.ctx.kube.list_of("v1", "Pod", meta["namespace"], f"job-name={meta['name']}")
+        if (job.get("status") or {}).get("failed"):
+            result = termination_result(pods, ALIASES_CONTAINER) or {}
+            if result.get("reason"):
+                return str(result["reason"]), str(result.get("message", ""))
+            _, words = why_not_running(job, pods) or ("", "the Job ended without a result")
+            return SYNC_FAILED, words
+        return why_not_running(job, pods, self.ctx.events_about(job, pods))
 
     def _wake_model_versions(
         self, r: Read_, before: DeploymentStatus, after: DeploymentStatus, versions: dict[str, Body]

@@ -1,4 +1,5 @@
-"""`mlkube-runtime train|serve|drift|batch --spec FILE`: what runs in a pod runs on a laptop.
+"""`mlkube-runtime train|serve|drift|batch --spec FILE`: what runs in a pod runs on a laptop
+(also `verify` and `mlflow-aliases`, the operator's short Jobs).
 
 `--spec` takes the custom resource as applied (or just its `spec`). Results are printed as JSON
 and, in a pod, written to the termination-message file the operator reads.
@@ -158,6 +159,20 @@ def _batch(args: argparse.Namespace) -> int:
     return EXIT_PERMANENT if result.get("failures") else 0
 
 
+def _mlflow_aliases(args: argparse.Namespace) -> int:
+    from mlkube.runtime.tracking import sync_aliases
+
+    set_ = dict(item.split("=", 1) for item in args.set)
+    try:
+        result = sync_aliases(args.tracking_uri, args.registered_model, set_, args.delete)
+    except RunFailure as failure:
+        result = {"status": "Failed", "reason": failure.reason, "message": failure.message}
+        _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
+        return failure.exit_code
+    _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
+    return 0
+
+
 def _serve(args: argparse.Namespace, rest: list[str]) -> int:
     from mlkube.runtime.serving_cli import serve_main
 
@@ -168,6 +183,13 @@ def _file_digest(text: str) -> str:
     name, _, digest = text.partition("=")
     if not name or len(digest) != 64:
         raise argparse.ArgumentTypeError(f"{text!r} must be NAME=SHA256")
+    return text
+
+
+def _alias_version(text: str) -> str:
+    alias, _, version = text.partition("=")
+    if not alias or not version.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} must be ALIAS=VERSION")
     return text
 
 
@@ -225,6 +247,24 @@ def parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--result-file")
 
+    aliases = commands.add_parser(
+        "mlflow-aliases", help="set and delete aliases of a model in MLflow's registry"
+    )
+    aliases.add_argument("--tracking-uri", required=True, help="the tracking server")
+    aliases.add_argument("--registered-model", required=True)
+    aliases.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_alias_version,
+        metavar="ALIAS=VERSION",
+        help="point an alias at a version (repeatable)",
+    )
+    aliases.add_argument(
+        "--delete", action="append", default=[], metavar="ALIAS", help="remove (repeatable)"
+    )
+    aliases.add_argument("--result-file")
+
     commands.add_parser("serve", help="serve a model version with BentoML", add_help=False)
 
     batch = commands.add_parser(
@@ -277,7 +317,13 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args, rest)
         if rest:
             parser().error(f"unrecognized arguments: {' '.join(rest)}")
-        commands = {"train": _train, "drift": _drift, "verify": _verify, "batch": _batch}
+        commands = {
+            "train": _train,
+            "drift": _drift,
+            "verify": _verify,
+            "batch": _batch,
+            "mlflow-aliases": _mlflow_aliases,
+        }
         return commands[args.command](args)
     except (ValidationError, FileNotFoundError, yaml.YAMLError) as e:
         print(f"mlkube-runtime {args.command}: invalid --spec: {e}", file=sys.stderr)

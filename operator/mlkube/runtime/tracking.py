@@ -1,6 +1,6 @@
 """MLflow tracking of one training (`spec.tracking.mlflow`): a run with the parameters, the held-out
 metrics, the dataset, mlkube's tags and the model (scikit-learn flavor, signature from the input
-schema), registered in MLflow's registry on request.
+schema), registered in MLflow's registry on request; and a Deployment's aliases there (`sync_aliases`).
 
 `mlflow` (mlflow-skinny, the `tracking` extra) is imported only when a spec asks for tracking. The
 server is reached before fitting, so an unreachable one costs no training time: with `required`
@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,10 @@ from mlkube.api.trainingjob import MlflowTracking, TrainingJobSpec
 from mlkube.runtime.outcome import RunFailure, one_line
 
 TRACKING_UNAVAILABLE = "TrackingUnavailable"
+ALIAS_REFUSED = "AliasRefused"
+REFUSALS = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+"""MLflow's error codes for a request it understood and refused (not the server or the
+credentials)."""
 MODEL_NAME = "model"
 """The logged model's name in its run (``runs:/<id>/model``)."""
 CLIENT_BOUNDS = {
@@ -125,8 +129,7 @@ class Tracker:
         settings = self.settings
         if settings is None:
             return
-        for name, value in {**CLIENT_BOUNDS, **QUIET}.items():
-            os.environ.setdefault(name, value)
+        _bound_the_client()
         try:
             from mlflow import MlflowClient
         except ImportError as e:
@@ -256,7 +259,51 @@ class Tracker:
         if settings.registered_model and self.registered_version:
             found["registeredModel"] = settings.registered_model
             found["registeredVersion"] = self.registered_version
+        if settings.credentials_secret:  # a Deployment sets the version's aliases with it
+            found["credentialsSecret"] = settings.credentials_secret
         return found
+
+
+def _bound_the_client() -> None:
+    for name, value in {**CLIENT_BOUNDS, **QUIET}.items():
+        os.environ.setdefault(name, value)
+
+
+def sync_aliases(
+    tracking_uri: str, registered_model: str, set_: Mapping[str, str], delete: Sequence[str]
+) -> dict[str, Any]:
+    """Converge aliases of `registered_model` in MLflow's registry: each alias of `set_` on its
+    version (MLflow moves one held by another version at once), each of `delete` removed (one
+    absent, or a registered model gone, has nothing to remove). Setting what is set is harmless.
+
+    Returns the result `{"status": "Synced", "set": ..., "deleted": ...}`. Raises RunFailure:
+    TrackingUnavailable (the server not reached, the credentials refused) or AliasRefused (the
+    server refused the request: a version that does not exist, a bad alias). REST API:
+    registered-models/alias, POST and DELETE (mlflow.org/docs/latest/rest-api)."""
+    _bound_the_client()
+    where = f"tracking.mlflow: cannot set aliases of {registered_model!r} at {tracking_uri}"
+    try:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+    except ImportError as e:
+        raise RunFailure(
+            TRACKING_UNAVAILABLE, f"{where}: the mlflow client is not installed"
+        ) from e
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        for alias, version in sorted(set_.items()):
+            client.set_registered_model_alias(registered_model, alias, version)
+        for alias in delete:
+            try:
+                client.delete_registered_model_alias(registered_model, alias)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+    except Exception as e:
+        refused = getattr(e, "error_code", None) in REFUSALS
+        reason = ALIAS_REFUSED if refused else TRACKING_UNAVAILABLE
+        raise RunFailure(reason, f"{where}: {_why(e)}", permanent=refused) from e
+    return {"status": "Synced", "set": dict(set_), "deleted": list(delete)}
 
 
 def _experiment(client: Any, name: str) -> str:
