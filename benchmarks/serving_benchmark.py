@@ -652,10 +652,12 @@ def report(runs: list[Run]) -> None:
             f"      {ratio(run.rss_mb, floor.rss_mb if floor else None)}"
             f"      {ratio(run.cold_start_seconds, floor.cold_start_seconds if floor else None)}"
         )
-    ours_runs = [r for r in runs if r.peer.startswith("mlkube")]
-    if not ours_runs or floor is None:
-        return
     by_peer = {r.peer: r for r in runs}
+    # each mlkube body against the raw floor reading that body (else the lists floor), OIP
+    # against /predict: a run without the lists floor still prints its targets
+    ours_runs = [r for r in runs if r.peer.startswith("mlkube")]
+    if not ours_runs:
+        return
     measured = {c.concurrency for c in runs[0].cells}
     for concurrency in (c for c in TARGET_CONCURRENCIES if c in measured):
         print(
@@ -663,8 +665,8 @@ def report(runs: list[Run]) -> None:
             "(not asserted):"
         )
         for mlkube in ours_runs:
-            if mlkube.peer.startswith("mlkube-oip") and "mlkube" in by_peer:
-                for rows in ROW_COUNTS:
+            if mlkube.peer.startswith("mlkube-oip"):
+                for rows in ROW_COUNTS if "mlkube" in by_peer else ():
                     ours, rest = (
                         mlkube.cell(concurrency, rows),
                         by_peer["mlkube"].cell(concurrency, rows),
@@ -677,6 +679,8 @@ def report(runs: list[Run]) -> None:
                     )
                 continue
             same = by_peer.get(SAME_BODY_FLOOR.get(mlkube.peer, ""), floor)
+            if same is None:
+                continue
             for rows in ROW_COUNTS:
                 ours, base = mlkube.cell(concurrency, rows), same.cell(concurrency, rows)
                 peers = [
