@@ -331,10 +331,15 @@ def whoami(cluster: Cluster) -> str:
     return str(review["status"]["userInfo"]["username"])
 
 
+APPROVAL_POLICY_REFUSAL = "may not approve or reject ModelVersion"
+"""Part of the message of the chart's mlkube-approval policy (templates/approval.yaml): the
+refusal that the verb `approve` is missing, as opposed to RBAC refusing the patch itself."""
+
+
 def approval_refused(error: ApiError, name: str, namespace: str, user: str) -> str:
     """What to tell a user whose approval the API server refused, and how to get the right."""
     lines = [f"mlkube: cannot record a decision on modelversion {name}: {error.message}"]
-    if error.status == 403:
+    if error.status == 403 and APPROVAL_POLICY_REFUSAL in error.message:
         account = user.removeprefix("system:serviceaccount:")
         subject = f"--user={user}" if account == user else f"--serviceaccount={account}"
         lines += [
@@ -414,7 +419,9 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mlkube", description=__doc__)
     root.add_argument("--kubeconfig")
     root.add_argument("--context")
-    root.add_argument("-n", "--namespace", default="default")
+    root.add_argument(
+        "-n", "--namespace", help="default: the kubeconfig context's namespace, as kubectl"
+    )
     root.add_argument("-A", "--all-namespaces", action="store_true")
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("version", help="client and server versions")
@@ -467,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"mlkube: cannot reach a cluster: {e}", file=sys.stderr)
         return 1
+    if args.namespace is None:
+        args.namespace = cluster.namespace
     if args.command == "version":
         print(f"server {cluster.server_version()}")
         return 0

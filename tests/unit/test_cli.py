@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from mlkube.api.crdgen import KINDS
 from mlkube.cli import (
+    approval_refused,
     batch_progress,
     canary_progress,
     gitops_rollback_hint,
@@ -19,6 +20,8 @@ from mlkube.cli import (
     serving_summary,
     table,
 )
+from mlkube.controller.errors import Forbidden
+from mlkube.controller.kube import context_namespace
 from mlkube.core.actions import ACTION_ANNOTATION, action_value, managed_by_gitops, pending_action
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -247,3 +250,38 @@ def test_the_progress_bar_never_rounds_a_failure_away() -> None:
     assert progress_bar(5, 0, 10, width=10) == "[#####.....]"
     assert progress_bar(998, 1, 1000, width=10) == "[#########x]"
     assert progress_bar(10, 0, 10, width=10) == "[##########]"
+
+
+CONTEXTS = [
+    {"name": "alice", "context": {"cluster": "c", "user": "alice", "namespace": "fe16-a"}},
+    {"name": "admin", "context": {"cluster": "c", "user": "admin"}},
+]
+
+
+def test_without_n_the_namespace_is_the_kubeconfig_contexts_as_kubectl_picks_it() -> None:
+    assert parser().parse_args(["approve", "iris-v9"]).namespace is None  # resolved on connect
+    assert context_namespace(CONTEXTS, CONTEXTS[0], None) == "fe16-a"  # the current context
+    assert context_namespace(CONTEXTS, CONTEXTS[1], "alice") == "fe16-a"  # --context
+    assert context_namespace(CONTEXTS, CONTEXTS[0], "admin") == "default"  # names none
+    assert context_namespace(CONTEXTS, None, None) == "default"
+    assert parser().parse_args(["-n", "team-b", "approve", "v"]).namespace == "team-b"
+
+
+def test_the_approver_role_hint_answers_only_the_approval_policys_refusal() -> None:
+    policy = Forbidden(
+        403,
+        "Forbidden",
+        'modelversions.mlkube.io "iris-v9" is forbidden: ValidatingAdmissionPolicy'
+        " 'mlkube-approval' with binding 'mlkube-approval' denied request: alice may not"
+        " approve or reject ModelVersion iris-v9 in fe16-a: that takes the verb approve",
+    )
+    hinted = approval_refused(policy, "iris-v9", "fe16-a", "alice")
+    assert "--clusterrole=mlkube-approver --user=alice" in hinted
+    rbac = Forbidden(
+        403,
+        "Forbidden",
+        'modelversions.mlkube.io "iris-v9" is forbidden: User "alice" cannot patch resource'
+        ' "modelversions" in API group "mlkube.io" in the namespace "default"',
+    )
+    plain = approval_refused(rbac, "iris-v9", "default", "alice")
+    assert plain == f"mlkube: cannot record a decision on modelversion iris-v9: {rbac.message}"

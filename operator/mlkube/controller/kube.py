@@ -17,6 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, urlencode
 
@@ -60,15 +61,36 @@ _PLURALS: dict[tuple[str, str], str] = {
 _CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition"}
 
 
-def load_config(kubeconfig: str | None = None, context: str | None = None) -> None:
-    """In a pod, the service account; elsewhere, the kubeconfig."""
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def load_config(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """In a pod, the service account; elsewhere, the kubeconfig. Returns the namespace a
+    command without -n means, as kubectl picks it: the pod's own namespace, else the
+    context's `namespace`, else `default`."""
     if kubeconfig is None and context is None:
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return
         except config.ConfigException:
             pass
+        else:
+            try:
+                return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+            except OSError:
+                return "default"
     config.load_kube_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
+    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    return context_namespace(contexts, active, context)
+
+
+def context_namespace(
+    contexts: list[dict[str, Any]], active: dict[str, Any] | None, name: str | None
+) -> str:
+    """The namespace of kubeconfig context `name` (None: the current context), `default`
+    when it names none. `contexts`/`active` as kubernetes.config.list_kube_config_contexts
+    gives them: [{"name": ..., "context": {"cluster": ..., "namespace": ...}}]."""
+    chosen = next((c for c in contexts if c.get("name") == name), None) if name else active
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
 
 
 def resource_path(
@@ -92,7 +114,8 @@ def resource_path(
 
 class Cluster:
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
-        load_config(kubeconfig, context)
+        self.namespace = load_config(kubeconfig, context)
+        """The namespace meant when none is given (kubectl's choice: see load_config)."""
         configuration = client.Configuration.get_default_copy()
         configuration.connection_pool_maxsize = POOL_CONNECTIONS
         self.api = client.ApiClient(configuration)
@@ -425,4 +448,13 @@ class Scraped:
     """Pods whose answer was cut off by a bound, with why: their figures cannot be judged."""
 
 
-__all__ = ["API_VERSION", "GROUP", "VERSION", "Body", "Cluster", "Scraped", "load_config"]
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "Body",
+    "Cluster",
+    "Scraped",
+    "context_namespace",
+    "load_config",
+]
