@@ -5,6 +5,7 @@ is counted, logged and takes feedback like any other (issue 17 item 2)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,9 @@ from tritonclient.utils import InferenceServerException
 from mlkube.api.modelversion import Column
 from mlkube.layout import LOG_REQUEST_ID_COLUMN
 from mlkube.runtime import artifacts
-from mlkube.runtime.protocol.settings import ENV_INFERENCE_LOG_URI
+from mlkube.runtime.protocol.dataplane import DataPlane
+from mlkube.runtime.protocol.rest.v2_endpoints import V2Endpoints
+from mlkube.runtime.protocol.settings import ENV_INFERENCE_LOG_URI, ServeSettings
 from tests.runtime.servers import (
     IRIS_FEATURES,
     SERVE_COMMAND,
@@ -456,3 +459,52 @@ def test_metadata_json_is_what_the_client_reads(server: ServerProcess) -> None:
     answer = httpx.get(f"{server.url}/v2/models/iris/versions/1")
     assert answer.headers["content-type"] == "application/json"
     assert json.loads(answer.content)["platform"] == "sklearn_joblib"
+
+
+def _asgi_call(app: Any, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """One request to an ASGI app in-process: its status and JSON answer."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": []}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+def test_not_ready_and_busy_are_503(iris_artifact: IrisArtifact, tmp_path: Path) -> None:
+    """In-process: readiness is a 503 before the server starts and once it closes, and a large
+    request past the thread pool's places a 503 in the protocol's words."""
+    settings = ServeSettings.from_env(
+        model_env(iris_artifact, MLKUBE_MAX_CONCURRENCY="1", MLKUBE_MAX_QUEUED="0")
+    )
+    plane = DataPlane(
+        settings, iris_artifact.estimator, artifacts.load_schema(str(iris_artifact.directory))
+    )
+    v2 = V2Endpoints(plane, settings)
+    status, answer = _asgi_call(v2, "GET", "/v2/health/ready")
+    assert status == 503 and "not ready" in answer["error"]
+    plane.start()
+    assert _asgi_call(v2, "GET", "/v2/models/iris/versions/1/ready") == (
+        200,
+        {"name": "iris", "ready": True},
+    )
+    rows = 3000  # a body over 64 KiB: decoded in the pool
+    big = {
+        "inputs": [
+            {"name": "x", "shape": [rows, 4], "datatype": "FP64",
+             "data": [5.123456789, 3.523456789, 1.423456789, 0.223456789] * rows},
+        ]
+    }  # fmt: skip
+    admitted = plane.pool.admit()  # the one place is taken
+    status, answer = _asgi_call(v2, "POST", "/v2/models/iris/infer", json.dumps(big).encode())
+    assert status == 503 and set(answer) == {"error"} and "busy" in answer["error"], answer
+    plane.pool.leave(admitted)
+    status, answer = _asgi_call(v2, "POST", "/v2/models/iris/infer", json.dumps(big).encode())
+    assert status == 200 and answer["outputs"][0]["shape"] == [rows]
+    plane.close()
+    assert _asgi_call(v2, "GET", "/v2/health/ready")[0] == 503
