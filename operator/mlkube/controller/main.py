@@ -65,6 +65,11 @@ MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED.items())
 CHILD_EVENT_DELAY = 1.0
 """Seconds a child's event waits before its owner looks: a burst of them (created, scheduled,
 ready) is one reconcile, and new objects in a burst get their first child first."""
+NAMESPACE_SCANNING = os.environ.get("MLKUBE_NAMESPACE_SCANNING", "true").lower() != "false"
+"""Whether kopf lists and watches namespaces (and CRDs) to follow what appears. The chart turns
+it off for a namespaced install (watchNamespaces of plain names): that operator may not list
+namespaces, and kopf would retry the refused list for about a minute before serving the names
+given."""
 RESYNC_SECONDS = float(os.environ.get("MLKUBE_RESYNC_SECONDS", "600"))
 """Every object is looked at again this often (0: never), whatever its events said."""
 RESYNC_JITTER = 0.1
@@ -347,9 +352,10 @@ def operator() -> Operator:
     return _operator
 
 
-@kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Watch streams that cannot hang; the work queue started."""
+def tune(settings: kopf.OperatorSettings, scanning: bool) -> None:
+    """kopf's settings: watch streams that cannot hang, no per-event noise; `scanning` False
+    serves exactly the namespaces named with --namespace and the CRDs present at start."""
+    settings.scanning.disabled = not scanning
     settings.persistence.finalizer = "mlkube.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="mlkube.io", v1=False
@@ -364,6 +370,16 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     # a line per watch event is noise at 1,000 objects; our own loggers say what matters
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    for child in CHILDREN:  # only the operator's children, filtered by the API server
+        settings.watching.label_selectors[child.group, child.version, child.plural] = (
+            MANAGED_SELECTOR
+        )
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """kopf tuned; the work queue started."""
+    tune(settings, NAMESPACE_SCANNING)
     global _operator  # noqa: PLW0603 - one per run: a restarted operator starts afresh
     _operator = Operator()
     if METRICS_PORT:
@@ -371,10 +387,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         _operator.metrics_server = serve_metrics(METRICS_PORT, auth)
     _operator.task = asyncio.create_task(_operator.run())
     _operator.resyncing = asyncio.create_task(_operator.resync())
-    for child in CHILDREN:  # only the operator's children, filtered by the API server
-        settings.watching.label_selectors[child.group, child.version, child.plural] = (
-            MANAGED_SELECTOR
-        )
 
 
 @kopf.on.cleanup()
