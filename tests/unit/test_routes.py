@@ -1,9 +1,9 @@
 """Which requests a Deployment's HTTPRoute may take on a shared Gateway (issue 16, item 4).
 
-A Deployment's route is refused when its hostnames overlap another Deployment's stored route's
-and its path prefix is that route's or under it: a gateway (Gateway API precedence: precise
-hostname, longest PathPrefix, oldest route) would give it that route's requests, or a tie it
-never answers. Where two stored routes tie, the older keeps the requests.
+First come, first served: a Deployment's route is refused when a request another stored route
+receives would go to it instead, or tie with it, under Gateway API precedence (the most precise
+hostname, then the longest PathPrefix, then the oldest route). What a route already receives it
+keeps, however the routes after it look. `/serving/<namespace>` is the namespace's own.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
 from mlkube.controller.cache import Routes
 from mlkube.core.conditions import set_condition
 from mlkube.core.routes import (
+    ANY_HOST,
     ROUTE_CONFLICT,
     Route,
     StoredRoute,
     desired_route,
+    receiver,
     route_conflict,
     route_refused,
     stored_route,
@@ -74,16 +76,15 @@ def test_an_exact_hostname_under_anothers_wildcard_is_refused() -> None:
     assert message is not None and "requests for a.example.com, path /" in message
 
 
-def test_a_wildcard_over_anothers_exact_hostname_is_refused_too() -> None:
-    # a gateway would leave a.example.com to the exact name, but the two overlap: one owner each
-    message = refused(route("*.example.com"), stored("a", route("a.example.com")))
-    assert message is not None and "requests for a.example.com" in message
+def test_a_wildcard_beside_an_older_exact_hostname_takes_only_the_other_names() -> None:
+    # a gateway leaves a.example.com to the exact name whichever came first
+    assert refused(route("*.example.com"), stored("a", route("a.example.com"))) is None
 
 
-def test_nested_wildcards_overlap_either_way() -> None:
+def test_a_narrower_wildcard_under_an_older_one_is_refused_and_not_the_reverse() -> None:
     message = refused(route("*.eu.example.com"), stored("wild", route("*.example.com")))
     assert message is not None and "requests for *.eu.example.com" in message
-    assert refused(route("*.example.com"), stored("eu", route("*.eu.example.com"))) is not None
+    assert refused(route("*.example.com"), stored("eu", route("*.eu.example.com"))) is None
     assert refused(route("*.example.org"), stored("wild", route("*.example.com"))) is None
 
 
@@ -92,12 +93,15 @@ def test_a_wildcard_does_not_match_its_own_suffix() -> None:
     assert refused(route("example.com"), stored("wild", route("*.example.com"))) is None
 
 
-def test_routes_without_hostnames_compete_only_with_each_other() -> None:
+def test_a_named_host_outranks_every_path_of_a_route_without_hostnames() -> None:
     message = refused(route(), stored("any", route()))
     assert message is not None and "requests for any host, path /" in message
-    # a route naming a host takes only that host from one naming none (a gateway gives a
-    # request to the route naming its host), and one naming none claims no name
-    assert refused(route("a.example.com"), stored("any", route())) is None
+    # a gateway gives a.example.com's requests to a route naming it, whatever their paths: an
+    # older route without hostnames receives them, so a newer named one is refused over its paths
+    message = refused(route("a.example.com"), stored("any", route(path="/models")))
+    assert message is not None and "requests for a.example.com, path /models" in message
+    assert refused(route("a.example.com", path="/v1"), stored("any", route(path="/models"))) is None
+    # and the other way round the named host keeps its requests: the newer takes the others
     assert (
         refused(route(path="/serving/team-b/new"), stored("named", route("a.example.com"))) is None
     )
@@ -121,11 +125,17 @@ def test_prefixes_match_whole_path_elements() -> None:
     assert refused(route(path="/iris/x"), stored("iris", route(path="/iris"))) is not None
 
 
-def test_a_path_under_anothers_prefix_on_an_overlapping_hostname_is_refused() -> None:
-    held = stored("a", route("a.example.com", path="/"))
-    message = refused(route("*.example.com", path="/deep/path"), held)
-    assert message is not None and "requests for a.example.com, path /deep/path" in message
-    assert refused(route("b.example.com", path="/deep/path"), held) is None
+def test_a_precise_hostname_outranks_a_longer_path() -> None:
+    # the report: *.example.com /iris/v2 first, then a.example.com /iris would take
+    # a.example.com/iris/v2 (hostname precedence comes before the path's length)
+    held = stored("v2", route("*.example.com", path="/iris/v2"))
+    message = refused(route("a.example.com", path="/iris"), held)
+    assert message is not None and "requests for a.example.com, path /iris/v2" in message
+    assert refused(route("a.example.org", path="/iris"), held) is None
+    # a wildcard's longer path under an older exact name's root takes nothing of it
+    exact = stored("a", route("a.example.com"))
+    assert refused(route("*.example.com", path="/deep/path"), exact) is None
+    assert refused(route("b.example.com", path="/deep/path"), exact) is None
 
 
 # -- parents -----------------------------------------------------------------------------------
@@ -195,10 +205,61 @@ def test_the_deployments_own_route_is_never_in_its_way() -> None:
 
 
 def test_the_oldest_of_several_holders_is_named() -> None:
-    newer = stored("newer", route("a.example.com", path="/x"), T1)
-    older = stored("older", route("a.example.com"), T0)
-    message = refused(route("a.example.com", path="/x"), newer, older)
+    newer = stored("newer", route(path="/x"), T1)
+    older = stored("older", route(), T0)
+    message = refused(route("a.example.com"), newer, older)
     assert message is not None and "team-a/older" in message
+
+
+def test_a_route_admitted_first_is_never_refused_by_a_later_one() -> None:
+    # the report: long (m.example.com /iris/v2) first, then short (/iris) is admitted beside it
+    # (the longer prefix keeps /iris/v2); long looking again keeps its route
+    long = stored("long", route("m.example.com", path="/iris/v2"), T0)
+    short = stored("short", route("m.example.com", path="/iris"), T1, namespace="team-b")
+    assert refused(short.route, long) is None
+    assert route_conflict("team-a", "long", long.route, long, [long, short]) is None
+
+
+def test_a_broader_route_after_default_paths_takes_none_of_theirs_now_or_later() -> None:
+    # the report: team-b's hostless "/" beside team-a's default paths; each keeps its route,
+    # and one whose HTTPRoute was deleted gets it back (the namespace's own default path)
+    catch_all = stored("all", route(), T1, namespace="team-b")
+    iris = stored("iris", route(path="/serving/team-a/iris"), T0)
+    wine = stored("wine", route(path="/serving/team-a/wine"), T0)
+    assert route_conflict("team-b", "all", catch_all.route, None, [iris, wine]) is None
+    assert route_conflict("team-a", "iris", iris.route, iris, [catch_all, wine]) is None
+    assert route_conflict("team-a", "iris", iris.route, None, [catch_all, wine]) is None
+    new = route(path="/serving/team-a/new")
+    assert route_conflict("team-a", "new", new, None, [catch_all]) is None
+    # the same with a named host before them: the default paths keep every other host
+    named = stored("named", route("gw.example.com"), T0, namespace="team-b")
+    assert route_conflict("team-a", "new", new, None, [named]) is None
+    # but a path outside /serving stays the older route's
+    assert refused(route(path="/models"), stored("all", route(), T0, namespace="team-c"))
+
+
+def test_a_named_host_cannot_take_another_namespaces_default_paths() -> None:
+    # the report: {"hostnames": ["gw.example.com"]} beside team-a's default route would take
+    # gw.example.com/serving/team-a/iris (a named host outranks every path)
+    iris = stored("iris", route(path="/serving/team-a/iris"))
+    message = refused(route("gw.example.com"), iris)
+    assert message is not None
+    assert "requests for gw.example.com, path /serving/team-a/iris" in message
+    assert refused(route("gw.example.com", path="/models"), iris) is None
+
+
+def test_the_gateway_gives_each_request_to_the_most_precise_route() -> None:
+    exact = stored("exact", route("a.example.com", path="/"), T1)
+    wild = stored("wild", route("*.example.com", path="/iris/v2"), T0)
+    bare = stored("bare", route(path="/iris/v2/deep"), T0)
+    older = stored("older", route(path="/iris/v2/deep"), "2026-11-01T00:00:00Z")
+    routes = [exact, wild, bare, older]
+    assert receiver(routes, "a.example.com", "/iris/v2/deep") == exact  # host before path
+    assert receiver(routes, "*.example.com", "/iris/v2/deep") == wild
+    assert receiver(routes, "b.example.com", "/iris/v2") == wild  # a name under the wildcard
+    assert receiver(routes, "*.example.com", "/iris") is None
+    assert receiver(routes, ANY_HOST, "/iris/v2/deep") == older  # a tie: the oldest
+    assert receiver(routes, "example.com", "/iris/v2/deep") == older  # not under *.example.com
 
 
 # -- default paths -----------------------------------------------------------------------------
@@ -238,15 +299,20 @@ def test_default_paths_of_two_deployments_never_collide() -> None:
     assert refused(route(path="/serving/team-b/iris"), a) is None
 
 
-def test_no_deployment_takes_a_path_under_another_namespaces_default_paths() -> None:
+def test_no_deployment_takes_a_path_at_or_under_another_namespaces_default_paths() -> None:
     # nobody holds it yet: still team-a's to take
     message = refused(route(path="/serving/team-a/iris"))
     assert message == (
         "spec.route.pathPrefix /serving/team-a/iris is under /serving/team-a, the default "
         "paths of namespace team-a's Deployments"
     )
+    # the report: /serving/team-a from team-b would take team-a's later default paths
+    assert refused(route(path="/serving/team-a")) is not None
+    assert refused(route("a.example.com", path="/serving/team-a")) is not None
+    message = refused(route(path="/serving"))
+    assert message is not None and "default paths of every namespace's" in message
     assert refused(route(path="/serving/team-b/anything/below")) is None
-    assert refused(route(path="/serving/team-a")) is None  # shorter: takes nothing of theirs
+    assert refused(route(path="/serving/team-b")) is None
 
 
 # -- routes read back --------------------------------------------------------------------------
@@ -285,16 +351,34 @@ def test_a_refused_route_makes_ready_false_and_keeps_its_transition_time() -> No
     before = set_condition([], "Ready", "False", ROUTE_CONFLICT, "old", 1, earlier)
     serving = set_condition([], "Degraded", "False", "AsExpected", "", 2, NOW)
     serving = set_condition(serving, "Ready", "True", "Serving", "v is serving", 2, NOW)
-    decided = DeploymentStatus(conditions=serving)
+    decided = DeploymentStatus(conditions=serving, phase="Healthy")
     status = route_refused(decided, before, conflict, 2, NOW)
     assert [c.type for c in status.conditions] == ["Degraded", "Ready"]
-    ready = status.conditions[1]
+    degraded, ready = status.conditions
     assert (ready.status, ready.reason) == ("False", ROUTE_CONFLICT)
     assert ready.message == conflict.message
     assert ready.last_transition_time == "2026-12-01T09:00:00Z"
     assert ready.observed_generation == 2
     fresh = route_refused(decided, [], conflict, 2, NOW).conditions[1]
     assert fresh.last_transition_time == "2026-12-01T12:00:00Z"
+    # `kubectl get` and `mlkube status` show it: the phase says Degraded, and why
+    assert status.phase == "Degraded"
+    assert (degraded.status, degraded.reason) == ("True", ROUTE_CONFLICT)
+    assert degraded.message == conflict.message
+
+
+def test_a_refused_route_leaves_a_rollouts_own_phase_and_a_rollbacks_reason() -> None:
+    conflict = route_conflict("team-b", "new", route(), None, [stored("a", route())])
+    assert conflict is not None
+    rolling = DeploymentStatus(phase="Progressing")
+    assert route_refused(rolling, [], conflict, 1, NOW).phase == "Progressing"
+    rolled_back = set_condition([], "Degraded", "True", "RolledBack", "v2 failed", 1, NOW)
+    degraded = DeploymentStatus(phase="Degraded", conditions=rolled_back)
+    status = route_refused(degraded, [], conflict, 1, NOW)
+    assert [(c.type, c.reason) for c in status.conditions] == [
+        ("Degraded", "RolledBack"),
+        ("Ready", ROUTE_CONFLICT),
+    ]
 
 
 # -- the operator's view of the routes (controller.cache.Routes) -------------------------------

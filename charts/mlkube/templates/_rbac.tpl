@@ -57,7 +57,7 @@ namespaces, and the mlkube-operator-pods admission policy to mlkube's pods and t
 # each Deployment's HTTPRoute (traffic: GatewayAPI); watched, so no route shadows another's
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # each Deployment's NetworkPolicy (networkPolicy.enabled): applied, deleted when turned off
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]

@@ -151,8 +151,10 @@ class ParentRef(ApiModel):
     section_name: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
 
 
-HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-"""Gateway API's Hostname: RFC 1123 in lower case, optionally led by a wildcard label `*.`."""
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+HOSTNAME = rf"^(\*\.{_LABEL}\.{_LABEL}(\.{_LABEL})*|{_LABEL}(\.{_LABEL})*)$"
+"""Gateway API's Hostname: RFC 1123 labels (at most 63 characters) in lower case, optionally led
+by a wildcard label `*.` over at least two labels (`*.com` would take a whole top-level domain)."""
 PATH_PREFIX = r"^/$|^(/[A-Za-z0-9._~-]+)+$"
 """An absolute path of whole elements, no trailing `/` (Gateway API ignores one), no `//`."""
 PATH_LENGTH = 256
@@ -165,8 +167,9 @@ Hostname = Annotated[
         pattern=HOSTNAME,
         json_schema_extra=validations(
             cel(
-                "!self.matches('^[0-9]+([.][0-9]+){3}$')",
-                "hostnames must be names, not IP addresses",
+                "!self.matches('(^|[.])[0-9]+$')",
+                "hostnames must be names, not IP addresses (a last label all digits, as in "
+                "127.1 or 2130706433, is an address)",
             )
         ),
     ),

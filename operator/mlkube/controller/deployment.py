@@ -262,14 +262,23 @@ class DeploymentReconciler:
             own, conflict = self.routes.claim(r.namespace, r.name, wanted, now, writes)
             if conflict is None:
                 return wanted, None
-            if conflict.holder is None or self.ctx.kube.get(*HTTPROUTE, *conflict.holder):
+            if conflict.holder is None or self._routes_still(conflict.holder):
                 break
             # gone unseen: deleted while the watch was down (a re-list reports no deletions),
-            # or held for a Deployment whose route was never written
+            # or held for a Deployment that went before its route was written
             self.routes.remove(*conflict.holder)
         if conflict.holder is not None:
             self.routes.wait_for(conflict.holder, (r.namespace, r.name))
         return (None if own is None else own.route), conflict
+
+    def _routes_still(self, holder: tuple[str, str]) -> bool:
+        """Whether the Deployment `holder` still routes through a gateway: while it does, what
+        its route holds stays held, written yet or not (a route admitted a moment ago is held
+        before its HTTPRoute exists, so Deployments looking at once are never both admitted)."""
+        found = self.ctx.caches.objects[KIND].get(*holder)
+        if found is None or (found.get("metadata") or {}).get("deletionTimestamp"):
+            return False
+        return bool((found.get("spec") or {}).get("traffic") == "GatewayAPI")
 
     def _refuse_route(self, r: Read_, decision: Decision, conflict: Conflict) -> None:
         """Ready False (RouteConflict) naming the route in the way; a Warning when it is new."""

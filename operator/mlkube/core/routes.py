@@ -1,27 +1,28 @@
 """Which requests a Deployment's HTTPRoute may take on a Gateway other teams share.
 
-A gateway gives each request to the most specific match among all routes on its listener
-(Gateway API, HTTPRouteSpec.hostnames and HTTPRouteRule.matches): first the route with the most
-characters in a matching non-wildcard hostname, then in a matching hostname, then the longest
-PathPrefix, and only on a full tie the oldest route (creationTimestamp), then the first by
-`{namespace}/{name}`. `*.example.com` matches any name ending in `.example.com`, not
-`example.com`; a PathPrefix matches whole path elements (`/a` matches `/a` and `/a/b`, not
-`/ab`).
+A gateway gives each request to one route among those on its listener that match it (Gateway
+API, HTTPRouteSpec.hostnames and HTTPRouteRule.matches): the route with the most characters in
+a matching non-wildcard hostname, then in a matching hostname (a route without hostnames
+matches every host with none), then the longest matching PathPrefix, and on a full tie the
+oldest route (creationTimestamp), then the first by `{namespace}/{name}`. `*.example.com`
+matches any name ending in `.example.com`, not `example.com`; a PathPrefix matches whole path
+elements (`/a` matches `/a` and `/a/b`, not `/ab`). `receiver` is that choice.
 
-So a route under another's path prefix takes that other's sub-paths whatever their ages. The
-rule here: a Deployment's route is refused when its hostnames overlap another Deployment's
-stored route's and its path prefix is that route's or under it (it would take those requests,
-or tie for them and never answer). Hostnames overlap when a name of one is a name of the other
-or falls under its wildcard, and when neither route names any: a route without hostnames claims
-no name, so a route naming a host takes only that host's requests from it, as a gateway does.
-Where two stored routes already tie (one prefix, overlapping hostnames: routes written before
-routes had paths all hold `/`), the older one's Deployment may move within what it holds, as a
-gateway gives the older those requests. A refused Deployment's HTTPRoute keeps what it was
-admitted with.
+First come, first served: a Deployment's route is refused when some request another route
+receives now would go to it instead, or tie with it (it would never answer). The routes
+already stored keep what they receive; a Deployment whose route is unchanged is never refused,
+and one moving its route may keep what its own route receives. So a shorter prefix beside an
+older longer one is admitted (the longer keeps its paths), a route naming a host beside an
+older one without hostnames is refused where the older receives that host's requests (a named
+host outranks every path), and a wildcard beside an older exact name is admitted.
 
 Default paths are `/serving/<namespace>/<name>` (KServe's path template), so two Deployments never
-collide by default, and no Deployment may take a path under another namespace's
-`/serving/<namespace>`.
+collide by default. They are the namespace's own: no route may have `/serving`, or a path at or
+under another namespace's `/serving/<namespace>`, as its prefix, and requests under
+`/serving/<namespace>` that another namespace's broader route receives (`/`, or a named host)
+are not that route's to keep: the namespace's Deployments take them. Requests for a host no
+route names always reach a namespace's default paths; a host another route names before them
+goes to that route.
 
 Pure: route bodies and specs in, decisions out.
 """
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mlkube.api.common import Condition
+from mlkube.api.common import Condition, ConditionStatus
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
 from mlkube.core.conditions import condition, set_condition
 
@@ -125,11 +126,12 @@ def stored_route(body: dict[str, Any]) -> StoredRoute | None:
     )
 
 
-def _same_listener(a: Route, b: Route) -> bool:
-    """Both attach to one Gateway, and to one listener of it (a route without sectionName
-    attaches to all its listeners)."""
-    return (a.gateway_namespace, a.gateway) == (b.gateway_namespace, b.gateway) and (
-        a.section_name is None or b.section_name is None or a.section_name == b.section_name
+def _on_listener(route: Route, gateway: tuple[str, str], listener: str | None) -> bool:
+    """Whether `route` attaches to the Gateway's listener `listener` (None: a listener no route
+    names; a route without sectionName attaches to all the Gateway's listeners)."""
+    return (route.gateway_namespace, route.gateway) == gateway and route.section_name in (
+        None,
+        listener,
     )
 
 
@@ -137,50 +139,88 @@ def _under(path: str, prefix: str) -> bool:
     return prefix in ("/", path) or path.startswith(prefix + "/")
 
 
-def _names_overlap(a: str, b: str) -> bool:
-    """Some host matches both hostnames."""
-    if a.startswith("*.") and b.startswith("*."):
-        return a.endswith(b[1:]) or b.endswith(a[1:])
-    if a.startswith("*."):
-        return b.endswith(a[1:])
-    if b.startswith("*."):
-        return a.endswith(b[1:])
-    return a == b
+ANY_HOST = ""
+"""A request host no route names (only routes without hostnames match it)."""
 
 
-def _shared_host(a: Route, b: Route) -> str | None:
-    """A hostname the routes compete for, the more precise of an overlapping pair ("" when
-    neither names a host); None when they compete for none."""
-    if not a.hostnames or not b.hostnames:
-        return "" if not a.hostnames and not b.hostnames else None
-    for x in a.hostnames:
-        for y in b.hostnames:
-            if _names_overlap(x, y):
-                return max(x, y, key=lambda h: (not h.startswith("*."), len(h)))
-    return None
+def _host_rank(route: Route, host: str) -> tuple[int, int] | None:
+    """Gateway API's hostname precedence of `route` for a request to `host`: (characters in a
+    matching non-wildcard hostname, characters in a matching hostname); None if no hostname of
+    it matches. `host` is a name, a wildcard standing for a name under it that no route names
+    exactly, or ANY_HOST."""
+    if not route.hostnames:
+        return 0, 0
+    best: tuple[int, int] | None = None
+    for name in route.hostnames:
+        if name.startswith("*."):
+            # a wildcard host stands for a name under it: `*.s` is under `*.t` if `.s` ends in `.t`
+            under = host[1:] if host.startswith("*.") else host
+            matches = host != ANY_HOST and under.endswith(name[1:])
+            rank = (0, len(name))
+        else:
+            matches = name == host
+            rank = (len(name), len(name))
+        if matches and (best is None or rank > best):
+            best = rank
+    return best
 
 
-def _shadows(route: Route, other: Route) -> str | None:
-    """The hostname `route` would take `other`'s requests on (or tie for them), None if none."""
-    if not _same_listener(route, other) or not _under(route.path_prefix, other.path_prefix):
+def _rank(route: Route, host: str, path: str) -> tuple[int, int, int] | None:
+    """The precedence of `route` for the request (host, path), None if it does not match."""
+    hosts = _host_rank(route, host)
+    if hosts is None or not _under(path, route.path_prefix):
         return None
-    return _shared_host(route, other)
+    return *hosts, len(route.path_prefix)
 
 
 def _precedence(stored: StoredRoute) -> tuple[str, str]:
     return stored.created, f"{stored.namespace}/{stored.name}"
 
 
-def _holds(own: StoredRoute | None, other: StoredRoute) -> bool:
-    """Both routes are stored with one prefix on overlapping hostnames and `own` is the older:
-    a gateway gives it those requests, so its Deployment may move within them (routes written
-    before routes had paths all held `/`)."""
-    return (
-        own is not None
-        and own.route.path_prefix == other.route.path_prefix
-        and _shadows(own.route, other.route) is not None
-        and _precedence(own) < _precedence(other)
+def receiver(routes: Iterable[StoredRoute], host: str, path: str) -> StoredRoute | None:
+    """The route a gateway gives the request (host, path) to among `routes` on one listener
+    (Gateway API precedence, above); None if none matches. `host` as in `_host_rank`."""
+    best: tuple[tuple[int, int, int], StoredRoute] | None = None
+    for stored in routes:
+        rank = _rank(stored.route, host, path)
+        if rank is None:
+            continue
+        if (
+            best is None
+            or rank > best[0]
+            or (rank == best[0] and _precedence(stored) < _precedence(best[1]))
+        ):
+            best = rank, stored
+    return None if best is None else best[1]
+
+
+def _requests(wanted: Route, routes: list[Route]) -> list[tuple[str | None, str, str]]:
+    """One request (listener, host, path) for every distinct way routes can compete for what
+    `wanted` matches: each listener named (or none), each hostname (a wildcard standing for a
+    name under it no route names) and a host none names, each prefix under `wanted`'s."""
+    listeners: set[str | None] = (
+        {wanted.section_name} if wanted.section_name is not None else {None}
     )
+    if wanted.section_name is None:
+        listeners |= {r.section_name for r in routes if r.section_name is not None}
+    hosts = {ANY_HOST} | {h for r in (wanted, *routes) for h in r.hostnames}
+    paths = {r.path_prefix for r in (wanted, *routes) if _under(r.path_prefix, wanted.path_prefix)}
+    return [
+        (listener, host, path)
+        for listener in sorted(listeners, key=lambda s: s or "")
+        for host in sorted(hosts)
+        if _host_rank(wanted, host) is not None
+        for path in sorted(paths)
+    ]
+
+
+def _reserved(path: str) -> str | None:
+    """The namespace whose default paths `path` is at or under, if any."""
+    elements = path.split("/")
+    # ["", "serving", "<namespace>", ...]
+    if len(elements) >= 3 and "/" + elements[1] == DEFAULT_PATH_ROOT:
+        return elements[2]
+    return None
 
 
 def _describe(route: Route) -> str:
@@ -189,11 +229,19 @@ def _describe(route: Route) -> str:
 
 
 def _foreign_default(namespace: str, prefix: str) -> str | None:
-    """The namespace whose default paths `prefix` reaches into, if not `namespace`'s own."""
-    elements = prefix.split("/")
-    # ["", "serving", "<namespace>", "<name>", ...]: only under a namespace's own element
-    if len(elements) >= 4 and "/" + elements[1] == DEFAULT_PATH_ROOT and elements[2] != namespace:
-        return elements[2]
+    """Why `prefix` is not `namespace`'s to have: it holds every namespace's default paths, or
+    is at or under another's `/serving/<namespace>`."""
+    if prefix == DEFAULT_PATH_ROOT:
+        return (
+            f"spec.route.pathPrefix {prefix} holds the default paths of every namespace's "
+            f"Deployments ({DEFAULT_PATH_ROOT}/<namespace>/<name>)"
+        )
+    owner = _reserved(prefix)
+    if owner is not None and owner != namespace:
+        return (
+            f"spec.route.pathPrefix {prefix} is under {DEFAULT_PATH_ROOT}/{owner}, the default "
+            f"paths of namespace {owner}'s Deployments"
+        )
     return None
 
 
@@ -207,31 +255,46 @@ def route_conflict(
     """Why the Deployment `namespace/name` may not have `wanted` as its route (None: it may).
 
     `own` is its HTTPRoute as stored (None before there is one); `others` are the stored routes
-    on `wanted`'s Gateway (its own among them is skipped). The oldest route in the way is named,
-    with a hostname and the path they would share."""
+    (those on other Gateways are skipped, and its own among them). Refused: `wanted` would
+    receive, or tie for, a request another route receives now (`receiver`), unless that request
+    is under `/serving/<namespace>` and the other is not in that namespace; or a prefix
+    `_foreign_default` forbids. The oldest route in the way is named, with a request."""
     keeps = "" if own is None else f"; its HTTPRoute keeps {_describe(own.route)} meanwhile"
     foreign = _foreign_default(namespace, wanted.path_prefix)
     if foreign is not None:
-        return Conflict(
-            f"spec.route.pathPrefix {wanted.path_prefix} is under {DEFAULT_PATH_ROOT}/"
-            f"{foreign}, the default paths of namespace {foreign}'s Deployments{keeps}",
-            None,
+        return Conflict(foreign + keeps, None)
+    gateway = (wanted.gateway_namespace, wanted.gateway)
+    stored = [o for o in others if o.key != (namespace, name)]
+    if own is not None:
+        stored.append(own)
+    stored = [o for o in stored if (o.route.gateway_namespace, o.route.gateway) == gateway]
+    taken: list[tuple[StoredRoute, str, str]] = []
+    for listener, host, path in _requests(wanted, [o.route for o in stored]):
+        holder = receiver(
+            [o for o in stored if _on_listener(o.route, gateway, listener)], host, path
         )
-    for other in sorted(others, key=_precedence):
-        if other.key == (namespace, name) or _holds(own, other):
+        if holder is None or holder.key == (namespace, name):
             continue
-        host = _shadows(wanted, other.route)
-        if host is None:
-            continue
-        return Conflict(
-            f"Deployment {other.namespace}/{other.name}'s HTTPRoute ({_describe(other.route)}) "
-            f"on Gateway {wanted.gateway_namespace}/{wanted.gateway} receives requests for "
-            f"{host or 'any host'}, path {wanted.path_prefix} that this "
-            f"Deployment's route ({_describe(wanted)}) would match as well; choose "
-            f"spec.route.hostnames or spec.route.pathPrefix apart from it{keeps}",
-            other.key,
-        )
-    return None
+        reserved = _reserved(path)
+        if reserved is not None and reserved != holder.namespace and reserved == namespace:
+            continue  # the namespace's own default paths
+        theirs = _rank(holder.route, host, path)
+        mine = _rank(wanted, host, path)
+        if mine is not None and theirs is not None and mine >= theirs:
+            taken.append((holder, host, path))
+    if not taken:
+        return None
+    other, host, path = min(taken, key=lambda t: _precedence(t[0]))
+    request = "any host" if host == ANY_HOST else host
+    return Conflict(
+        f"Deployment {other.namespace}/{other.name}'s HTTPRoute ({_describe(other.route)}) "
+        f"on Gateway {wanted.gateway_namespace}/{wanted.gateway} receives requests for "
+        f"{request}, path {path} that this Deployment's route ({_describe(wanted)}) would "
+        f"take (Gateway API precedence: the most precise hostname, then the longest "
+        f"pathPrefix, then the oldest route); choose spec.route.hostnames or "
+        f"spec.route.pathPrefix apart from it{keeps}",
+        other.key,
+    )
 
 
 def route_refused(
@@ -241,17 +304,25 @@ def route_refused(
     generation: int | None,
     now: datetime,
 ) -> DeploymentStatus:
-    """`status` with Ready False for the route conflict; the transition time is kept from
-    `before` (the conditions the decision started from) while Ready stays False."""
-    kept = set_condition(
-        before, "Ready", "False", ROUTE_CONFLICT, conflict.message, generation, now
-    )
-    ready = condition(kept, "Ready")
-    assert ready is not None, "set_condition always sets it"
+    """`status` with Ready False for the route conflict, and Degraded True with phase Degraded
+    where the rollout itself was Healthy (a rollback's Degraded keeps its own reason); each
+    condition's transition time is kept from `before` (the conditions the decision started
+    from) while it stays so."""
     refused = status.model_copy(deep=True)
-    others = [c for c in refused.conditions if c.type != "Ready"]
-    if len(others) == len(refused.conditions):
-        refused.conditions = [*others, ready]
-    else:
-        refused.conditions = [ready if c.type == "Ready" else c for c in refused.conditions]
+    types: list[tuple[str, ConditionStatus]] = [("Ready", "False")]
+    if status.phase != "Degraded":
+        types.append(("Degraded", "True"))
+    for type_, value in types:
+        kept = set_condition(
+            before, type_, value, ROUTE_CONFLICT, conflict.message, generation, now
+        )
+        found = condition(kept, type_)
+        assert found is not None, "set_condition always sets it"
+        others = [c for c in refused.conditions if c.type != type_]
+        if len(others) == len(refused.conditions):
+            refused.conditions = [*others, found]
+        else:
+            refused.conditions = [found if c.type == type_ else c for c in refused.conditions]
+    if status.phase == "Healthy":
+        refused.phase = "Degraded"
     return refused
