@@ -55,9 +55,12 @@ PICKED = {
 pytestmark = pytest.mark.usefixtures("crds")
 
 
-def chart_objects(namespace: str, suffix: str) -> list[dict[str, Any]]:
-    """The approval policy, roles and the operator's namespaced Role, as the chart renders them;
-    cluster-scoped names get `suffix`, bindings match `namespace` only."""
+def chart_objects(
+    namespace: str, suffix: str, names: set[str] = PICKED
+) -> list[dict[str, Any]]:
+    """The chart's cluster-scoped objects called `names` (by default the approval policy and
+    roles) and the operator's namespaced Role, as the chart renders them; cluster-scoped names
+    get `suffix`, bindings match `namespace` only."""
     done = subprocess.run(
         [
             str(bin_dir() / "helm"), "template", "mlkube-approve-test", "charts/mlkube",
@@ -70,7 +73,7 @@ def chart_objects(namespace: str, suffix: str) -> list[dict[str, Any]]:
         if not doc:
             continue
         meta = doc["metadata"]
-        if doc["kind"] in CLUSTER_KINDS and meta["name"] in PICKED:
+        if doc["kind"] in CLUSTER_KINDS and meta["name"] in names:
             meta["name"] += suffix
             if doc["kind"] == "ValidatingAdmissionPolicyBinding":
                 doc["spec"]["policyName"] += suffix
