@@ -105,6 +105,15 @@ def test_bad_specs_end_with_a_reason(
             {**TRAINING, "qualityGates": {"champion": {"deployment": "ghost"}}},
         ),
     )
+    create(
+        kube,
+        ns,
+        manifest(
+            "TrainingJob",
+            "long-key",  # stored where the chart's mlkube-free-form policy is not bound
+            {**TRAINING, "estimator": {**TRAINING["estimator"], "hyperparameters": {"k" * 300: 1}}},
+        ),
+    )
     create(kube, ns, manifest("TrainingJob", "good", TRAINING))
     create(kube, ns, manifest("Deployment", "ghost", {"modelVersion": "iris-v42"}))
     create(
@@ -154,6 +163,10 @@ def test_bad_specs_end_with_a_reason(
     unserved = condition(training_finished(kube, ns, "no-champion"), "Failed")
     assert unserved["reason"] == "ChampionNotFound"
     assert unserved["message"] == "qualityGates.champion: Deployment ghost serves no version"
+
+    long_key = training_finished(kube, ns, "long-key")  # the operator's refusal: Failed too
+    assert (long_key["phase"], condition(long_key, "Failed")["reason"]) == ("Failed", "InvalidSpec")
+    assert condition(long_key, "Failed")["message"].startswith("spec.estimator.hyperparameters")
 
     no_image = training_finished(kube, ns, "no-image")
     assert condition(no_image, "Failed")["reason"] == "ImagePullFailed"

@@ -19,6 +19,7 @@ from mlkube.core.training import (
     checked_uris,
     decide,
     failed_reason,
+    refused_spec,
     resolve_champion,
     retries_after_fix,
 )
@@ -265,3 +266,15 @@ def test_a_tracking_uri_must_be_http_or_https() -> None:
             assert "trackingUri" in str(e)
         else:
             raise AssertionError(f"{uri} was accepted")
+
+
+def test_a_spec_the_operator_refuses_fails_like_one_the_api_server_refused() -> None:
+    """phase Failed, Failed=True InvalidSpec naming the field, as docs/operator.md says; it
+    trains once the spec changes."""
+    message = "spec.estimator.hyperparameters keys must be at most 256 characters"
+    status = refused_spec(TrainingJobStatus(), message, 1, NOW)
+    assert (status.phase, failed_reason(status)) == ("Failed", "InvalidSpec")
+    assert [c.message for c in status.conditions if c.type == "Failed"] == [message]
+    assert status.observed_generation == 1
+    assert not retries_after_fix(status, 1)
+    assert retries_after_fix(status, 2)

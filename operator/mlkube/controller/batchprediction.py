@@ -25,7 +25,7 @@ from mlkube.builders.batch import (
 from mlkube.builders.common import Owner
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
-from mlkube.controller.context import INVALID_SPEC, Context, Read, describe
+from mlkube.controller.context import Context, Read, describe
 from mlkube.controller.errors import Forbidden, Invalid
 from mlkube.core.batch import (
     SHARD_LABEL,
@@ -41,6 +41,7 @@ from mlkube.core.batch import (
     remaining_seconds,
     unread_failures,
 )
+from mlkube.core.conditions import INVALID_SPEC
 from mlkube.core.serving import resolve_target
 from mlkube.core.training import termination_result
 from mlkube.core.waiting import blocked

@@ -24,18 +24,19 @@ from mlkube.controller.cache import Body, Store
 from mlkube.controller.errors import ApiError, Forbidden, Invalid
 from mlkube.controller.kube import Cluster, Scraped
 from mlkube.controller.queue import Key
-from mlkube.core.conditions import condition, set_condition
+from mlkube.core.conditions import INVALID_SPEC, condition, set_condition
 from mlkube.tenancy import ForbiddenURI, forbidden_uri
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 StatusT = TypeVar("StatusT", bound=StatusBase)
+Refused = Callable[[StatusT, str, int | None, datetime], StatusT]
+"""(status, message, generation, now) -> the status of a kind whose spec the operator refused."""
 Clock = Callable[[], datetime]
 EventSink = Callable[[Body, str, str, str], None]
 """(object, type, reason, message) -> posts a Kubernetes Event."""
 Enqueue = Callable[[Key, float | None], None]
 APPLY_MEMO_SECONDS = 300.0
 """An unchanged manifest is re-applied this often (repairs hand edits) instead of every reconcile."""
-INVALID_SPEC = "InvalidSpec"
 """The reason for a spec the API server, the models or a child's admission refused."""
 
 
@@ -130,9 +131,10 @@ class Context:
         name: str,
         spec_model: type[SpecT],
         status_model: type[StatusT],
+        refused: Refused[StatusT] | None = None,
     ) -> Read[SpecT, StatusT] | None:
         """The object, parsed; None when it is gone, being deleted, or its spec is invalid (then
-        marked with an InvalidSpec condition)."""
+        marked with an InvalidSpec condition: Ready=False, or the status `refused` makes)."""
         obj = self.get(kind, namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
@@ -143,7 +145,7 @@ class Context:
             message = "; ".join(
                 f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
             )
-            self.invalid(kind, obj, status, message)
+            self.invalid(kind, obj, status, message, refused=refused)
             return None
         return Read(obj, spec, status)
 
@@ -156,18 +158,28 @@ class Context:
         self.caches.objects[kind].put(written)
 
     def invalid(
-        self, kind: str, obj: Body, status: StatusBase, message: str, condition: str = "Ready"
+        self,
+        kind: str,
+        obj: Body,
+        status: StatusT,
+        message: str,
+        condition: str = "Ready",
+        refused: Refused[StatusT] | None = None,
     ) -> None:
         """A spec that cannot work as written: `<condition>` False (True for `Failed`) with
-        reason InvalidSpec and the refusal's own words; nothing retries it hot."""
+        reason InvalidSpec and the refusal's own words, or the status `refused` makes (its
+        kind's own, e.g. a TrainingJob's phase Failed); nothing retries it hot."""
         generation = obj["metadata"].get("generation")
-        value: ConditionStatus = "True" if condition == "Failed" else "False"
-        previous = next((c for c in status.conditions if c.type == condition), None)
-        new = status.model_copy(deep=True)
-        new.observed_generation = generation
-        new.conditions = set_condition(
-            new.conditions, condition, value, INVALID_SPEC, message, generation, self.clock()
-        )
+        previous = next((c for c in status.conditions if c.reason == INVALID_SPEC), None)
+        if refused is not None:
+            new = refused(status, message, generation, self.clock())
+        else:
+            value: ConditionStatus = "True" if condition == "Failed" else "False"
+            new = status.model_copy(deep=True)
+            new.observed_generation = generation
+            new.conditions = set_condition(
+                new.conditions, condition, value, INVALID_SPEC, message, generation, self.clock()
+            )
         if previous is None or (previous.reason, previous.message) != (INVALID_SPEC, message):
             self.post_event(obj, "Warning", INVALID_SPEC, message)
         if new != status:

@@ -21,8 +21,9 @@ from mlkube.builders.modelversion import model_version_manifest
 from mlkube.builders.training import build_job, job_name
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
-from mlkube.controller.context import INVALID_SPEC, Context, Read, describe
+from mlkube.controller.context import Context, Read, describe
 from mlkube.controller.errors import ApiError, Forbidden, Invalid
+from mlkube.core.conditions import INVALID_SPEC
 from mlkube.core.training import (
     ChampionArtifact,
     Decision,
@@ -31,6 +32,7 @@ from mlkube.core.training import (
     checked_uris,
     decide,
     next_version,
+    refused_spec,
     resolve_champion,
     retries_after_fix,
 )
@@ -89,7 +91,9 @@ class TrainingJobReconciler:
     def __call__(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the training wants another look (None: settled)."""
         with metrics.reconciling(KIND):
-            read = self.ctx.read(KIND, namespace, name, TrainingJobSpec, TrainingJobStatus)
+            read = self.ctx.read(
+                KIND, namespace, name, TrainingJobSpec, TrainingJobStatus, refused_spec
+            )
             if read is None:
                 return None
             return self._reconcile(read)

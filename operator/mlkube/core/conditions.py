@@ -6,6 +6,9 @@ from datetime import UTC, datetime
 
 from mlkube.api.common import Condition, ConditionStatus
 
+INVALID_SPEC = "InvalidSpec"
+"""Reason: the spec cannot work as written (the operator's or the API server's refusal)."""
+
 
 def timestamp(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

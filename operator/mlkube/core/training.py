@@ -17,6 +17,7 @@ from mlkube.api.modelversion import MlflowRun, model_version_name
 from mlkube.api.trainingjob import ChampionGate, TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.training import TRAINER
 from mlkube.core.conditions import (
+    INVALID_SPEC,
     condition,
     outcome_conditions,
     parse_timestamp,
@@ -137,6 +138,14 @@ def training_status(
         s.conditions, outcome.phase, outcome.reason, outcome.message, generation, now
     )
     return s
+
+
+def refused_spec(
+    status: TrainingJobStatus, message: str, generation: int | None, now: datetime
+) -> TrainingJobStatus:
+    """A spec the operator refuses (`message` names the field): Failed with InvalidSpec, as a
+    Job the API server refused; it trains once the spec changes (retries_after_fix)."""
+    return training_status(status, Outcome("Failed", INVALID_SPEC, message), generation, now)
 
 
 # -- the reconciler's decision -------------------------------------------------------------------
