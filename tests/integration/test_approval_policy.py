@@ -55,9 +55,7 @@ PICKED = {
 pytestmark = pytest.mark.usefixtures("crds")
 
 
-def chart_objects(
-    namespace: str, suffix: str, names: set[str] = PICKED
-) -> list[dict[str, Any]]:
+def chart_objects(namespace: str, suffix: str, names: set[str] = PICKED) -> list[dict[str, Any]]:
     """The chart's cluster-scoped objects called `names` (by default the approval policy and
     roles) and the operator's namespaced Role, as the chart renders them; cluster-scoped names
     get `suffix`, bindings match `namespace` only."""
