@@ -146,6 +146,8 @@ class Operator:
             "BatchPrediction": BatchPredictionReconciler(self.ctx),
         }
         self.seen: dict[Key, tuple[Any, ...]] = {}
+        self.primed: set[Key] = set()
+        """Objects first cached by `prime`: their first event is no sign of a re-list."""
         self.children: dict[tuple[str, str], Store] = {
             (child.api_version, child.kind): (
                 getattr(self.ctx.caches, child.cache) if child.cache else Store(slim_bodies=True)
@@ -194,13 +196,24 @@ class Operator:
         if self.elector is not None and await asyncio.to_thread(self.queue.idle, RELEASE_WAIT):
             await asyncio.to_thread(self.elector.release)
 
+    def prime(self, kind: str, body: Body) -> None:
+        """Cache an object kopf lists before any other handler runs (see `_watch_kind`)."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "", meta["name"]
+        store = self.ctx.caches.objects[kind]
+        if store.get(namespace, name) is None:
+            self.primed.add((kind, namespace, name))
+            store.put(body)
+
     def object_event(self, kind: str, event_type: str | None, body: Body) -> None:
         """Cache the object; enqueue it unless only its status moved (our own write). A deleted
         one is enqueued too: its reconciler tells whoever depended on it."""
         meta = body.get("metadata") or {}
         key = (kind, meta.get("namespace") or "", meta["name"])
         store = self.ctx.caches.objects[kind]
-        if event_type is None and store.get(key[1], key[2]) is not None:
+        primed = key in self.primed
+        self.primed.discard(key)
+        if event_type is None and not primed and store.get(key[1], key[2]) is not None:
             self.listed(key[1])
         kept = store.observe(event_type, body)
         if kept is None:
@@ -405,6 +418,14 @@ async def stop(**_: Any) -> None:
 
 
 def _watch_kind(kind: str, plural: str) -> None:
+    @kopf.index(GROUP, VERSION, plural, id=f"{kind.lower()}-known")
+    async def known(body: kopf.Body, **_: Any) -> None:
+        """Being a kopf index, kopf holds every other handler until all existing objects of
+        every kind are cached: no reconcile after a (re)start reads a partial cache, where a
+        Deployment would take a version not listed yet for deleted, or an older one for its
+        latest approved (nothing goes into kopf's own index)."""
+        operator().prime(kind, cast(Body, dict(body)))
+
     @kopf.on.event(GROUP, VERSION, plural, id=f"{kind.lower()}-changed")
     async def changed(event: kopf.RawEvent, **_: Any) -> None:
         operator().object_event(kind, event.get("type"), cast(Body, event["object"]))
