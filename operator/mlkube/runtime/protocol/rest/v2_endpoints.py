@@ -424,8 +424,16 @@ class V2Endpoints:
             {"name": SERVER_NAME, "version": _mlkube_version(), "extensions": []}
         )
         self._model_metadata = encode(self.endpoint.metadata())
+        prefix = f"{V2_PREFIX}/models/{self.model_name}"
+        self._infer_paths = {f"{prefix}/infer"} | (
+            {f"{prefix}/versions/{self.version}/infer"} if self.version else set()
+        )
+        """This model's inference paths, answered without parsing the path."""
 
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["path"] in self._infer_paths:
+            await self.plane.infer(scope, receive, send, self.endpoint, _binary(scope["headers"]))
+            return
         parts = scope["path"].removeprefix(V2_PREFIX).strip("/").split("/")
         answer: tuple[int, Any]
         refusal: RequestError | None = None
