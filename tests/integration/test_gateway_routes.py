@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -143,16 +144,19 @@ def test_distinct_hostnames_share_the_gateway_and_default_paths_never_collide(
     kube_cluster: KubeCluster, teams: tuple[str, str], gateway: dict[str, str]
 ) -> None:
     kube, (a, b) = kube_cluster, teams
+    # the hostnames first: a host named after a route without hostnames would take that route's
+    # requests for the host (a named host outranks every path), and is refused
     create(kube, a, deployment("hosted", gateway, hostnames=[f"iris.{a}.example.com"]))
     create(kube, b, deployment("hosted", gateway, hostnames=[f"iris.{b}.example.com"]))
-    create(kube, a, deployment("pathed", gateway))
-    create(kube, b, deployment("pathed", gateway))
     for ns in (a, b):
         eventually(
             lambda ns=ns: matched(kube, ns, "hosted") == ([f"iris.{ns}.example.com"], "/"),
             240,
             f"{ns}'s route on its own hostname",
         )
+    create(kube, a, deployment("pathed", gateway))
+    create(kube, b, deployment("pathed", gateway))
+    for ns in (a, b):
         eventually(
             lambda ns=ns: matched(kube, ns, "pathed") == ([], f"/serving/{ns}/pathed"),
             60,
@@ -194,6 +198,10 @@ def test_a_route_that_would_take_another_teams_requests_is_refused_until_that_on
         assert f"receives requests for {request}" in found["message"]
         assert stored_route(kube, b, name) is None, f"{name} got a route"
         assert found["message"] in warnings(kube, b, name)
+        # `kubectl get` shows it too: the phase says Degraded, and why
+        status = status_of(kube, b, "deployments", name)
+        assert status["phase"] == "Degraded", status
+        assert condition(status, "Degraded")["reason"] == "RouteConflict"
 
     # a path of its own on the same hostname shares the gateway; edited onto team A's path it
     # is refused and keeps what it had, and edited back it is admitted again
@@ -243,6 +251,86 @@ def test_a_path_under_another_namespaces_default_paths_is_refused(
         f"namespace {a}'s Deployments"
     )
     assert stored_route(kube, b, "squat") is None
+    # nor the namespace's own path element, which would take its later default paths
+    create(kube, b, deployment("above", gateway, pathPrefix=f"/serving/{a}"))
+    found = eventually(lambda: refused(kube, b, "above"), 240, "the route above them refused")
+    assert f"is under /serving/{a}, the default paths of namespace {a}'s" in found["message"]
+    assert stored_route(kube, b, "above") is None
+
+
+def fresh_gateway(gateway: dict[str, str]) -> dict[str, str]:
+    """A Gateway of the test's own: what it routes cannot meet the other tests' routes."""
+    return {**gateway, "name": f"gw-{uuid.uuid4().hex[:6]}"}
+
+
+def delete(kube: KubeCluster, ns: str, name: str) -> None:
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "deployments", name)
+
+
+@pytest.mark.timeout(600)
+def test_deployments_created_at_the_same_moment_are_never_both_routed(
+    kube_cluster: KubeCluster, teams: tuple[str, str], gateway: dict[str, str]
+) -> None:
+    # the report: the same hostname from two namespaces at once, four times: in 3 of 4 runs
+    # both HTTPRoutes were written (the loser's claim was dropped while its route was unwritten)
+    kube, (a, b) = kube_cluster, teams
+    for run in range(4):
+        parent = fresh_gateway(gateway)
+        name = f"race-{run}"
+        create(kube, a, deployment(name, parent, hostnames=["r.example.com"]))
+        create(kube, b, deployment(name, parent, hostnames=["r.example.com"]))
+
+        def settled(name: str = name) -> tuple[str, str] | None:
+            routed = [ns for ns in (a, b) if stored_route(kube, ns, name) is not None]
+            losers = [ns for ns in (a, b) if refused(kube, ns, name)]
+            return (routed[0], losers[0]) if len(routed) == 1 and len(losers) == 1 else None
+
+        winner, loser = eventually(settled, 240, f"run {run}: one routed, one refused")
+        assert winner != loser
+        assert f"Deployment {winner}/{name}'s HTTPRoute" in refused(kube, loser, name)["message"]  # type: ignore[index]
+        time.sleep(3)  # a late write would show by now
+        assert stored_route(kube, loser, name) is None, f"run {run}: both routed"
+        assert not refused(kube, winner, name)
+        for ns in (a, b):
+            delete(kube, ns, name)
+
+
+@pytest.mark.timeout(600)
+def test_a_route_admitted_first_keeps_its_requests_whatever_comes_after(
+    kube_cluster: KubeCluster, teams: tuple[str, str], gateway: dict[str, str]
+) -> None:
+    kube, (a, b) = kube_cluster, teams
+    parent = fresh_gateway(gateway)
+    host = "m.example.com"
+    # team A's longer path first, then team B's shorter one beside it (the longer keeps
+    # /iris/v2); team A's route deleted by hand is written again as it was, never refused
+    create(kube, a, deployment("long", parent, hostnames=[host], pathPrefix="/iris/v2"))
+    eventually(lambda: matched(kube, a, "long") == ([host], "/iris/v2"), 240, "long's route")
+    create(kube, b, deployment("short", parent, hostnames=[host], pathPrefix="/iris"))
+    eventually(lambda: matched(kube, b, "short") == ([host], "/iris"), 120, "short's route")
+    kube.custom.delete_namespaced_custom_object(GATEWAY_API_GROUP, "v1", a, "httproutes", "long")
+    eventually(lambda: matched(kube, a, "long") == ([host], "/iris/v2"), 120, "long's route back")
+    assert not refused(kube, a, "long")
+
+    # team A's default paths, then team B's route on every path of every host: admitted (it
+    # takes none of their requests); team A's route deleted by hand comes back, and a new
+    # Deployment of team A gets its default path too (the report: both were refused)
+    create(kube, a, deployment("owned", parent))
+    eventually(lambda: matched(kube, a, "owned") == ([], f"/serving/{a}/owned"), 120, "owned")
+    # a host named now would take team A's default path on that host: refused
+    create(kube, b, deployment("named", parent, hostnames=["gw.example.com"]))
+    found = eventually(lambda: refused(kube, b, "named"), 120, "the named host refused")
+    assert f"Deployment {a}/owned's HTTPRoute" in found["message"]
+    assert f"requests for gw.example.com, path /serving/{a}/owned" in found["message"]
+    assert stored_route(kube, b, "named") is None
+    create(kube, b, deployment("everything", parent, pathPrefix="/"))
+    eventually(lambda: matched(kube, b, "everything") == ([], "/"), 120, "the route on /")
+    kube.custom.delete_namespaced_custom_object(GATEWAY_API_GROUP, "v1", a, "httproutes", "owned")
+    eventually(lambda: matched(kube, a, "owned") == ([], f"/serving/{a}/owned"), 120, "owned back")
+    create(kube, a, deployment("later", parent))
+    eventually(lambda: matched(kube, a, "later") == ([], f"/serving/{a}/later"), 120, "later")
+    for ns, name in ((a, "long"), (b, "short"), (a, "owned"), (b, "everything"), (a, "later")):
+        assert not refused(kube, ns, name), f"{ns}/{name} refused"
 
 
 @pytest.mark.parametrize(
@@ -251,6 +339,10 @@ def test_a_path_under_another_namespaces_default_paths_is_refused(
         ({"hostnames": ["Models.Example.com"]}, "GatewayAPI", "spec.route.hostnames[0]"),
         ({"hostnames": ["a.*.example.com"]}, "GatewayAPI", "spec.route.hostnames[0]"),
         ({"hostnames": ["10.0.0.1"]}, "GatewayAPI", "hostnames must be names, not IP addresses"),
+        ({"hostnames": ["127.1"]}, "GatewayAPI", "hostnames must be names, not IP addresses"),
+        ({"hostnames": ["2130706433"]}, "GatewayAPI", "hostnames must be names, not IP"),
+        ({"hostnames": [f"{'a' * 70}.example.com"]}, "GatewayAPI", "spec.route.hostnames[0]"),
+        ({"hostnames": ["*.com"]}, "GatewayAPI", "spec.route.hostnames[0]"),
         ({"hostnames": ["a.example.com", "a.example.com"]}, "GatewayAPI", "Duplicate value"),
         ({"pathPrefix": "iris"}, "GatewayAPI", "spec.route.pathPrefix"),
         ({"pathPrefix": "/iris/"}, "GatewayAPI", "spec.route.pathPrefix"),
@@ -261,6 +353,10 @@ def test_a_path_under_another_namespaces_default_paths_is_refused(
         "upper-case",
         "inner-wildcard",
         "ip",
+        "short-ip",
+        "numeric",
+        "long-label",
+        "top-level-wildcard",
         "twice",
         "relative",
         "trailing",

@@ -65,6 +65,17 @@ FOLLOW_LATEST_SECONDS = 60.0
 Read_ = Read[DeploymentSpec, DeploymentStatus]
 
 
+def routes_through_gateway(ctx: Context, namespace: str, name: str) -> bool:
+    """Whether the Deployment still routes through a gateway (it is there, not being deleted,
+    traffic GatewayAPI): while it does, what its route holds stays held, written yet or not (a
+    route admitted a moment ago is held before its HTTPRoute exists, so Deployments looking at
+    once are never both admitted; one deleted by hand is written again with what it held)."""
+    found = ctx.caches.objects[KIND].get(namespace, name)
+    if found is None or (found.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return bool((found.get("spec") or {}).get("traffic") == "GatewayAPI")
+
+
 def _does(job: Body | None, sync: AliasSync) -> bool:
     """Whether an alias Job does `sync`'s work (its annotation), rather than older work."""
     annotations = (job or {}).get("metadata", {}).get("annotations") or {}
@@ -81,6 +92,7 @@ class DeploymentReconciler:
         with metrics.reconciling(KIND):
             read = self.ctx.read(KIND, namespace, name, DeploymentSpec, DeploymentStatus)
             if read is None:
+                self._release_route(namespace, name)
                 return None
             return self._reconcile(read)
 
@@ -250,6 +262,18 @@ class DeploymentReconciler:
         for version in stale_versions(r.name, before, after, recorded):
             self.ctx.enqueue(("ModelVersion", r.namespace, version), 0)
 
+    def _release_route(self, namespace: str, name: str) -> None:
+        """A Deployment gone (or going) no longer holds its route's requests: the Deployments
+        refused because of it look again at once, not only once its HTTPRoute's deletion is
+        seen (the garbage collector may take its time)."""
+        if self.routes.get(namespace, name) is None or routes_through_gateway(
+            self.ctx, namespace, name
+        ):
+            return
+        self.routes.remove(namespace, name)
+        for waiter in self.routes.waiters(namespace, name):
+            self.ctx.enqueue((KIND, *waiter), 0)
+
     def _route(self, r: Read_, writes: bool) -> tuple[Route | None, Conflict | None]:
         """The HTTPRoute to write (the spec's; while that is refused, the one stored, if any)
         and why the spec's is refused, judged against the routes on its Gateway; `writes`:
@@ -262,7 +286,7 @@ class DeploymentReconciler:
             own, conflict = self.routes.claim(r.namespace, r.name, wanted, now, writes)
             if conflict is None:
                 return wanted, None
-            if conflict.holder is None or self._routes_still(conflict.holder):
+            if conflict.holder is None or routes_through_gateway(self.ctx, *conflict.holder):
                 break
             # gone unseen: deleted while the watch was down (a re-list reports no deletions),
             # or held for a Deployment that went before its route was written
@@ -270,15 +294,6 @@ class DeploymentReconciler:
         if conflict.holder is not None:
             self.routes.wait_for(conflict.holder, (r.namespace, r.name))
         return (None if own is None else own.route), conflict
-
-    def _routes_still(self, holder: tuple[str, str]) -> bool:
-        """Whether the Deployment `holder` still routes through a gateway: while it does, what
-        its route holds stays held, written yet or not (a route admitted a moment ago is held
-        before its HTTPRoute exists, so Deployments looking at once are never both admitted)."""
-        found = self.ctx.caches.objects[KIND].get(*holder)
-        if found is None or (found.get("metadata") or {}).get("deletionTimestamp"):
-            return False
-        return bool((found.get("spec") or {}).get("traffic") == "GatewayAPI")
 
     def _refuse_route(self, r: Read_, decision: Decision, conflict: Conflict) -> None:
         """Ready False (RouteConflict) naming the route in the way; a Warning when it is new."""

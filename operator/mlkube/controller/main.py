@@ -45,7 +45,7 @@ from mlkube.controller import metrics
 from mlkube.controller.batchprediction import BatchPredictionReconciler
 from mlkube.controller.cache import Body, Routes, Store
 from mlkube.controller.context import Context
-from mlkube.controller.deployment import DeploymentReconciler
+from mlkube.controller.deployment import DeploymentReconciler, routes_through_gateway
 from mlkube.controller.driftmonitor import DriftMonitorReconciler
 from mlkube.controller.errors import ApiError, Temporary
 from mlkube.controller.events import EventRecorder
@@ -458,11 +458,13 @@ async def route_stored(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)
 async def route_changed(event: kopf.RawEvent, **_: Any) -> None:
-    """A route changed or went: the Deployments refused because of it look again."""
+    """A route changed or went: the Deployments refused because of it look again. A route
+    deleted while its Deployment still routes through a gateway keeps what it held (first come,
+    first served): its Deployment, enqueued as its owner, writes it again."""
     op, body = operator(), cast(Body, event["object"])
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace") or "", meta["name"]
-    if event.get("type") == "DELETED":
+    if event.get("type") == "DELETED" and not routes_through_gateway(op.ctx, namespace, name):
         op.routes.remove(namespace, name)
     for waiter in op.routes.waiters(namespace, name):
         op.queue.add(("Deployment", *waiter), CHILD_EVENT_DELAY)
