@@ -340,14 +340,16 @@ def approval_refused(error: ApiError, name: str, namespace: str, user: str) -> s
     """What to tell a user whose approval the API server refused, and how to get the right."""
     lines = [f"mlkube: cannot record a decision on modelversion {name}: {error.message}"]
     if error.status == 403 and APPROVAL_POLICY_REFUSAL in error.message:
+        named = re.search(r"the ClusterRole ([-a-z0-9.]+)", error.message)  # the release's
+        role = named.group(1) if named else "mlkube-approver"
         account = user.removeprefix("system:serviceaccount:")
         subject = f"--user={user}" if account == user else f"--serviceaccount={account}"
         lines += [
             f"Approving takes the verb `approve` on modelversions.{GROUP} in {namespace}, which"
             f" {user} lacks (editing ModelVersions is not enough).",
-            "A platform team grants it with a RoleBinding to the ClusterRole mlkube-approver:",
+            f"A platform team grants it with a RoleBinding to the ClusterRole {role}:",
             f"  kubectl create rolebinding {user.rpartition(':')[2]}-approves -n {namespace}"
-            f" --clusterrole=mlkube-approver {subject}",
+            f" --clusterrole={role} {subject}",
         ]
     elif error.status == 422 and "approval.by" in error.message:
         lines.append(

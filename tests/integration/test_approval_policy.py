@@ -61,7 +61,7 @@ def chart_objects(namespace: str, suffix: str, names: set[str] = PICKED) -> list
     get `suffix`, bindings match `namespace` only."""
     done = subprocess.run(
         [
-            str(bin_dir() / "helm"), "template", "mlkube-approve-test", "charts/mlkube",
+            str(bin_dir() / "helm"), "template", "mlkube", "charts/mlkube",
             "--namespace", RELEASE_NAMESPACE, "--set", f"watchNamespaces={{{namespace}}}",
         ],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,

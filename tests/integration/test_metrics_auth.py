@@ -66,7 +66,7 @@ def test_metrics_need_a_token_allowed_to_get_them(
 ) -> None:
     ns, suffix = operator_namespace, uuid.uuid4().hex[:6]
     rendered = subprocess.run(
-        [str(bin_dir() / "helm"), "template", "m", "charts/mlkube", "--show-only",
+        [str(bin_dir() / "helm"), "template", "mlkube", "charts/mlkube", "--show-only",
          "templates/rbac.yaml"],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip

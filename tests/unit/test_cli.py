@@ -273,10 +273,12 @@ def test_the_approver_role_hint_answers_only_the_approval_policys_refusal() -> N
         "Forbidden",
         'modelversions.mlkube.io "iris-v9" is forbidden: ValidatingAdmissionPolicy'
         " 'mlkube-approval' with binding 'mlkube-approval' denied request: alice may not"
-        " approve or reject ModelVersion iris-v9 in fe16-a: that takes the verb approve",
+        " approve or reject ModelVersion iris-v9 in fe16-a: that takes the verb approve on"
+        " modelversions.mlkube.io, which a platform team grants with a RoleBinding to the"
+        " ClusterRole team-a-approver",
     )
     hinted = approval_refused(policy, "iris-v9", "fe16-a", "alice")
-    assert "--clusterrole=mlkube-approver --user=alice" in hinted
+    assert "--clusterrole=team-a-approver --user=alice" in hinted, "the release's role"
     rbac = Forbidden(
         403,
         "Forbidden",

@@ -237,9 +237,9 @@ def code_rights(patterns: bool) -> set[Right]:
     return rights
 
 
-def rendered(*values: str) -> list[dict[str, Any]]:
+def rendered(*values: str, release: str = "mlkube") -> list[dict[str, Any]]:
     done = subprocess.run(
-        [str(bin_dir() / "helm"), "template", "mlkube", "charts/mlkube", *values],
+        [str(bin_dir() / "helm"), "template", release, "charts/mlkube", *values],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,18 @@
 {{- define "mlkube.name" -}}mlkube-operator{{- end }}
+{{- /* Cluster-scoped objects are the release's: <release>-operator, <release>-approver... (release
+mlkube: mlkube-operator, mlkube-approver...), so namespaced releases on other namespaces coexist. */ -}}
+{{- define "mlkube.clusterName" -}}{{ .root.Release.Name }}-{{ .name }}{{- end }}
+{{- /* A policy binding's scope: a namespaced install's policies judge only its namespaces (another
+release's operator is judged by that release's); otherwise every namespace. */ -}}
+{{- define "mlkube.policyScope" -}}
+{{- $names := include "mlkube.roleNamespaces" . | fromJsonArray }}
+{{- if $names }}
+matchResources:
+  namespaceSelector:
+    matchExpressions:
+      - {key: kubernetes.io/metadata.name, operator: In, values: {{ toJson $names }}}
+{{- end }}
+{{- end }}
 {{- define "mlkube.labels" -}}
 app.kubernetes.io/name: mlkube-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
