@@ -296,6 +296,38 @@ def test_deployments_created_at_the_same_moment_are_never_both_routed(
 
 
 @pytest.mark.timeout(600)
+def test_deployments_looking_at_the_same_moment_are_never_both_routed(
+    kube_cluster: KubeCluster, teams: tuple[str, str], gateway: dict[str, str]
+) -> None:
+    # the same, from two Deployments refused because of one route: they look at once when it goes
+    kube, (a, b) = kube_cluster, teams
+    for run in range(4):
+        parent, name = fresh_gateway(gateway), f"race-{run}"
+        create(kube, a, deployment("holder", parent, hostnames=["r.example.com"]))
+        eventually(lambda: stored_route(kube, a, "holder"), 240, f"run {run}: the holder's route")
+        for ns in (a, b):
+            create(kube, ns, deployment(name, parent, hostnames=["r.example.com"]))
+        for ns in (a, b):
+            eventually(lambda ns=ns, n=name: refused(kube, ns, n), 120, f"run {run}: {ns} refused")
+        delete(kube, a, "holder")
+
+        def settled(name: str = name) -> tuple[str, str] | None:
+            routed = [ns for ns in (a, b) if stored_route(kube, ns, name) is not None]
+            losers = [ns for ns in (a, b) if refused(kube, ns, name)]
+            return (routed[0], losers[0]) if len(routed) == 1 and len(losers) == 1 else None
+
+        winner, loser = eventually(settled, 120, f"run {run}: one routed, one refused")
+        time.sleep(3)  # a late write would show by now
+        assert stored_route(kube, loser, name) is None, f"run {run}: both routed"
+        found = refused(kube, loser, name)
+        assert found and f"Deployment {winner}/{name}'s HTTPRoute" in found["message"]
+        assert not refused(kube, winner, name)
+        for ns in (a, b):
+            delete(kube, ns, name)
+        eventually(lambda: stored_route(kube, a, "holder") is None, 120, "the holder gone")
+
+
+@pytest.mark.timeout(600)
 def test_a_route_admitted_first_keeps_its_requests_whatever_comes_after(
     kube_cluster: KubeCluster, teams: tuple[str, str], gateway: dict[str, str]
 ) -> None:
