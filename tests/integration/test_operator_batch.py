@@ -138,6 +138,8 @@ def test_a_killed_shard_is_retried_without_duplicates_across_an_operator_restart
     ))  # fmt: skip
 
     # shard 0's first pod is killed while it runs: the Job controller starts the index again
+    # (an eviction would not do: the worker, PID 1 without a SIGTERM handler, finishes its shard
+    # within the grace period; one killed at its end is a DisruptionTarget, ignored)
     first = eventually(
         lambda: [
             p for p in pods_by_index(kube, ns, "big-shards").get(0, [])
@@ -174,6 +176,8 @@ def test_a_killed_shard_is_retried_without_duplicates_across_an_operator_restart
     assert not [n for n in out["names"] if n.endswith(".tmp")]
     manifest = out["manifest"]
     assert manifest["shards"][0]["attempt"] == 2, "the retry is on the record"
+    job = kube.batch.read_namespaced_job("big-shards", ns)
+    assert (job.status.failed, job.status.failed_indexes) == (1, ""), "one retry spent, of 2"
     assert [s["rowsOut"] for s in manifest["shards"]] == [30000] * 5
 
 
