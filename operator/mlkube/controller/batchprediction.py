@@ -29,7 +29,6 @@ from mlkube.controller.context import Context, Read, describe
 from mlkube.controller.errors import Forbidden, Invalid
 from mlkube.core.batch import (
     SHARD_LABEL,
-    Event,
     Observation,
     Problem,
     Target,
@@ -41,7 +40,7 @@ from mlkube.core.batch import (
     remaining_seconds,
     unread_failures,
 )
-from mlkube.core.conditions import INVALID_SPEC
+from mlkube.core.conditions import INVALID_SPEC, Event
 from mlkube.core.serving import resolve_target
 from mlkube.core.training import termination_result
 from mlkube.core.waiting import blocked

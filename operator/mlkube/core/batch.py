@@ -27,7 +27,7 @@ from mlkube.api.batchprediction import (
     ShardCounts,
     ShardFailure,
 )
-from mlkube.core.conditions import outcome_conditions, parse_timestamp, timestamp
+from mlkube.core.conditions import Event, outcome_conditions, parse_timestamp, timestamp
 
 Body = dict[str, Any]
 Step = Literal["plan", "shards", "manifest"]
@@ -51,13 +51,6 @@ class Target:
     name: str
     uri: str
     sha256: str
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

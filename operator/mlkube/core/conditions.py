@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from mlkube.api.common import Condition, ConditionStatus
 
 INVALID_SPEC = "InvalidSpec"
 """Reason: the spec cannot work as written (the operator's or the API server's refusal)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A core/v1 Event a decision asks the controller to post on its object."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
 
 
 def timestamp(now: datetime) -> str:

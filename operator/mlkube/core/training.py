@@ -18,6 +18,7 @@ from mlkube.api.trainingjob import ChampionGate, TrainingJobSpec, TrainingJobSta
 from mlkube.builders.training import TRAINER
 from mlkube.core.conditions import (
     INVALID_SPEC,
+    Event,
     condition,
     outcome_conditions,
     parse_timestamp,
@@ -164,13 +165,6 @@ SCHEMA_TOO_LARGE = "SchemaTooLarge"
 Body = dict[str, Any]
 ChampionArtifact = tuple[str, str]
 """(artifact URI, sha256) of the version a challenger must beat."""
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
