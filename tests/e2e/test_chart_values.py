@@ -142,4 +142,5 @@ def test_object_quotas_are_off_by_default_and_count_every_kind_per_listed_namesp
         "count/modelversions.mlkube.io": "500",
         "count/deployments.mlkube.io": "50",
         "count/driftmonitors.mlkube.io": "50",
+        "count/batchpredictions.mlkube.io": "100",
     }
