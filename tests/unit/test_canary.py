@@ -485,6 +485,7 @@ def test_a_failure_long_ago_is_not_held_against_the_next_window() -> None:
         current_step=1,
         canary_weight=50,
         step_started_at="2026-11-27T12:00:00Z",
+        analysis_baseline={},  # the window opened when the pods started
     )
     bad = {"canary/p": pod(100, 50), "stable/q": pod(100)}
     d = step(s, status, T0, counters=bad)
@@ -501,7 +502,8 @@ def test_an_indefinite_pause_keeps_analysing_in_the_background() -> None:
     s = spec(strategy={"canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}],
                                   "analysis": {"minRequestCount": 20, "intervalSeconds": 30}}})  # fmt: skip
     status = DeploymentStatus(stable_version="iris-v1", canary_version="iris-v2", current_step=1,
-                              canary_weight=50, step_started_at="2026-11-27T12:00:00Z")  # fmt: skip
+                              canary_weight=50, step_started_at="2026-11-27T12:00:00Z",
+                              analysis_baseline={})  # fmt: skip
     d = step(s, status, T0, counters={"canary/p": pod(10), "stable/q": pod(10)})
     assert d.status.phase == "Paused"
     assert d.requeue_after == 30, "it comes back to look"
@@ -520,12 +522,13 @@ def test_a_canary_waits_for_labels_then_rolls_back_on_worse_live_accuracy() -> N
     steps = [{"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}]
     s = spec(strategy={"canary": {"steps": steps, "analysis": analysis}})
     status = DeploymentStatus(stable_version="iris-v1", canary_version="iris-v2", current_step=1,
-                              canary_weight=50, step_started_at="2026-11-27T12:00:00Z")  # fmt: skip
+                              canary_weight=50, step_started_at="2026-11-27T12:00:00Z",
+                              analysis_baseline={})  # fmt: skip
     few = {"canary/p": labelled_pod(100, 10, 5), "stable/q": labelled_pod(100, 80, 76)}
     d = step(s, status, T0, counters=few)
     assert d.status.last_analysis is not None
     assert d.status.last_analysis.result == "Inconclusive"
-    assert (d.status.current_step, d.status.analysis_baseline) == (1, None), "the window grows"
+    assert (d.status.current_step, d.status.analysis_baseline) == (1, {}), "the window grows"
     enough = {"canary/p": labelled_pod(200, 60, 30), "stable/q": labelled_pod(200, 160, 150)}
     d = step(s, d.status, T0 + timedelta(seconds=30), counters=enough)
     assert d.status.aborted_version == "iris-v2"
@@ -533,3 +536,49 @@ def test_a_canary_waits_for_labels_then_rolls_back_on_worse_live_accuracy() -> N
     assert "live Accuracy 0.5 is 0.4375 worse than the stable's 0.9375" in (
         d.status.last_analysis.message
     )
+
+
+def client_errors_pod(requests: int, client_errors: int) -> dict[str, float]:
+    return {"requests|2xx": requests - client_errors, "requests|4xx": client_errors,
+            "label|0": requests - client_errors}  # fmt: skip
+
+
+def test_the_first_window_opens_when_the_canarys_pods_take_traffic_on_both_sides_at_once() -> None:
+    """The stable's good requests from before the canary do not dilute its 4xx rate: a flood
+    of bad requests spread over both versions afterwards is not blamed on the canary."""
+    steps = [{"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}]
+    s = spec(replicas=1, strategy={"canary": {"steps": steps, "analysis": {
+        "minRequestCount": 30, "intervalSeconds": 5, "maxErrorRatePercent": "5"}}})  # fmt: skip
+    d = step(s, stable_on("iris-v1"), T0, ready={"iris-v1": 1})  # no canary: nothing scraped
+    assert d.status.canary_version == "iris-v2"
+    assert d.status.analysis_baseline is None, "no window before the canary takes traffic"
+    before = {"stable/q": client_errors_pod(5000, 0)}
+    d = step(s, d.status, T0 + timedelta(seconds=5), ready={"iris-v1": 1, "iris-v2": 0},
+             counters=before)  # fmt: skip
+    assert d.status.analysis_baseline is None, "the canary's pods are not ready yet"
+    opened = {"canary/p": client_errors_pod(2, 0), "stable/q": client_errors_pod(5010, 0)}
+    d = step(s, d.status, T0 + timedelta(seconds=10), ready={"iris-v1": 1, "iris-v2": 1},
+             counters=opened)  # fmt: skip
+    assert d.status.analysis_baseline == opened
+    flooded = {"canary/p": client_errors_pod(102, 40), "stable/q": client_errors_pod(5110, 40)}
+    d = step(s, d.status, T0 + timedelta(seconds=20), ready={"iris-v1": 1, "iris-v2": 1},
+             counters=flooded)  # fmt: skip
+    assert d.status.last_analysis is not None
+    assert d.status.last_analysis.result == "Passed", d.status.last_analysis.message
+    assert d.status.stable_version == "iris-v2"
+
+
+def test_a_canary_refusing_what_the_stable_accepts_fails_in_the_first_window() -> None:
+    steps = [{"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}]
+    s = spec(replicas=1, strategy={"canary": {"steps": steps, "analysis": {
+        "minRequestCount": 30, "intervalSeconds": 5, "maxErrorRatePercent": "5"}}})  # fmt: skip
+    status = DeploymentStatus(stable_version="iris-v1", canary_version="iris-v2", current_step=0,
+                              canary_weight=50, step_started_at="2026-11-27T12:00:00Z")  # fmt: skip
+    opened = {"canary/p": client_errors_pod(0, 0), "stable/q": client_errors_pod(500, 0)}
+    d = step(s, status, T0, ready={"iris-v1": 1, "iris-v2": 1}, counters=opened)
+    refusing = {"canary/p": client_errors_pod(100, 40), "stable/q": client_errors_pod(600, 1)}
+    d = step(s, d.status, T0 + timedelta(seconds=10), ready={"iris-v1": 1, "iris-v2": 1},
+             counters=refusing)  # fmt: skip
+    assert d.status.aborted_version == "iris-v2"
+    assert d.status.last_analysis is not None
+    assert "exceeds maxErrorRatePercent 5" in d.status.last_analysis.message

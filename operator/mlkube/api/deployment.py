@@ -400,8 +400,9 @@ class DeploymentStatus(StatusBase):
         default=None,
         max_length=512,
         json_schema_extra=keys_at_most(TEXT_LENGTH, "analysisBaseline"),
-        description="Each pod's counters at the last conclusive analysis (`canary/<pod>`, "
-        "`stable/<pod>`): the next one judges only the requests since.",
+        description="Each pod's counters at the last conclusive analysis, or when traffic first "
+        "reached the canary (`canary/<pod>`, `stable/<pod>`): the next one judges only the "
+        "requests since, on both sides alike. Unset until the canary's pods take traffic.",
     )
     aborted_version: str | None = Field(
         default=None,

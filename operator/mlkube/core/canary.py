@@ -313,8 +313,7 @@ class _Machine:
         s.analysis_failures = 0
         s.analysis_inconclusive = 0
         s.last_analysis = None
-        # the stable's figures are compared from here on; the canary's pods count from zero
-        s.analysis_baseline = self._counters("stable/")
+        s.analysis_baseline = None  # opened once traffic reaches the canary (`_open_window`)
         if replaced:
             self.events.append(Event("CanaryReplaced", f"canary {replaced} replaced by {target}"))
         self.events.append(
@@ -406,12 +405,29 @@ class _Machine:
             return None
         return {pod: c for pod, c in counters.items() if pod.startswith(prefix)}
 
+    def _open_window(self) -> None:
+        """Start the first analysis window at the first look where the canary's ready pods take
+        traffic, for both sides at once: 4xx rates are compared over the same stretch of time,
+        never against the stable's counts from before the canary (issue 16 item 3)."""
+        s, counters = self.status, self.obs.counters
+        if (
+            s.analysis_baseline is None
+            and counters is not None
+            and s.canary_weight
+            and s.canary_version
+            and self.obs.ready_replicas.get(s.canary_version, 0) > 0
+        ):
+            s.analysis_baseline = dict(counters)
+
     def _metrics(self) -> CanaryMetrics | None:
-        """The figures since the last conclusive analysis (counter resets survived)."""
+        """The figures since the last conclusive analysis (counter resets survived); None
+        before the first window opened."""
         now = self.obs.counters
         if now is None:
             return self.obs.metrics
         baseline = self.status.analysis_baseline
+        if baseline is None:
+            return None
 
         def since(prefix: str) -> Counters:
             return window({k: v for k, v in now.items() if k.startswith(prefix)}, baseline)
@@ -467,6 +483,7 @@ class _Machine:
                 if not self._available(self.status.canary_version, desired):
                     self._wait_for_pods(self.status.canary_version, desired)
                     return
+                self._open_window()
                 self._advance()
             elif step.pause is not None:
                 if step.pause.seconds is None:
@@ -574,6 +591,7 @@ class _Machine:
             elif action == "promote" and self._step() is not None:
                 self._advance()
             current = self._step()
+            self._open_window()
             if s.canary_version and (current is None or current.analysis is None):
                 self.background_analysis()
             if s.canary_version:
