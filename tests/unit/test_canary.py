@@ -12,7 +12,6 @@ from mlkube.core.canary import (
     Workload,
     decide,
     evaluate_analysis,
-    split_replicas,
 )
 from mlkube.core.conditions import condition_status
 
@@ -352,15 +351,6 @@ def test_analysis_reports_each_failing_figure() -> None:
     assert "prediction shift 0.6000 exceeds maxPredictionShift 0.25" in result.message
     assert evaluate_analysis(analysis, None, T0).result == "Inconclusive"
     assert evaluate_analysis(analysis, HEALTHY, T0).result == "Passed"
-
-
-def test_replica_split_keeps_one_stable_pod_and_rounds_canary_up() -> None:
-    assert split_replicas(spec(replicas=4), 25) == (3, 1)
-    assert split_replicas(spec(replicas=1), 10) == (1, 1)
-    assert split_replicas(spec(replicas=1), 0) == (1, 0)
-    assert split_replicas(spec(replicas=0), 50) == (0, 0)
-    gateway = spec(traffic="GatewayAPI", gateway={"name": "gw"}, replicas=4)
-    assert split_replicas(gateway, 25) == (4, 1)
 
 
 def test_gateway_weights_follow_the_canary_step() -> None:

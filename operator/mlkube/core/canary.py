@@ -7,7 +7,6 @@ point resumes exactly where it was.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -23,6 +22,7 @@ from mlkube.api.deployment import (
     DeploymentStatus,
     LiveQualityResult,
 )
+from mlkube.core import replicas
 from mlkube.core.analysis import CanaryMetrics, Counters, LiveQuality, window, window_metrics
 from mlkube.core.conditions import condition_status, parse_timestamp, set_condition, timestamp
 from mlkube.core.history import OPERATOR, UNKNOWN, record
@@ -171,27 +171,6 @@ def _live_result(live: LiveQuality | None) -> LiveQualityResult | None:
     )
 
 
-def split_replicas(spec: DeploymentSpec, weight: int, total: int | None = None) -> tuple[int, int]:
-    """(stable, canary) pod counts for a canary weight; stable keeps at least one pod.
-
-    With autoscaling the HPA owns the stable's count (`total`, the live one) and the canary is
-    sized from it so the pod ratio still approximates the weight."""
-    total = spec.replicas if total is None else total
-    if weight == 0 or total == 0:
-        return total, 0
-    if spec.autoscaling is not None:
-        share = (
-            total
-            if weight >= 100 or spec.traffic == "GatewayAPI"
-            else total * weight / (100 - weight)
-        )
-        return total, max(1, math.ceil(share if weight < 100 else total))
-    canary = max(1, math.ceil(total * weight / 100))
-    if spec.traffic == "GatewayAPI":
-        return total, canary
-    return max(1, total - canary), canary
-
-
 def missing_columns(obs: Observation, stable: str | None, target: str) -> list[str]:
     """Input columns the target needs that the stable's requests never carried."""
     if stable is None or stable not in obs.input_columns or target not in obs.input_columns:
@@ -199,8 +178,9 @@ def missing_columns(obs: Observation, stable: str | None, target: str) -> list[s
     return sorted(obs.input_columns[target] - obs.input_columns[stable])
 
 
-class _Machine:
-    """One decision's working state; `decide` is the public entry."""
+class Rollout:
+    """One rollout decision's working state: the status it edits, the events and requeues it
+    collects; `decide` is the public entry."""
 
     def __init__(
         self,
@@ -219,9 +199,9 @@ class _Machine:
         self.events: list[Event] = []
         self.requeue: list[float] = []
         self.promoted_from: str | None = None
+        """The stable replaced in this decision: the new one starts with at least its pods."""
         self.stalled = False
         """The stable's rollout passed its progress deadline in this decision."""
-        """The stable replaced in this decision: the new one starts with at least its pods."""
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -237,13 +217,20 @@ class _Machine:
     def _stable_total(self) -> int:
         """The stable's pod count: the spec's, or with autoscaling the live one (HPA-owned)."""
         autoscaling = self.spec.autoscaling
-        if autoscaling is None:
-            return self.spec.replicas
-        stable = self.status.stable_version or ""
-        return max(self.obs.live_replicas.get(stable, 0), autoscaling.min_replicas)
+        return replicas.stable_total(
+            self.spec.replicas,
+            None if autoscaling is None else autoscaling.min_replicas,
+            self.obs.live_replicas.get(self.status.stable_version or "", 0),
+        )
 
     def _split(self, weight: int) -> tuple[int, int]:
-        return split_replicas(self.spec, weight, self._stable_total())
+        """(stable, canary) pods at `weight` (`replicas.split`)."""
+        return replicas.split(
+            self._stable_total(),
+            weight,
+            routed=self.spec.traffic == "GatewayAPI",
+            autoscaled=self.spec.autoscaling is not None,
+        )
 
     def _why(self, version: str | None) -> str:
         """': <reason>: <Kubernetes' words>' when the version's pods say why they are not
@@ -520,19 +507,42 @@ class _Machine:
     # -- the whole decision ----------------------------------------------------------------
 
     def run(self) -> Decision:
+        """Housekeeping, then the person's action, then the way to the target, then the status."""
+        self.status.phase = None
+        self.scale_down_previous()
+        self.handle_action()
+        self.follow_target()
+        if self.obs.action is not None:
+            self.status.handled_action = self.obs.action_id or self.obs.action
+        self._finish_status()
+        by = OPERATOR if self.obs.action is None else self.obs.requester or UNKNOWN
+        self.status.history = record(self.before, self.status, self.now, by) or None
+        return Decision(
+            status=self.status,
+            workloads=self._workloads(),
+            weights=self._weights(),
+            events=self.events,
+            requeue_after=min(self.requeue) if self.requeue else None,
+        )
+
+    def scale_down_previous(self) -> None:
+        """The previous stable, kept warm for a fast rollback, goes at its `scaleDownAt`."""
         s = self.status
-        obs = self.obs
-        s.phase = None
-        if s.previous_stable_version and s.scale_down_at:
-            left = -self._since(s.scale_down_at)
-            if left <= 0:
-                self.events.append(
-                    Event("ScaledDown", f"previous stable {s.previous_stable_version} scaled down")
-                )
-                s.previous_stable_version, s.scale_down_at = None, None
-            else:
-                self._wait(left)
-        action = obs.action
+        if not (s.previous_stable_version and s.scale_down_at):
+            return
+        left = -self._since(s.scale_down_at)
+        if left > 0:
+            self._wait(left)
+            return
+        self.events.append(
+            Event("ScaledDown", f"previous stable {s.previous_stable_version} scaled down")
+        )
+        s.previous_stable_version, s.scale_down_at = None, None
+
+    def handle_action(self) -> None:
+        """The actions that act before the target is looked at: retry and rollback (promote and
+        abort act on a running canary, in `run_canary`)."""
+        s, action = self.status, self.obs.action
         if action == "retry" and s.aborted_version:
             self.events.append(Event("Retry", f"{s.aborted_version} may be rolled out again"))
             s.aborted_version = None
@@ -540,19 +550,11 @@ class _Machine:
         if action == "rollback":
             self.instant_rollback()
 
-        target = obs.target
+    def follow_target(self) -> None:
+        """What the spec's ModelVersion asks of this rollout, given what serves now."""
+        s, target = self.status, self.obs.target
         if target is None:
-            self._wait(WAIT_FOR_TARGET_SECONDS)
-            reason, message = obs.target_problem or (
-                "ModelVersionNotFound",
-                "no ModelVersion to serve",
-            )
-            if s.canary_version:
-                self.drop_canary()
-            if s.stable_version:
-                self._degrade(reason, f"{message}; {s.stable_version} keeps serving")
-            else:
-                s.phase = "Pending"
+            self.lose_target()
         elif s.stable_version is None:
             s.stable_version = target
             self.events.append(Event("RollingOut", f"serving {target}"))
@@ -578,36 +580,45 @@ class _Machine:
         elif (
             s.canary_version != target
             and not self.spec.strategy.canary.allow_schema_changes
-            and (missing := missing_columns(obs, s.stable_version, target))
+            and (missing := missing_columns(self.obs, s.stable_version, target))
         ):
             self._refuse_schema(target, missing)
         else:
-            if s.canary_version != target:
-                self.start_canary(target)
-            if action == "abort":
-                self.roll_back("Aborted", "aborted by request")
-            elif action == "promote-full":
-                self.promote()
-            elif action == "promote" and self._step() is not None:
-                self._advance()
-            current = self._step()
-            self._open_window()
-            if s.canary_version and (current is None or current.analysis is None):
-                self.background_analysis()
-            if s.canary_version:
-                self.run_steps()
-        if action is not None:
-            s.handled_action = obs.action_id or action
-        self._finish_status()
-        by = OPERATOR if action is None else obs.requester or UNKNOWN
-        s.history = record(self.before, s, self.now, by) or None
-        return Decision(
-            status=s,
-            workloads=self._workloads(),
-            weights=self._weights(),
-            events=self.events,
-            requeue_after=min(self.requeue) if self.requeue else None,
+            self.run_canary(target)
+
+    def lose_target(self) -> None:
+        """No servable ModelVersion: any canary goes, the stable keeps serving, look again soon."""
+        s = self.status
+        self._wait(WAIT_FOR_TARGET_SECONDS)
+        reason, message = self.obs.target_problem or (
+            "ModelVersionNotFound",
+            "no ModelVersion to serve",
         )
+        if s.canary_version:
+            self.drop_canary()
+        if s.stable_version:
+            self._degrade(reason, f"{message}; {s.stable_version} keeps serving")
+        else:
+            s.phase = "Pending"
+
+    def run_canary(self, target: str) -> None:
+        """`target` as the canary: started if new, the person's promote or abort applied, then
+        its analysis and steps."""
+        s, action = self.status, self.obs.action
+        if s.canary_version != target:
+            self.start_canary(target)
+        if action == "abort":
+            self.roll_back("Aborted", "aborted by request")
+        elif action == "promote-full":
+            self.promote()
+        elif action == "promote" and self._step() is not None:
+            self._advance()
+        current = self._step()
+        self._open_window()
+        if s.canary_version and (current is None or current.analysis is None):
+            self.background_analysis()
+        if s.canary_version:
+            self.run_steps()
 
     def _workloads(self) -> dict[str, Workload]:
         """Pods per version. The canary's pods come first: the stable gives up only as many pods
@@ -616,20 +627,25 @@ class _Machine:
         autoscaled = self.spec.autoscaling is not None
         workloads: dict[str, Workload] = {}
         if s.previous_stable_version:
-            warm = obs.live_replicas.get(s.previous_stable_version) if autoscaled else None
+            live = obs.live_replicas.get(s.previous_stable_version) if autoscaled else None
             workloads[s.previous_stable_version] = Workload(
-                self.spec.replicas if warm is None else warm, traffic=False
+                replicas.warm(self.spec.replicas, live), traffic=False
             )
-        weight = (s.canary_weight or 0) if s.canary_version else 0
         total = self._stable_total()
-        stable_replicas, canary_replicas = split_replicas(self.spec, weight, total)
+        stable_replicas, canary_replicas = self._split(
+            (s.canary_weight or 0) if s.canary_version else 0
+        )
         if s.canary_version and not autoscaled:
-            ready_canary = min(obs.ready_replicas.get(s.canary_version, 0), canary_replicas)
-            stable_replicas = max(stable_replicas, min(total, total - ready_canary))
+            stable_replicas = replicas.canary_first(
+                total, stable_replicas, canary_replicas, obs.ready_replicas.get(s.canary_version, 0)
+            )
         if s.stable_version:
             if autoscaled and self.promoted_from:
-                before = obs.live_replicas.get(self.promoted_from, 0)
-                stable_replicas = max(obs.live_replicas.get(s.stable_version, 0), before, total)
+                stable_replicas = replicas.after_promotion(
+                    total,
+                    obs.live_replicas.get(s.stable_version, 0),
+                    obs.live_replicas.get(self.promoted_from, 0),
+                )
             workloads[s.stable_version] = Workload(stable_replicas, True, autoscaled=autoscaled)
         if s.canary_version:
             workloads[s.canary_version] = Workload(canary_replicas, traffic=True)
@@ -718,4 +734,4 @@ def decide(
     now: datetime,
     generation: int | None = None,
 ) -> Decision:
-    return _Machine(spec, status, observation, generation, now).run()
+    return Rollout(spec, status, observation, generation, now).run()
