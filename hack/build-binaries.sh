@@ -8,7 +8,9 @@
 #   kube-router (firewall only: the test bed's NetworkPolicy implementation)          (github.com/cloudnativelabs/kube-router/v2)
 #
 # Output: $MLKUBE_BIN_DIR (default ~/.cache/mlkube/k8s-<ver>-etcd-<ver>-helm-<ver>/bin, see below).
-# Already-built binaries are skipped. Usage: hack/build-binaries.sh [--print-bin-dir]
+# Already-built binaries are skipped. Usage: hack/build-binaries.sh [--print-bin-dir | TOOL...]
+# with TOOL among kubernetes, etcd, helm, weed, kube-router (default: all; hack/s3 builds only weed,
+# so hack/test can start the S3 server and its runtime tier while the cluster's binaries build).
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.35.4}"
@@ -25,6 +27,12 @@ BIN_DIR="${MLKUBE_BIN_DIR:-$CACHE_ROOT/k8s-${K8S_VERSION}/bin}"
 SRC_ROOT="$CACHE_ROOT/src"
 # versions of etcd/helm/weed are recorded in the bin dir; a mismatch rebuilds that tool
 if [[ "${1:-}" == "--print-bin-dir" ]]; then echo "$BIN_DIR"; exit 0; fi
+TOOLS=(kubernetes etcd helm weed kube-router)
+for tool in "$@"; do
+  [[ " ${TOOLS[*]} " == *" $tool "* ]] || { echo "build-binaries: unknown tool '$tool' (one of: ${TOOLS[*]})" >&2; exit 2; }
+done
+ONLY="$*"
+wanted() { [[ -z "$ONLY" || " $ONLY " == *" $1 "* ]]; }
 
 export GOFLAGS="${GOFLAGS:--mod=mod}"
 case " $GOFLAGS " in *" -mod="*) ;; *) GOFLAGS="$GOFLAGS -mod=mod" ;; esac
@@ -51,7 +59,9 @@ built_any=0
 # ---------------------------------------------------------------- kubernetes
 missing=()
 for c in "${K8S_CMDS[@]}"; do stamp_ok "$c" "$K8S_VERSION" || missing+=("$c"); done
-if (( ${#missing[@]} )); then
+if ! wanted kubernetes; then
+  :
+elif (( ${#missing[@]} )); then
   built_any=1
   wd="$SRC_ROOT/k8s-$K8S_VERSION"
   mkdir -p "$wd"
@@ -108,7 +118,9 @@ fi
 missing=()
 stamp_ok etcd "$ETCD_VERSION" || missing+=(etcd)
 stamp_ok etcdctl "$ETCD_VERSION" || missing+=(etcdctl)
-if (( ${#missing[@]} )); then
+if ! wanted etcd; then
+  :
+elif (( ${#missing[@]} )); then
   built_any=1
   wd="$SRC_ROOT/etcd-$ETCD_VERSION"
   mkdir -p "$wd"
@@ -145,7 +157,9 @@ else
 fi
 
 # ---------------------------------------------------------------- helm
-if ! stamp_ok helm "$HELM_VERSION"; then
+if ! wanted helm; then
+  :
+elif ! stamp_ok helm "$HELM_VERSION"; then
   built_any=1
   log "helm $HELM_VERSION: go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   t0=$(date +%s)
@@ -161,7 +175,9 @@ else
 fi
 
 # ---------------------------------------------------------------- seaweedfs (weed)
-if ! stamp_ok weed "$SEAWEEDFS_VERSION"; then
+if ! wanted weed; then
+  :
+elif ! stamp_ok weed "$SEAWEEDFS_VERSION"; then
   built_any=1
   wd="$SRC_ROOT/seaweedfs-$SEAWEEDFS_VERSION"
   mkdir -p "$wd"
@@ -200,7 +216,9 @@ else
 fi
 
 # ---------------------------------------------------------------- kube-router
-if ! stamp_ok kube-router "$KUBE_ROUTER_VERSION"; then
+if ! wanted kube-router; then
+  :
+elif ! stamp_ok kube-router "$KUBE_ROUTER_VERSION"; then
   built_any=1
   # its go.mod has no replace lines: a plain `go install` at the tag, with upstream's version ldflags
   log "kube-router $KUBE_ROUTER_VERSION: go install github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
