@@ -144,3 +144,16 @@ def test_object_quotas_are_off_by_default_and_count_every_kind_per_listed_namesp
         "count/driftmonitors.mlkube.io": "50",
         "count/batchpredictions.mlkube.io": "100",
     }
+
+
+def test_a_refused_metrics_scrape_names_the_reader_role_of_this_release() -> None:
+    done = subprocess.run(
+        [str(bin_dir() / "helm"), "template", "team-ml", "charts/mlkube"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    roles = {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"}
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    named = env_of(pod)["MLKUBE_METRICS_READER_ROLE"]
+    assert named == "team-ml-metrics-reader"
+    assert named in roles

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from mlkube.controller.errors import ApiError
 METRICS_PATH = "/metrics"
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+READER_ROLE = os.environ.get("MLKUBE_METRICS_READER_ROLE", "mlkube-metrics-reader")
+"""The ClusterRole granting it, named after the chart's release (`<release>-metrics-reader`)."""
 CACHE_SECONDS = 60.0
 """How long an allowed token stays allowed without asking again."""
 REFUSED_CACHE_SECONDS = 10.0
@@ -115,7 +118,7 @@ class MetricsAuth:
         if ((access or {}).get("status") or {}).get("allowed"):
             return Decision(200, username)
         return Decision(
-            403, f"{username} may not get {METRICS_PATH}: bind the mlkube-metrics-reader role"
+            403, f"{username} may not get {METRICS_PATH}: bind the ClusterRole {READER_ROLE}"
         )
 
 
