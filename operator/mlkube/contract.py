@@ -9,6 +9,8 @@ BATCHPREDICTION_ENV = "MLKUBE_BATCHPREDICTION"
 """The BatchPrediction a batch pod works for: the plan and the manifest name it."""
 SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
 """Set by the Job controller on every pod of an Indexed Job: the pod's index, its shard."""
+POD_NAME_ENV = "MLKUBE_POD_NAME"
+"""A trial pod's own name (downward API), recorded with its trial."""
 SHARD_ATTEMPT_ENV = {
     "batch.kubernetes.io/job-index-failure-count": "MLKUBE_INDEX_FAILURES",
     "batch.kubernetes.io/job-index-ignored-failure-count": "MLKUBE_INDEX_IGNORED_FAILURES",

@@ -66,6 +66,7 @@ KINDS: list[Kind] = [
             {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Version", "type": "string", "jsonPath": ".status.modelVersion"},
+            {"name": "Trials", "type": "string", "jsonPath": ".status.search.progress"},
             {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "priority": 1},
             AGE,
         ],

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+import math
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue, field_validator
+from pydantic import Field, JsonValue, WithJsonSchema, field_validator, model_validator
 
 from mlkube.api.common import (
     DECIMAL,
     DNS_LABEL,
+    FREE_FORM_STRING,
     MAP_KEY_LENGTH,
     MESSAGE_LENGTH,
     NAME_LENGTH,
@@ -31,6 +34,7 @@ from mlkube.api.common import (
     immutable,
     keys_at_most,
     unique_by,
+    validations,
 )
 from mlkube.api.modelversion import ColumnType, MlflowRun
 from mlkube.estimators import ESTIMATORS
@@ -350,6 +354,194 @@ class Tracking(ApiModel):
     mlflow: MlflowTracking | None = None
 
 
+MAX_TRIALS = 500
+"""Trials of one search (a Grid's product of value counts, or Random's trials): an Indexed Job
+of more would be refused by nobody but would fill the store and the cluster for one model."""
+SEARCH_DIMENSIONS = 8
+SEARCH_VALUES = 64
+HYPERPARAMETER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+METRICS = {"accuracy": "classification", "f1": "classification", "roc_auc": "classification",
+           "rmse": "regression", "mae": "regression", "r2": "regression"}  # fmt: skip
+"""Validation metrics a search ranks trials by, with the task that has them."""
+
+
+SearchValues = Annotated[
+    list[JsonValue],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": SEARCH_VALUES,
+            "items": {
+                "x-kubernetes-preserve-unknown-fields": True,
+                "nullable": True,
+                "maxLength": FREE_FORM_STRING,
+                "maxItems": 0,
+                "maxProperties": 0,
+            },
+        }
+    ),
+]
+
+
+class SearchDimension(ApiModel):
+    """One hyperparameter's values: a list (Grid or Random picks from it) or a range (Random
+    samples it, uniformly or on a log scale)."""
+
+    model_config = api_config(
+        cel(
+            "has(self.min) == has(self.max)",
+            "a search range must set both min and max",
+            field_path=".max",
+        ),
+        cel(
+            "!has(self.min) || double(self.min) < double(self.max)",
+            "a search range's min must be less than its max",
+            field_path=".min",
+        ),
+        cel(
+            "!has(self.min) || !self.log || double(self.min) > 0.0",
+            "a search range with log: true must have min greater than 0",
+            field_path=".min",
+        ),
+        cel(
+            "has(self.min) || (!has(self.log) && !has(self.type))",
+            "log and type must only be given with min and max",
+            field_path=".type",
+        ),
+    )
+
+    values: SearchValues | None = Field(
+        default=None, description="The values to try: numbers, strings, booleans or null."
+    )
+    min: str | None = Field(default=None, pattern=SIGNED_DECIMAL, max_length=NUMBER_LENGTH)
+    max: str | None = Field(default=None, pattern=SIGNED_DECIMAL, max_length=NUMBER_LENGTH)
+    log: bool | None = Field(default=None, description="Sample on a log scale (min > 0).")
+    type: Literal["int", "float"] | None = Field(default=None, description="Default: float.")
+
+    @model_validator(mode="after")
+    def _values_or_range(self) -> SearchDimension:
+        # CEL cannot read `values` (its items have no declared type): checked here, where the
+        # operator refuses the spec naming the field (InvalidSpec)
+        if (self.values is None) == (self.min is None):
+            raise ValueError("must set either values or min and max")
+        return self
+
+    @field_validator("values")
+    @classmethod
+    def _scalars(cls, values: list[JsonValue] | None) -> list[JsonValue] | None:
+        if values is not None and not 1 <= len(values) <= SEARCH_VALUES:
+            raise ValueError(f"must list 1 to {SEARCH_VALUES} values")
+        for value in values or []:
+            if isinstance(value, list | dict):
+                raise ValueError("must be numbers, strings, booleans or null")
+            if isinstance(value, str) and len(value) > FREE_FORM_STRING:
+                raise ValueError(f"must be at most {FREE_FORM_STRING} characters each")
+        return values
+
+
+class Search(ApiModel):
+    """Hyperparameter search: trials as one Indexed Job, each fitted on the training split minus
+    a validation split (or cross-validated on it); the winner is refit on the whole training
+    split and faces the quality gates on the held-out test split, touched once."""
+
+    model_config = api_config(
+        cel(
+            "self.method != 'Grid' || self.space.all(k, !has(self.space[k].min))",
+            "search.space: a Grid must list values for every hyperparameter (min and max "
+            "ranges need method: Random)",
+            field_path=".space",
+        ),
+        cel(
+            "self.method != 'Random' || has(self.trials)",
+            "search.trials must be set for method Random",
+            field_path=".trials",
+        ),
+        cel(
+            "self.method != 'Grid' || !has(self.trials)",
+            "search.trials must only be set for method Random (a Grid tries every combination)",
+            field_path=".trials",
+        ),
+    )
+
+    method: Literal["Grid", "Random"]
+    space: dict[str, SearchDimension] = Field(
+        min_length=1,
+        max_length=SEARCH_DIMENSIONS,
+        json_schema_extra=validations(
+            cel(
+                f"self.all(k, k.size() <= {FREE_FORM_STRING} && k.matches('{HYPERPARAMETER}'))",
+                "search.space keys must be hyperparameter names (letters, digits, _), at most "
+                f"{FREE_FORM_STRING} characters",
+            )
+        ),
+        description="Hyperparameter name -> values or range; overrides estimator.hyperparameters.",
+    )
+    trials: int | None = Field(
+        default=None, ge=1, le=MAX_TRIALS, description="Random: how many; Grid: every combination."
+    )
+    parallelism: int = Field(default=1, ge=1, le=64, description="Trial pods at once.")
+    metric: Literal["accuracy", "f1", "roc_auc", "rmse", "mae", "r2"] | None = Field(
+        default=None,
+        description="The validation metric trials are ranked by (rmse and mae: lower is "
+        "better); default: accuracy for classifiers, rmse for regressors.",
+    )
+    validation_percent: int = Field(
+        default=20, ge=5, le=50, description="Carved from the training split, never the test split."
+    )
+    cv_folds: int | None = Field(
+        default=None,
+        ge=2,
+        le=10,
+        description="Score each trial by k-fold cross-validation on the training split instead.",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, description="Random's sampling seed; default: split.seed."
+    )
+    top: int = Field(default=5, ge=1, le=20, description="Trials kept in status, best first.")
+
+    @field_validator("space")
+    @classmethod
+    def _names(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        for name in space:
+            if len(name) > FREE_FORM_STRING or not re.match(HYPERPARAMETER, name):
+                raise ValueError(f"key {name[:64]!r} must be a hyperparameter name")
+        return space
+
+    @model_validator(mode="after")
+    def _grid_size(self) -> Search:
+        # the product of the value counts: CEL can neither read `values` nor multiply over a map
+        if self.method == "Grid" and self.trial_count() > MAX_TRIALS:
+            raise ValueError(
+                f"a Grid must have at most {MAX_TRIALS} trials (the product of its value "
+                f"counts is {self.trial_count()}): split the search or use method Random"
+            )
+        return self
+
+    def trial_count(self) -> int:
+        """Random: `trials`; Grid: the product of the value counts."""
+        if self.method == "Random":
+            return self.trials or 1
+        return math.prod(len(d.values or []) for d in self.space.values())
+
+
+def _metric_fits_the_task() -> list[JsonDict]:
+    rules = []
+    for task in ("classification", "regression"):
+        names: list[JsonValue] = [n for n, t in sorted(ESTIMATORS.items()) if t == task]
+        metrics = sorted(m for m, t in METRICS.items() if t == task)
+        rules.append(
+            cel(
+                f"!has(self.search) || !has(self.search.metric) || "
+                f"!(self.search.metric in {json.dumps(metrics)}) || "
+                f"self.estimator.className in {json.dumps(names)}",
+                f"search.metric {'/'.join(metrics)} must only be set for a {task} estimator",
+                field_path=".search.metric",
+            )
+        )
+    return rules
+
+
 class TrainingJobSpec(ApiModel):
     model_config = api_config(
         cel(
@@ -358,6 +550,7 @@ class TrainingJobSpec(ApiModel):
             field_path=".features",
         ),
         *_gates_fit_the_task(),
+        *_metric_fits_the_task(),
     )
 
     model: str = Field(
@@ -392,9 +585,45 @@ class TrainingJobSpec(ApiModel):
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     suspend: bool = False
     tracking: Tracking | None = None
+    search: Search | None = Field(
+        default=None,
+        json_schema_extra=immutable("search"),
+        description="Hyperparameter search before the training: the winner is trained and gated.",
+    )
 
 
 Phase = Literal["Pending", "Suspended", "Running", "Succeeded", "Failed"]
+
+
+class Trial(ApiModel):
+    """One trial's record (the trial pod's result)."""
+
+    index: int = Field(ge=0)
+    status: Literal["Succeeded", "Failed"]
+    parameters: dict[str, TextStr] = Field(
+        default_factory=dict,
+        max_length=SEARCH_DIMENSIONS,
+        json_schema_extra=keys_at_most(FREE_FORM_STRING, "parameters"),
+        description="The trial's hyperparameters, as JSON values.",
+    )
+    value: NumberStr | None = Field(default=None, description="Its validation metric.")
+    fit_seconds: NumberStr | None = None
+    pod: str | None = Field(default=None, max_length=OBJECT_NAME_LENGTH)
+    reason: str | None = Field(default=None, max_length=NAME_LENGTH)
+    message: str | None = Field(default=None, max_length=TEXT_LENGTH)
+
+
+class SearchStatus(ApiModel):
+    metric: str = Field(max_length=NAME_LENGTH)
+    total: int = Field(ge=0)
+    done: int = Field(default=0, ge=0, description="Trials with a result, failed ones included.")
+    failed: int = Field(default=0, ge=0)
+    progress: str = Field(default="", max_length=NAME_LENGTH, description="done/total.")
+    top: list[Trial] = Field(default_factory=list, max_length=20, description="Best first.")
+    winner: Trial | None = None
+    trials_uri: str | None = Field(
+        default=None, max_length=URI_LENGTH, description="Where every trial's record is."
+    )
 
 
 class TrainingJobStatus(StatusBase):
@@ -413,6 +642,7 @@ class TrainingJobStatus(StatusBase):
     version: int | None = None
     progress: str | None = Field(default=None, max_length=MESSAGE_LENGTH)
     tracking: MlflowRun | None = Field(default=None, description="The run in MLflow.")
+    search: SearchStatus | None = None
 
 
 class TrainingJob(ApiModel):

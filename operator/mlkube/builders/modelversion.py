@@ -67,7 +67,8 @@ def model_version_manifest(
             dataset_digest=result.get("datasetDigest"),
             image=image,
             estimator=spec.estimator.class_name,
-            params=spec.estimator.hyperparameters,
+            # a search's winner trained with its own parameters over the spec's
+            params=result.get("params", spec.estimator.hyperparameters),
             seed=spec.split.seed,
             mlflow=mlflow_run(result),
         ),

@@ -18,9 +18,11 @@ from mlkube.builders.common import (
 )
 from mlkube.builders.tracking import credentials_env
 from mlkube.config import OperatorConfig
+from mlkube.contract import POD_NAME_ENV
 from mlkube.runtime.outcome import EXIT_PERMANENT
 
 TRAINER = "trainer"
+TRIALS_LABEL = "mlkube.io/trials"
 
 
 def job_name(trainingjob: str) -> str:
@@ -41,18 +43,19 @@ def tracking_env(spec: TrainingJobSpec) -> list[Manifest]:
     return credentials_env(mlflow.credentials_secret if mlflow else None)
 
 
-def build_job(
+def trials_job_name(trainingjob: str) -> str:
+    return child_name(trainingjob, "trials")
+
+
+def _trainer_parts(
     owner: Owner,
     spec: TrainingJobSpec,
     version: int,
     config: OperatorConfig,
-    champion: tuple[str, str] | None = None,
-) -> Manifest:
-    """The Job that trains `version` of the model; `champion` is (artifact URI, sha256) to beat.
-
-    Its pod template never depends on `suspend` (a Job's template is immutable, and suspending is
-    forwarded as a patch of `spec.suspend` alone); it has no ttlSecondsAfterFinished because the
-    operator deletes it only after reading its result."""
+    extra_args: list[str],
+    extra_env: list[Manifest],
+) -> tuple[Manifest, dict[str, str]]:
+    """(pod template, labels) of a pod running `mlkube-runtime train` for `version`."""
     image = spec.image or config.runtime_image
     args = [
         "train",
@@ -60,9 +63,8 @@ def build_job(
         "--artifact-root", config.artifact_root,
         "--namespace", owner.namespace,
         "--version", str(version),
+        *extra_args,
     ]  # fmt: skip
-    if champion:
-        args += ["--champion-uri", champion[0], "--champion-sha256", champion[1]]
     container = runtime_container(
         TRAINER,
         image,
@@ -71,38 +73,96 @@ def build_job(
             spec_env(spec, exclude={"suspend"}),
             {"name": "MLKUBE_TRAININGJOB", "value": owner.name},
             {"name": "MLKUBE_IMAGE", "value": image},
-            *tracking_env(spec),
+            *extra_env,
         ],
         resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
         config,
     )
     labels = trainer_labels(owner, spec)
+    template = {
+        "metadata": {"labels": labels},
+        "spec": pod_spec(container, config, restart_policy="Never"),
+    }
+    return template, labels
+
+
+def _fail_on_permanent(action: str) -> Manifest:
+    return {
+        "rules": [
+            {
+                "action": action,
+                "onExitCodes": {
+                    "containerName": TRAINER,
+                    "operator": "In",
+                    "values": [EXIT_PERMANENT],
+                },
+            }
+        ]
+    }
+
+
+def build_job(
+    owner: Owner,
+    spec: TrainingJobSpec,
+    version: int,
+    config: OperatorConfig,
+    champion: tuple[str, str] | None = None,
+) -> Manifest:
+    """The Job that trains `version` of the model; `champion` is (artifact URI, sha256) to beat.
+    With spec.search it trains the best trial (read from the store) once the trials are done.
+
+    Its pod template never depends on `suspend` (a Job's template is immutable, and suspending is
+    forwarded as a patch of `spec.suspend` alone); it has no ttlSecondsAfterFinished because the
+    operator deletes it only after reading its result."""
+    args = ["--champion-uri", champion[0], "--champion-sha256", champion[1]] if champion else []
+    template, labels = _trainer_parts(owner, spec, version, config, args, tracking_env(spec))
     job_spec: Manifest = {
         "backoffLimit": spec.backoff_limit,
         "activeDeadlineSeconds": spec.active_deadline_seconds,
         "suspend": spec.suspend,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": TRAINER,
-                        "operator": "In",
-                        "values": [EXIT_PERMANENT],
-                    },
-                }
-            ]
-        },
-        "template": {
-            "metadata": {"labels": labels},
-            "spec": pod_spec(container, config, restart_policy="Never"),
-        },
+        "podFailurePolicy": _fail_on_permanent("FailJob"),
+        "template": template,
     }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             **metadata(job_name(owner.name), owner, labels),
+            "annotations": {"mlkube.io/model-version": str(version)},
+        },
+        "spec": job_spec,
+    }
+
+
+def build_trials_job(
+    owner: Owner, spec: TrainingJobSpec, version: int, config: OperatorConfig
+) -> Manifest:
+    """spec.search's trials as one Indexed Job: index i runs trial i (JOB_COMPLETION_INDEX),
+    `search.parallelism` pods at once. `backoffLimitPerIndex` retries a trial alone (a trial the
+    estimator refuses is recorded and exits 0; only a crash or the store fails an index), so one
+    failing trial never fails the others; disruptions (a drained node) spend no retry. Trial pods
+    never talk to MLflow (the winner's pod logs them), so they get no tracking credentials."""
+    assert spec.search is not None
+    pod_name = {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    template, labels = _trainer_parts(owner, spec, version, config, ["--trial"], [pod_name])
+    trials = spec.search.trial_count()
+    policy = _fail_on_permanent("FailIndex")
+    policy["rules"].append({"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]})
+    job_spec: Manifest = {
+        "completionMode": "Indexed",
+        "completions": trials,
+        "parallelism": min(spec.search.parallelism, trials),
+        "backoffLimitPerIndex": spec.backoff_limit,
+        "activeDeadlineSeconds": spec.active_deadline_seconds,
+        "suspend": spec.suspend,
+        "podFailurePolicy": policy,
+        "template": template,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **metadata(trials_job_name(owner.name), owner, {**labels, TRIALS_LABEL: "true"}),
             "annotations": {"mlkube.io/model-version": str(version)},
         },
         "spec": job_spec,

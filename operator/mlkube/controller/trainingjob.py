@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from typing import Any
 
 from mlkube.api.crdgen import BY_KIND
 from mlkube.api.modelversion import model_version_name
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import Owner
 from mlkube.builders.modelversion import model_version_manifest
-from mlkube.builders.training import build_job, job_name
-from mlkube.controller import metrics
+from mlkube.builders.training import build_job, build_trials_job, job_name, trials_job_name
 from mlkube.controller.cache import Body
 from mlkube.controller.context import Context, Read, describe
 from mlkube.controller.errors import ApiError, Forbidden, Invalid
+from mlkube.controller.reconciler import ObjectReconciler
 from mlkube.core.conditions import INVALID_SPEC
 from mlkube.core.training import (
     ChampionArtifact,
@@ -83,25 +84,21 @@ class VersionClaims:
             return version
 
 
-class TrainingJobReconciler:
+class TrainingJobReconciler(ObjectReconciler[TrainingJobSpec, TrainingJobStatus]):
+    kind = KIND
+    spec_model = TrainingJobSpec
+    status_model = TrainingJobStatus
+    refused = staticmethod(refused_spec)
+
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         self.claims = VersionClaims(ctx)
 
-    def __call__(self, namespace: str, name: str) -> float | None:
+    def reconcile(self, r: Read_) -> float | None:
         """Returns seconds until the training wants another look (None: settled)."""
-        with metrics.reconciling(KIND):
-            read = self.ctx.read(
-                KIND, namespace, name, TrainingJobSpec, TrainingJobStatus, refused_spec
-            )
-            if read is None:
-                return None
-            return self._reconcile(read)
-
-    def _reconcile(self, r: Read_) -> float | None:
         observation = self._observe(r)
         decision = self._decide(r, observation)
-        if decision.create_job:
+        if decision.create_job or decision.create_trials:
             refused = self._create(r, decision)
             if refused is not None:  # Failed with the API server's words; the queue backs off
                 error, message = refused
@@ -123,7 +120,7 @@ class TrainingJobReconciler:
         job = ctx.caches.jobs.get(r.namespace, job_name(r.name))
         if status.phase in ("Succeeded", "Failed") and not retries_after_fix(status, r.generation):
             return Observation(version=status.version or 0, job=job)  # only its clean-up is left
-        if job is None and status.job_name:
+        if job is None and status.job_name == job_name(r.name):
             job = ctx.kube.get("batch/v1", "Job", r.namespace, job_name(r.name))
             if job is None:
                 registered = model_version_name(r.spec.model, status.version or 0)
@@ -135,6 +132,7 @@ class TrainingJobReconciler:
             ctx.caches.jobs.put(job)
         version = self._version(r, job)
         if job is None:
+            trials = self._trials(r)
             champion = self._champion(r)
             known = champion if isinstance(champion, tuple) else None
             forbidden = ctx.forbidden(
@@ -146,6 +144,7 @@ class TrainingJobReconciler:
                 version=version,
                 champion=champion,
                 forbidden=None if forbidden is None else forbidden.message,
+                **trials,
             )
         # the decision forwards spec.suspend to the Job: no pods to read while it is suspended
         pods = (
@@ -156,13 +155,31 @@ class TrainingJobReconciler:
         events = [] if r.spec.suspend else ctx.events_about(job, pods)
         return Observation(version=version, job=job, pods=pods, events=events)
 
+    def _trials(self, r: Read_) -> dict[str, Any]:
+        """spec.search's trials Job, its pods and the Events about them, while no training Job
+        exists (the pods' termination messages carry the trials' records)."""
+        if r.spec.search is None:
+            return {}
+        ctx, name = self.ctx, trials_job_name(r.name)
+        job = ctx.caches.jobs.get(r.namespace, name)
+        if job is None or r.spec.suspend:
+            return {"trials_job": job}
+        pods = ctx.kube.list_of("v1", "Pod", r.namespace, f"job-name={name}")
+        return {"trials_job": job, "trial_pods": pods, "trial_events": ctx.events_about(job, pods)}
+
     def _version(self, r: Read_, job: Body | None) -> int:
         """The version this TrainingJob trains: in status, on its Job, or claimed (once per
         TrainingJob: a retry after a failed create asks again and gets the same one)."""
         if r.status.version is not None:
             return r.status.version
-        if job is not None:
-            return int(job["metadata"]["annotations"]["mlkube.io/model-version"])
+        trials = (
+            self.ctx.caches.jobs.get(r.namespace, trials_job_name(r.name))
+            if r.spec.search is not None and job is None
+            else None
+        )
+        for child in (job, trials):
+            if child is not None:
+                return int(child["metadata"]["annotations"]["mlkube.io/model-version"])
         return self.claims.claim(r.namespace, r.spec.model, r.name, r.obj["metadata"]["uid"])
 
     def _champion(self, r: Read_) -> ChampionArtifact | str | None:
@@ -182,13 +199,17 @@ class TrainingJobReconciler:
         ctx.ensure_artifact_storage(r.namespace)
         owner = Owner.from_body(KIND, r.obj)
         version = decision.status.version or 0
-        manifest = build_job(owner, r.spec, version, ctx.config, decision.champion)
+        manifest = (
+            build_trials_job(owner, r.spec, version, ctx.config)
+            if decision.create_trials
+            else build_job(owner, r.spec, version, ctx.config, decision.champion)
+        )
         try:
             ctx.kube.create(manifest)
         except (Invalid, Forbidden) as e:
             return e, describe(e, manifest)
         # the watch brings the full object; until then, what was sent is what exists
-        if ctx.caches.jobs.get(r.namespace, job_name(r.name)) is None:
+        if ctx.caches.jobs.get(r.namespace, manifest["metadata"]["name"]) is None:
             ctx.caches.jobs.put(
                 {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "0"}}
             )
@@ -200,6 +221,10 @@ class TrainingJobReconciler:
         if decision.suspend is not None:
             patch = {"spec": {"suspend": decision.suspend}}
             ctx.caches.jobs.put(ctx.kube.patch("batch/v1", "Job", r.namespace, name, patch))
+        if decision.suspend_trials is not None:
+            patch = {"spec": {"suspend": decision.suspend_trials}}
+            trials = trials_job_name(r.name)
+            ctx.caches.jobs.put(ctx.kube.patch("batch/v1", "Job", r.namespace, trials, patch))
         if decision.register is not None:
             image = r.spec.image or ctx.config.runtime_image
             owner = Owner.from_body(KIND, r.obj)
@@ -210,6 +235,8 @@ class TrainingJobReconciler:
                 )
         if decision.delete_job:
             ctx.kube.delete("batch/v1", "Job", r.namespace, name)
+            if r.spec.search is not None:
+                ctx.kube.delete("batch/v1", "Job", r.namespace, trials_job_name(r.name))
 
     def _write(self, r: Read_, decision: Decision) -> None:
         for event in decision.events:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from mlkube.api.common import ConditionStatus
 from mlkube.api.modelversion import MlflowRun, model_version_name
-from mlkube.api.trainingjob import ChampionGate, TrainingJobSpec, TrainingJobStatus
+from mlkube.api.trainingjob import ChampionGate, SearchStatus, TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.training import TRAINER
 from mlkube.core.conditions import (
     INVALID_SPEC,
@@ -24,6 +24,16 @@ from mlkube.core.conditions import (
     parse_timestamp,
     set_condition,
     timestamp,
+)
+from mlkube.core.search import (
+    as_trial,
+    every_trial_failed,
+    parse_indexes,
+    search_status,
+    trial_records,
+    trials_blocked,
+    trials_failure_words,
+    trials_over,
 )
 from mlkube.core.waiting import IMAGE_PULL_FAILED, blocked, why_not_running
 from mlkube.tenancy import FORBIDDEN_URI
@@ -187,6 +197,10 @@ class Observation:
     """Before the Job exists: a URI of the spec outside the namespace's store, the message."""
     refused: tuple[str, str] | None = None
     """(reason, message): the API server refused the Job as written."""
+    trials_job: Body | None = None
+    """spec.search's Indexed Job, before the training Job exists."""
+    trial_pods: Sequence[Body] = ()
+    trial_events: Sequence[Body] = ()
 
 
 @dataclass
@@ -194,6 +208,9 @@ class Decision:
     status: TrainingJobStatus
     events: list[Event] = field(default_factory=list)
     create_job: bool = False
+    create_trials: bool = False
+    """Create spec.search's trials Job (`builders.training.build_trials_job`)."""
+    suspend_trials: bool | None = None
     champion: ChampionArtifact | None = None
     """For the Job to create: the champion's artifact to score on the held-out split."""
     suspend: bool | None = None
@@ -281,8 +298,11 @@ def decide(
             return Decision(status, delete_job=True)
         return Decision(status, requeue_after=left)
     decision = Decision(status)
+    searched = _search_phase(spec, status, o, decision) if spec.search else None
     if o.job is None and o.job_lost:
         outcome, named = _lost(status, o)
+    elif o.job is None and searched is not None and searched[0] is not None:
+        outcome, named = searched[0], False
     elif o.job is None:
         outcome, named = _before_the_job(spec, o, decision), False
     else:
@@ -300,15 +320,20 @@ def decide(
         )
     new = training_status(status, outcome, generation, now)
     new.version = o.version
+    if searched is not None:
+        new.search = searched[1]
+    if o.trials_job is not None:
+        new.job_name = str(o.trials_job["metadata"]["name"])
     if named or decision.create_job:
         new.job_name = job_name
     if outcome.phase == "Succeeded":
         new.model_version = model_version_name(spec.model, o.version)
         decision.register = outcome.result or None
+        _winner(new, outcome.result)
         _tracked(new, status, outcome.result, decision, generation, now)
     decision.status = new
     if (new.phase, failed_reason(new)) != (status.phase, failed_reason(status)) and not (
-        decision.create_job
+        decision.create_job or decision.create_trials
     ):
         type_: Literal["Normal", "Warning"] = "Warning" if new.phase == "Failed" else "Normal"
         decision.events.append(Event(type_, outcome.reason, outcome.message or str(new.phase)))
@@ -361,15 +386,86 @@ def _lost(status: TrainingJobStatus, o: Observation) -> tuple[Outcome, bool]:
     return Outcome("Failed", JOB_LOST, message), True
 
 
-def _before_the_job(spec: TrainingJobSpec, o: Observation, decision: Decision) -> Outcome:
-    """No Job yet: refuse what cannot train (naming the field), else create it."""
+def _refusal(o: Observation) -> Outcome | None:
+    """What cannot train, before any Job (naming the field)."""
     if isinstance(o.champion, str):
         return Outcome("Failed", CHAMPION_NOT_FOUND, o.champion)
     if o.forbidden is not None:
         return Outcome("Failed", FORBIDDEN_URI, o.forbidden)
     if o.refused is not None:
         return Outcome("Failed", *o.refused)
+    return None
+
+
+def _before_the_job(spec: TrainingJobSpec, o: Observation, decision: Decision) -> Outcome:
+    """No Job yet: refuse what cannot train (naming the field), else create it."""
+    refused = _refusal(o)
+    if refused is not None:
+        return refused
     decision.create_job = True
-    decision.champion = o.champion
+    decision.champion = o.champion if isinstance(o.champion, tuple) else None
     decision.events.append(Event("Normal", "JobCreated", f"training {spec.model} v{o.version}"))
     return training_outcome(None, [])
+
+
+# -- spec.search ---------------------------------------------------------------------------------
+
+
+def _search_phase(
+    spec: TrainingJobSpec, status: TrainingJobStatus, o: Observation, decision: Decision
+) -> tuple[Outcome | None, SearchStatus | None] | None:
+    """Before the training Job: create the trials' Indexed Job, follow it, or fail the search.
+    (outcome, search status); outcome None when the trials are over and the winner trains. None
+    once the training Job exists (its result completes the search's status)."""
+    assert spec.search is not None
+    if o.job is not None or o.job_lost:
+        return None
+    job = o.trials_job
+    if job is None:
+        refused = _refusal(o)
+        if refused is not None:
+            return refused, status.search
+        total = spec.search.trial_count()
+        decision.create_trials = True
+        decision.events.append(
+            Event("Normal", "TrialsCreated", f"{total} trials for {spec.model} v{o.version}")
+        )
+        new = search_status(spec, [], status.search)
+        return Outcome("Pending", "TrialsPending", "the trials Job is being created"), new
+    if bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
+        decision.suspend_trials = spec.suspend
+        job = {**job, "spec": {**(job.get("spec") or {}), "suspend": spec.suspend}}
+    failed_indexes = parse_indexes((job.get("status") or {}).get("failedIndexes"))
+    records = trial_records(o.trial_pods, failed_indexes)
+    new = search_status(spec, records, status.search)
+    failure = every_trial_failed(records, new.total)
+    if failure is not None:
+        return Outcome("Failed", *failure), new
+    over = trials_over(job)
+    if over == "":
+        return None, new
+    if over is not None:
+        reason = JOB_FAILURE_REASONS.get(over, "TrainingFailed")
+        return Outcome(
+            "Failed", reason, trials_failure_words(job, o.trial_pods, o.trial_events)
+        ), new
+    if spec.suspend:
+        return Outcome("Suspended", "Suspended", "spec.suspend is true"), new
+    problem = trials_blocked(job, o.trial_pods, o.trial_events)
+    if problem is not None:
+        reason, message, fatal = problem
+        return Outcome("Failed" if fatal else "Pending", reason, message), new
+    done = f"trials {new.done}/{new.total} done" + (f", {new.failed} failed" if new.failed else "")
+    if (job.get("status") or {}).get("active"):
+        return Outcome("Running", "Searching", done), new
+    return Outcome("Pending", "PodPending", f"waiting for the trial pods to start; {done}"), new
+
+
+def _winner(new: TrainingJobStatus, result: dict[str, Any]) -> None:
+    """The search's winner, as the training that chose it reported it, in status."""
+    searched = result.get("search") or {}
+    if not searched.get("winner") or new.search is None:
+        return
+    new.search = new.search.model_copy(
+        update={"winner": as_trial(searched["winner"]), "trials_uri": searched.get("trialsUri")}
+    )

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from mlkube.api.batchprediction import BatchPredictionSpec
 from mlkube.api.driftmonitor import DriftMonitorSpec
 from mlkube.api.trainingjob import TrainingJobSpec
-from mlkube.contract import SHARD_INDEX_ENV
+from mlkube.contract import POD_NAME_ENV, SHARD_INDEX_ENV
 from mlkube.runtime.outcome import EXIT_PERMANENT, RunFailure, one_line
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -78,7 +78,10 @@ def _train(args: argparse.Namespace) -> int:
         image=os.environ.get("MLKUBE_IMAGE"),
     )
     try:
-        result = train.train(request)
+        if args.trial is not None:  # one trial of spec.search: its record, Failed ones included
+            result = train.run_trial(request, args.trial, os.environ.get(POD_NAME_ENV))
+        else:
+            result = train.train(request)
     except RunFailure as failure:
         _write_result(train.termination_message(train.failure_result(failure)), args.result_file)
         return failure.exit_code
@@ -211,6 +214,14 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--champion-uri", help="artifact directory of the version to beat")
     train.add_argument("--champion-sha256")
     train.add_argument("--result-file", help="also write the result here")
+    train.add_argument(
+        "--trial",
+        type=int,
+        nargs="?",
+        const=int(os.environ.get(SHARD_INDEX_ENV, "0")),
+        help=f"run trial INDEX of spec.search (default: ${SHARD_INDEX_ENV}, an Indexed Job's "
+        "index) and record it, instead of training",
+    )
 
     drift = commands.add_parser("drift", help="compare logged inputs with the reference sample")
     drift.add_argument(

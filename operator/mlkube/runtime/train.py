@@ -11,9 +11,10 @@ import inspect
 import json
 import math
 import platform
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +22,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import sklearn
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import (
@@ -31,7 +33,7 @@ from sklearn.metrics import (
     roc_auc_score,
     root_mean_squared_error,
 )
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
     FunctionTransformer,
@@ -40,6 +42,7 @@ from sklearn.preprocessing import (
     OrdinalEncoder,
     StandardScaler,
 )
+from sklearn.utils._param_validation import InvalidParameterError
 
 from mlkube.api.modelversion import Column
 from mlkube.api.trainingjob import (
@@ -55,6 +58,21 @@ from mlkube.runtime import artifacts
 from mlkube.runtime.datasets import LoadedDataset, check_data, load_training_data
 from mlkube.runtime.outcome import RunFailure, one_line
 from mlkube.runtime.quality import Calibration, fit_calibration
+from mlkube.runtime.search import (
+    NO_RESULT,
+    failed_record,
+    first_failure,
+    log_trials,
+    parse_record,
+    rank,
+    search_seed,
+    trial_parameters,
+    trial_uri,
+    trials_uri,
+)
+from mlkube.runtime.search import (
+    metric as search_metric,
+)
 from mlkube.runtime.tracking import RunIdentity, Tracker
 from mlkube.runtime.transforms import as_text
 
@@ -357,7 +375,22 @@ def train(request: TrainRequest) -> dict[str, Any]:
     return {**result, "tracking": tracking} if tracking else result
 
 
-def _train(request: TrainRequest, tracker: Tracker) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Prepared:
+    """The checked data, split: what the training and every trial start from."""
+
+    task: Task
+    loaded: LoadedDataset
+    checked: pd.DataFrame
+    features: list[str]
+    columns: list[Column]
+    x_train: pd.DataFrame
+    x_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+
+
+def _prepare(request: TrainRequest) -> Prepared:
     spec = request.spec
     task = ESTIMATORS[spec.estimator.class_name]
     with _phase("DatasetNotFound", f"dataset {spec.dataset.describe()}"):
@@ -371,6 +404,21 @@ def _train(request: TrainRequest, tracker: Tracker) -> dict[str, Any]:
         x, y = checked[features], checked[spec.target]
     with _phase("DataValidationFailed", "splitting the data"):
         x_train, x_test, y_train, y_test = _split(spec, task, x, y)
+    return Prepared(task, loaded, checked, features, columns, x_train, x_test, y_train, y_test)
+
+
+def _train(request: TrainRequest, tracker: Tracker) -> dict[str, Any]:
+    prepared = _prepare(request)
+    searched: dict[str, Any] = {}
+    if request.spec.search is not None:
+        request, searched = _winner(request, prepared, tracker)
+    spec = request.spec
+    task, loaded, checked, features, columns = (
+        prepared.task, prepared.loaded, prepared.checked, prepared.features, prepared.columns
+    )  # fmt: skip
+    x_train, x_test, y_train, y_test = (
+        prepared.x_train, prepared.x_test, prepared.y_train, prepared.y_test
+    )  # fmt: skip
     estimator = _estimator(spec)
     _check_missing_handled(spec, estimator, columns)
     model = _pipeline(estimator, columns, spec.preprocessing)
@@ -432,7 +480,169 @@ def _train(request: TrainRequest, tracker: Tracker) -> dict[str, Any]:
         "classes": classes,
         "columns": [[c.name, c.type, *([True] if c.nullable else [])] for c in columns],
         "framework": {"version": sklearn.__version__, "pythonVersion": platform.python_version()},
+        **searched,
     }
+
+
+# -- hyperparameter search (spec.search) ---------------------------------------------------------
+
+
+def _with_hyperparameters(spec: TrainingJobSpec, parameters: dict[str, Any]) -> TrainingJobSpec:
+    """The spec with a trial's parameters over estimator.hyperparameters."""
+    merged = {**spec.estimator.hyperparameters, **parameters}
+    estimator = spec.estimator.model_copy(update={"hyperparameters": merged})
+    return spec.model_copy(update={"estimator": estimator})
+
+
+def _folds(
+    spec: TrainingJobSpec, prepared: Prepared, seed: int
+) -> list[tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]]:
+    """(x_fit, y_fit, x_validation, y_validation) from the training split only: one validation
+    split of search.validationPercent, or search.cvFolds folds. The test split is never read."""
+    assert spec.search is not None
+    x, y = prepared.x_train, prepared.y_train
+    stratify = prepared.task == "classification" and spec.split.stratify
+    with _phase("DataValidationFailed", "carving the validation split from the training split"):
+        if spec.search.cv_folds is None:
+            parts: list[Any] = train_test_split(
+                x,
+                y,
+                test_size=spec.search.validation_percent / 100,
+                random_state=seed,
+                stratify=y if stratify else None,
+            )
+            return [(parts[0], parts[2], parts[1], parts[3])]
+        folds = spec.search.cv_folds
+        splitter = (
+            StratifiedKFold(folds, shuffle=True, random_state=seed)
+            if stratify
+            else KFold(folds, shuffle=True, random_state=seed)
+        )
+        return [
+            (x.iloc[fit], y.iloc[fit], x.iloc[val], y.iloc[val])
+            for fit, val in splitter.split(x, y)
+        ]
+
+
+def _validation_score(
+    request: TrainRequest, prepared: Prepared, parameters: dict[str, Any], metric_name: str
+) -> tuple[float, float]:
+    """(the trial's mean validation `metric_name`, seconds spent fitting)."""
+    assert request.spec.search is not None
+    spec = _with_hyperparameters(request.spec, parameters)
+    seed = search_seed(request.spec.search, spec.split.seed)
+    estimator = _estimator(spec)
+    _check_missing_handled(spec, estimator, prepared.columns)
+    scores, fit_seconds = [], 0.0
+    for x_fit, y_fit, x_val, y_val in _folds(spec, prepared, seed):
+        model = _pipeline(clone(estimator), prepared.columns, spec.preprocessing)
+        started = time.perf_counter()
+        try:
+            model.fit(x_fit, y_fit)
+        except InvalidParameterError as e:  # scikit-learn checks parameters when fitting
+            raise RunFailure("InvalidHyperparameters", f"search: {one_line(e)}") from e
+        except Exception as e:
+            raise RunFailure("TrainingFailed", f"estimator {spec.estimator.class_name}: "
+                             f"{one_line(e)}") from e  # fmt: skip
+        fit_seconds += time.perf_counter() - started
+        with _phase("EvaluationFailed", "evaluating on the validation split"):
+            metrics = evaluate(prepared.task, model, x_val, y_val)
+        if metric_name not in metrics:
+            raise RunFailure(
+                "EvaluationFailed",
+                f"search.metric: the model has no {metric_name} on the validation split",
+            )
+        scores.append(metrics[metric_name])
+    return float(np.mean(scores)), fit_seconds
+
+
+def run_trial(request: TrainRequest, index: int, pod: str | None = None) -> dict[str, Any]:
+    """Trial `index` of spec.search: its parameters (`mlkube.runtime.search.trial_parameters`),
+    fitted and scored on validation data carved from the training split; the record is written
+    to the version's trials directory (the same name on a retry) and returned.
+
+    A trial that cannot succeed as specified (a hyperparameter the estimator rejects, data that
+    fails its tests) is recorded as Failed and returned; transient store errors raise RunFailure
+    (permanent=False) so that the Job retries the index."""
+    spec = request.spec
+    if spec.search is None:
+        raise RunFailure("InvalidSpec", "spec.search must be set to run a trial")
+    try:
+        parameters = trial_parameters(spec.search, search_seed(spec.search, spec.split.seed), index)
+    except IndexError as e:
+        raise RunFailure("InvalidSpec", f"search: {e}") from e
+    record: dict[str, Any]
+    try:
+        prepared = _prepare(request)
+        name = search_metric(spec.search, prepared.task)
+        value, fit_seconds = _validation_score(request, prepared, parameters, name)
+        record = {
+            "index": index,
+            "status": "Succeeded",
+            "parameters": parameters,
+            "metric": name,
+            "value": f"{value:.10g}",
+            "fitSeconds": f"{fit_seconds:.3f}",
+        }
+    except RunFailure as failure:
+        if not failure.permanent:
+            raise
+        record = failed_record(index, failure.reason, failure.message, parameters)
+    if pod:
+        record["pod"] = pod
+    uri = trial_uri(trials_uri(request.artifact_root, request.namespace, spec.model,
+                               request.version), index)  # fmt: skip
+    with _phase("ArtifactStoreError", f"writing {uri}", permanent=False):
+        artifacts.write_json(uri, record)
+    return record
+
+
+def read_trials(request: TrainRequest) -> list[dict[str, Any]]:
+    """Every trial's record from the store, in index order; a missing one is a failed trial."""
+    spec, search = request.spec, request.spec.search
+    assert search is not None
+    directory = trials_uri(request.artifact_root, request.namespace, spec.model, request.version)
+    records = []
+    for index in range(search.trial_count()):
+        uri = trial_uri(directory, index)
+        try:
+            records.append(parse_record(artifacts.read_bytes(uri), index))
+        except artifacts.ArtifactError:
+            records.append(failed_record(index, NO_RESULT, f"trial {index} recorded no result"))
+        except OSError as e:
+            raise RunFailure("ArtifactStoreError", f"reading {uri}: {one_line(e)}",
+                             permanent=False) from e  # fmt: skip
+    return records
+
+
+def _winner(
+    request: TrainRequest, prepared: Prepared, tracker: Tracker
+) -> tuple[TrainRequest, dict[str, Any]]:
+    """The best trial's request (its parameters over the spec's) and what the result says of
+    the search; every trial is logged as a child run. Raises RunFailure with the first trial's
+    reason when every trial failed."""
+    search = request.spec.search
+    assert search is not None
+    name = search_metric(search, prepared.task)
+    records = read_trials(request)
+    log_trials(tracker, records, name)
+    ranked = rank(records, name)
+    if not ranked or ranked[0].get("status") != "Succeeded":
+        raise RunFailure(*first_failure(records))
+    best = ranked[0]
+    spec = _with_hyperparameters(request.spec, dict(best["parameters"]))
+    keep = ("index", "parameters", "value", "fitSeconds", "pod")
+    summary = {
+        "metric": name,
+        "trials": len(records),
+        "failed": sum(1 for r in records if r.get("status") != "Succeeded"),
+        "winner": {k: best[k] for k in keep if k in best},
+        "trialsUri": trials_uri(
+            request.artifact_root, request.namespace, spec.model, request.version
+        ),
+    }
+    searched = {"search": summary, "params": spec.estimator.hyperparameters}
+    return replace(request, spec=spec), searched
 
 
 def failure_result(failure: RunFailure) -> dict[str, Any]:
