@@ -63,6 +63,9 @@ server: per-protocol decoding in ``protocol/rest/``, one ``DataPlane``, this ser
 - ``GET /livez``, ``GET /readyz``, ``GET /metrics``: BentoML's own; the metrics are listed in
   ``mlkube.runtime.metrics``.
 
+gRPC, on ``MLKUBE_GRPC_PORT`` when set (the operator sets 8081): the Open Inference Protocol's
+``inference.GRPCInferenceService`` over the same data plane (``protocol.grpc_server``).
+
 Large requests: a body over ``protocol.http.INLINE_BODY_BYTES`` is decoded, checked, predicted and written out
 in a bounded thread pool, and so is a prediction the model's cost (timed on probe rows at start)
 puts over ``protocol.dataplane.INLINE_PREDICT_SECONDS``; everything else runs inline on the event loop, where a thread
@@ -88,6 +91,7 @@ import bentoml
 
 from mlkube.runtime import artifacts
 from mlkube.runtime.protocol.dataplane import DataPlane, Model
+from mlkube.runtime.protocol.grpc_server import GRPCServer
 from mlkube.runtime.protocol.http import (
     ASGIApp,
     ASGIReceive,
@@ -161,6 +165,9 @@ class MLKubeModelServer:
         self.v1 = V1Endpoint(predictor, settings.model_version)
         self.kserve_v1 = KServeV1(self.plane, self.v1, settings.model_name)
         self.v2 = V2Endpoints(self.plane, settings)
+        self.grpc = (
+            GRPCServer(self.plane, self.v2, settings.grpc_port) if settings.grpc_port else None
+        )
         logger.info(
             "serving %s (model %s, version %s, sha256 verified, %s input)",
             settings.model_uri,
@@ -187,7 +194,16 @@ class MLKubeModelServer:
             self.plane.metrics.flush()
         return None
 
+    @bentoml.on_startup  # type: ignore[untyped-decorator]
+    async def start_grpc(self) -> None:
+        """The gRPC port, on this event loop; a port that cannot be bound stops the server."""
+        if self.grpc is not None:
+            await self.grpc.start()
+
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
-    def close_logs(self) -> None:
-        """Write out what both logs buffered (a SIGTERM shuts down through here)."""
+    async def close_logs(self) -> None:
+        """Let gRPC calls in flight finish, then write out what both logs buffered (a SIGTERM
+        shuts down through here)."""
+        if self.grpc is not None:
+            await self.grpc.stop()
         self.plane.close()

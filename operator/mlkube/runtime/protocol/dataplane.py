@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
@@ -326,9 +326,23 @@ class Endpoint(Protocol):
         """The body as the model's inputs, validated; RequestError naming what is wrong."""
         ...
 
-    def answer(self, prediction: Prediction, request_id: str, inputs: Inputs) -> dict[str, Any]:
-        """The answer's JSON document."""
+    def answer(self, prediction: Prediction, request_id: str, inputs: Inputs) -> Any:
+        """The answer: its JSON document, or the bytes the protocol sends."""
         ...
+
+
+class Answer(NamedTuple):
+    """A prediction request's answer, as `DataPlane.answer` gives it to a protocol to send."""
+
+    status: int
+    """HTTP's status: what the request metrics count (gRPC words it as its own code)."""
+    document: Any
+    """What the endpoint answered (a JSON document or bytes), or ``{"error": ...}``."""
+    request_id: str | None
+    headers: Headers
+    """Headers the answer needs besides the protocol's (``Retry-After``, ``Connection``)."""
+    arrays: Batch | None
+    prediction: Prediction | None
 
 
 class DataPlane:
@@ -410,36 +424,56 @@ class DataPlane:
         endpoint: Endpoint,
         refusal: RequestError | None = None,
     ) -> None:
-        """A prediction request of `endpoint`'s protocol: validate, predict, answer; count and
-        log after answering. `refusal`: what the path already refused (an unknown model).
+        """A prediction request of `endpoint`'s protocol over HTTP: read the body, answer it
+        (`answer`), send the JSON; count and log after sending. `refusal`: what the path already
+        refused (an unknown model)."""
+        started = time.perf_counter()
+
+        async def body() -> bytes:
+            if scope["method"] != "POST":
+                raise RequestError(405, "use POST")
+            if refusal is not None:
+                raise refusal
+            return await self.bodies.read(receive, started)
+
+        answer = await self.answer(endpoint, body, scope["headers"], started)
+        await send_json(send, answer.status, answer.document, answer.request_id, answer.headers)
+        self.answered(answer, started)
+
+    async def answer(
+        self,
+        endpoint: Endpoint,
+        body: Callable[[], Awaitable[bytes]],
+        headers: Headers,
+        started: float,
+    ) -> Answer:
+        """A prediction request of any protocol, whatever carries it: validate, predict, word
+        the answer. `body` gives the request body (raising RequestError to refuse it first),
+        `headers` the request's (an ``X-Request-ID``); `started`: ``time.perf_counter()`` when
+        the request came. Every failure is an Answer too. The caller sends it, then calls
+        `answered`.
 
         A large body is read into the model's input in the thread pool, and a costly prediction
-        (by the model's timing at start) is predicted and written out there; the rest runs
-        inline."""
-        started = time.perf_counter()
+        (by the model's timing at start) is predicted and worded there; the rest runs inline."""
         settings = self.settings
         if settings.fault_delay_ms:
             await asyncio.sleep(settings.fault_delay_ms / 1000)
         arrays: Batch | None = None
         prediction: Prediction | None = None
         request_id: str | None = None
-        headers: Headers = ()
+        extra: Headers = ()
         document: Any
         admitted: float | None = None
         try:
-            if scope["method"] != "POST":
-                raise RequestError(405, "use POST")
-            if refusal is not None:
-                raise refusal
-            body = await self.bodies.read(receive, started)
+            content = await body()
             if (
                 settings.fault_error_percent
                 and random.random() * 100 < settings.fault_error_percent
             ):
                 status, document = 500, {"error": f"injected fault ({ENV_FAULT_ERROR_PERCENT})"}
-            elif len(body) <= INLINE_BODY_BYTES:
-                inputs = endpoint.read(body)
-                request_id = request_id_of(inputs.id, scope["headers"])
+            elif len(content) <= INLINE_BODY_BYTES:
+                inputs = endpoint.read(content)
+                request_id = request_id_of(inputs.id, headers)
                 arrays = inputs.arrays
                 if inputs.rows <= self.predictor.inline_rows:
                     prediction = self.predictor.predict(inputs.features)
@@ -452,24 +486,27 @@ class DataPlane:
                     status = 200
             else:
                 admitted = self.pool.admit()
-                inputs = await self.pool.run(endpoint.read, body)
-                del body  # its megabytes need not live through the prediction
-                request_id = request_id_of(inputs.id, scope["headers"])
+                inputs = await self.pool.run(endpoint.read, content)
+                del content  # its megabytes need not live through the prediction
+                request_id = request_id_of(inputs.id, headers)
                 arrays = inputs.arrays
                 prediction, document = await self.pool.run(
                     self._predict, endpoint, inputs, request_id
                 )
                 status = 200
         except Exception as e:  # every failure is an answer (failure)
-            status, document, headers = failure(e, "prediction", endpoint.wording)
+            status, document, extra = failure(e, "prediction", endpoint.wording)
         finally:
             if admitted is not None:
                 self.pool.leave(admitted)
-        await send_json(send, status, document, request_id, headers)
+        return Answer(status, document, request_id, extra, arrays, prediction)
+
+    def answered(self, answer: Answer, started: float) -> None:
+        """After an answer went out: count it, and log its prediction."""
         finished = time.perf_counter()
-        self.metrics.observe_request(status, finished - started)
-        if prediction is not None and arrays is not None:
-            self._record(arrays, prediction, request_id)
+        self.metrics.observe_request(answer.status, finished - started)
+        if answer.prediction is not None and answer.arrays is not None:
+            self._record(answer.arrays, answer.prediction, answer.request_id)
         if finished - self._metrics_flushed > METRICS_FLUSH_SECONDS:
             self._metrics_flushed = finished
             self.metrics.flush()
@@ -477,9 +514,11 @@ class DataPlane:
     def _predict(
         self, endpoint: Endpoint, inputs: Inputs, request_id: str
     ) -> tuple[Prediction, bytes]:
-        """The prediction and its answer's JSON: the thread pool's part of a large request."""
+        """The prediction and its answer encoded (JSON, unless the protocol encoded it): the
+        thread pool's part of a large request."""
         prediction = self.predictor.predict(inputs.features)
-        return prediction, encode(endpoint.answer(prediction, request_id, inputs))
+        document = endpoint.answer(prediction, request_id, inputs)
+        return prediction, document if type(document) is bytes else encode(document)
 
     async def feedback(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
         """``POST /feedback``: check the labels, queue them for the feedback log, answer."""

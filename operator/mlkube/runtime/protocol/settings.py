@@ -30,6 +30,7 @@ ENV_MAX_CONCURRENCY = "MLKUBE_MAX_CONCURRENCY"
 ENV_MAX_QUEUED = "MLKUBE_MAX_QUEUED"
 ENV_MIN_BODY_RATE = "MLKUBE_MIN_BODY_BYTES_PER_SECOND"
 ENV_BODY_GRACE_SECONDS = "MLKUBE_BODY_GRACE_SECONDS"
+ENV_GRPC_PORT = "MLKUBE_GRPC_PORT"
 DEFAULT_MODEL_NAME = "model"
 DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_CONCURRENCY = 4
@@ -65,6 +66,8 @@ class ServeSettings:
     """The Open Inference Protocol's and KServe v1's model name (the ModelVersion's model)."""
     model_version_number: str | None = None
     """The Open Inference Protocol's model version (the ModelVersion's number); None: unnamed."""
+    grpc_port: int | None = None
+    """Where the Open Inference Protocol's gRPC service listens; None: nowhere."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServeSettings:
@@ -105,6 +108,7 @@ class ServeSettings:
             ),
             model_name=_path_segment(environ, ENV_MODEL_NAME) or DEFAULT_MODEL_NAME,
             model_version_number=_path_segment(environ, ENV_MODEL_VERSION_NUMBER),
+            grpc_port=_integer_between(environ, ENV_GRPC_PORT, 0, 65535, 0) or None,
         )
 
 

@@ -159,9 +159,15 @@ class V2Endpoint:
                 '"inputs" must be a non-empty list of tensors, each {"name", "shape", '
                 '"datatype", "data"}',
             )
-        _check_content_type(document.get("parameters"), "the request")
-        outputs = self._requested(document.get("outputs"))
+        check_content_type(document.get("parameters"), "the request")
+        outputs = self.requested(document.get("outputs"))
         parsed = [_tensor(index, tensor) for index, tensor in enumerate(tensors)]
+        return self.inputs(parsed, document.get("id"), outputs)
+
+    def inputs(self, parsed: list[Tensor], body_id: Any, outputs: Any) -> Inputs:
+        """The request's tensors (each consistent in itself) as the model's inputs: one per
+        column, or one [N, F] tensor; any protocol that carries the Open Inference Protocol's
+        tensors (REST's JSON, gRPC's messages) reads them here."""
         types = self.predictor.column_types
         first = parsed[0]
         if (
@@ -169,7 +175,7 @@ class V2Endpoint:
             and len(first.shape) == 2
             and (first.name not in types or first.shape[1] != 1)
         ):
-            return self._from_tensor(first, document.get("id"), outputs)
+            return self._from_tensor(first, body_id, outputs)
         for tensor in parsed:
             if tensor.name not in types:
                 raise RequestError(
@@ -178,9 +184,9 @@ class V2Endpoint:
                     f"input per column ({self._columns}) or one [N, {self._width}] tensor of "
                     "them in that order",
                 )
-        return self._from_columns(parsed, document.get("id"), outputs)
+        return self._from_columns(parsed, body_id, outputs)
 
-    def _requested(self, outputs: Any) -> tuple[str, ...] | None:
+    def requested(self, outputs: Any) -> tuple[str, ...] | None:
         """The outputs the request names; None for the default (all)."""
         if outputs is None:
             return None
@@ -340,7 +346,9 @@ def _check_rows(rows: int) -> None:
         raise RequestError(400, "the request has no rows: a prediction needs at least one")
 
 
-def _check_content_type(parameters: Any, where: str) -> None:
+def check_content_type(parameters: Any, where: str) -> None:
+    """A 400 for request or input `parameters` (JSON) that ask for what this server does not
+    take: binary data, or a content type other than MLServer's plain ones."""
     if parameters is None:
         return
     if type(parameters) is not dict:
@@ -384,7 +392,7 @@ def _tensor(index: int, tensor: Any) -> Tensor:
         )
     parameters = tensor.get("parameters")
     if parameters is not None:
-        _check_content_type(parameters, _input(name))
+        check_content_type(parameters, _input(name))
     data = tensor.get("data")
     if type(data) is not list:
         raise RequestError(
@@ -420,9 +428,12 @@ class V2Endpoints:
         )
         self.model_name = settings.model_name
         self.version = settings.model_version_number
-        self._server_metadata = encode(
-            {"name": SERVER_NAME, "version": _mlkube_version(), "extensions": []}
-        )
+        self.server_metadata: dict[str, Any] = {
+            "name": SERVER_NAME,
+            "version": _mlkube_version(),
+            "extensions": [],
+        }
+        self._server_metadata = encode(self.server_metadata)
         self._model_metadata = encode(self.endpoint.metadata())
         prefix = f"{V2_PREFIX}/models/{self.model_name}"
         self._infer_paths = {f"{prefix}/infer"} | (
@@ -441,7 +452,7 @@ class V2Endpoints:
             name, tail, version = parts[1], parts[2:], None
             if tail[:1] == ["versions"] and len(tail) >= 2:
                 version, tail = tail[1], tail[2:]
-            refusal = self._unknown(name, version)
+            refusal = self.unknown(name, version)
             if tail == ["infer"]:
                 await self.plane.infer(
                     scope, receive, send, self.endpoint, refusal or _binary(scope["headers"])
@@ -474,7 +485,7 @@ class V2Endpoints:
             return 503, {"error": "the server is not ready: it is starting or shutting down"}
         return 200, document | {"ready": True}
 
-    def _unknown(self, name: str, version: str | None) -> RequestError | None:
+    def unknown(self, name: str, version: str | None) -> RequestError | None:
         """A 404 for a model or version this server does not hold."""
         if name != self.model_name:
             return RequestError(
