@@ -23,10 +23,10 @@ from mlkube.builders.batch import (
     job_name,
 )
 from mlkube.builders.common import Owner
-from mlkube.controller import metrics
 from mlkube.controller.cache import Body
-from mlkube.controller.context import Context, Read, describe
+from mlkube.controller.context import Read, describe
 from mlkube.controller.errors import Forbidden, Invalid
+from mlkube.controller.reconciler import ObjectReconciler
 from mlkube.core.batch import (
     SHARD_LABEL,
     Observation,
@@ -52,19 +52,15 @@ Read_ = Read[BatchPredictionSpec, BatchPredictionStatus]
 PHASE_STEP: dict[str, Step] = {"Planning": "plan", "Running": "shards", "Finalizing": "manifest"}
 
 
-class BatchPredictionReconciler:
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+class BatchPredictionReconciler(ObjectReconciler[BatchPredictionSpec, BatchPredictionStatus]):
+    kind = KIND
+    spec_model = BatchPredictionSpec
+    status_model = BatchPredictionStatus
 
-    def __call__(self, namespace: str, name: str) -> float | None:
+    def reconcile(self, r: Read_) -> float | None:
         """Returns seconds until the run wants another look (None: it ended)."""
-        with metrics.reconciling(KIND):
-            read = self.ctx.read(KIND, namespace, name, BatchPredictionSpec, BatchPredictionStatus)
-            if read is None or read.status.phase in ("Succeeded", "Failed"):
-                return None
-            return self._reconcile(read)
-
-    def _reconcile(self, r: Read_) -> float | None:
+        if r.status.phase in ("Succeeded", "Failed"):
+            return None
         ctx = self.ctx
         decision = decide(r.spec, r.status, self._observe(r), ctx.clock(), r.generation)
         new = decision.status

@@ -1,5 +1,5 @@
 """What every per-kind reconciler shares: the API client, the watch-fed caches, the clock, events,
-the work queue, and the few chores common to all kinds (reading an object, writing its status,
+the work queue, and the few chores common to all kinds (getting an object, writing its status,
 turning a refused spec into a condition).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from mlkube.api.common import Condition, ConditionStatus, StatusBase
 from mlkube.api.crdgen import BY_KIND
@@ -123,31 +123,6 @@ class Context:
             return cached
         fresh = self.kube.get_object(BY_KIND[kind], namespace, name)
         return None if fresh is None else store.put(fresh)
-
-    def read(
-        self,
-        kind: str,
-        namespace: str,
-        name: str,
-        spec_model: type[SpecT],
-        status_model: type[StatusT],
-        refused: Refused[StatusT] | None = None,
-    ) -> Read[SpecT, StatusT] | None:
-        """The object, parsed; None when it is gone, being deleted, or its spec is invalid (then
-        marked with an InvalidSpec condition: Ready=False, or the status `refused` makes)."""
-        obj = self.get(kind, namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return None
-        status = status_model.model_validate(obj.get("status") or {})
-        try:
-            spec = spec_model.model_validate(obj["spec"])
-        except ValidationError as e:
-            message = "; ".join(
-                f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-            )
-            self.invalid(kind, obj, status, message, refused=refused)
-            return None
-        return Read(obj, spec, status)
 
     def write_status(self, kind: str, obj: Body, status: BaseModel) -> None:
         """Patch the status subresource and keep the cache at least as new as the write."""

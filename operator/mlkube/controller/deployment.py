@@ -31,6 +31,7 @@ from mlkube.controller import metrics
 from mlkube.controller.cache import Body, Routes
 from mlkube.controller.context import Context, Read
 from mlkube.controller.errors import Forbidden, Invalid
+from mlkube.controller.reconciler import ObjectReconciler
 from mlkube.core.actions import pending_action, requester
 from mlkube.core.aliases import (
     ALIASES_SYNCED,
@@ -82,19 +83,14 @@ def _does(job: Body | None, sync: AliasSync) -> bool:
     return job is not None and annotations.get(DIGEST_ANNOTATION) == sync.digest()
 
 
-class DeploymentReconciler:
-    def __init__(self, ctx: Context, routes: Routes) -> None:
-        self.ctx = ctx
-        self.routes = routes
+class DeploymentReconciler(ObjectReconciler[DeploymentSpec, DeploymentStatus]):
+    kind = KIND
+    spec_model = DeploymentSpec
+    status_model = DeploymentStatus
 
-    def __call__(self, namespace: str, name: str) -> float | None:
-        """Returns seconds until the rollout wants another look (None: nothing pending)."""
-        with metrics.reconciling(KIND):
-            read = self.ctx.read(KIND, namespace, name, DeploymentSpec, DeploymentStatus)
-            if read is None:
-                self._release_route(namespace, name)
-                return None
-            return self._reconcile(read)
+    def __init__(self, ctx: Context, routes: Routes) -> None:
+        super().__init__(ctx)
+        self.routes = routes
 
     def _scrape(self, r: Read_) -> dict[str, Counters] | None:
         """The canary's and the stable's pods' counters, keyed `<role>/<pod>`, scraped at once
@@ -135,7 +131,8 @@ class DeploymentReconciler:
                 waiting[version] = problem
         return waiting
 
-    def _reconcile(self, r: Read_) -> float | None:
+    def reconcile(self, r: Read_) -> float | None:
+        """Returns seconds until the rollout wants another look (None: nothing pending)."""
         ctx, spec, status = self.ctx, r.spec, r.status
         versions = {
             mv["metadata"]["name"]: mv
@@ -262,7 +259,7 @@ class DeploymentReconciler:
         for version in stale_versions(r.name, before, after, recorded):
             self.ctx.enqueue(("ModelVersion", r.namespace, version), 0)
 
-    def _release_route(self, namespace: str, name: str) -> None:
+    def gone(self, namespace: str, name: str) -> None:
         """A Deployment gone (or going) no longer holds its route's requests: the Deployments
         refused because of it look again at once, not only once its HTTPRoute's deletion is
         seen (the garbage collector may take its time)."""

@@ -19,7 +19,8 @@ from mlkube.builders.common import MANAGED_BY, Owner, child_name
 from mlkube.builders.monitoring import CHECKER, Watched, build_cronjob, cronjob_name
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
-from mlkube.controller.context import Context, Read
+from mlkube.controller.context import Read
+from mlkube.controller.reconciler import ObjectReconciler
 from mlkube.core.conditions import set_condition, timestamp
 from mlkube.core.drift import fold_drift_run, performance_condition
 from mlkube.core.retrain import decide_retrain
@@ -47,18 +48,12 @@ def _model_uri(model_version: dict[str, Any] | None) -> str | None:
     return None if model_version is None else model_version["spec"]["artifact"]["uri"]
 
 
-class DriftMonitorReconciler:
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+class DriftMonitorReconciler(ObjectReconciler[DriftMonitorSpec, DriftMonitorStatus]):
+    kind = KIND
+    spec_model = DriftMonitorSpec
+    status_model = DriftMonitorStatus
 
-    def __call__(self, namespace: str, name: str) -> float | None:
-        with metrics.reconciling(KIND):
-            read = self.ctx.read(KIND, namespace, name, DriftMonitorSpec, DriftMonitorStatus)
-            if read is None:
-                return None
-            return self._reconcile(read)
-
-    def _reconcile(self, r: Read_) -> float | None:
+    def reconcile(self, r: Read_) -> float | None:
         ctx, spec = self.ctx, r.spec
         now = ctx.clock()
         new = r.status.model_copy(deep=True)

@@ -54,6 +54,7 @@ from mlkube.controller.leader import Elector
 from mlkube.controller.metrics_auth import MetricsAuth, serve_metrics
 from mlkube.controller.modelversion import ModelVersionReconciler
 from mlkube.controller.queue import Key, WorkQueue
+from mlkube.controller.reconciler import AsReconciler
 from mlkube.controller.trainingjob import TrainingJobReconciler
 from mlkube.core.history import serving_versions
 
@@ -139,11 +140,11 @@ class Operator:
             else Elector(kube, config.leader_election_lease, identity())
         )
         self.reconcilers: dict[str, Callable[[str, str], float | None]] = {
-            "TrainingJob": TrainingJobReconciler(self.ctx),
-            "ModelVersion": ModelVersionReconciler(self.ctx),
-            "Deployment": DeploymentReconciler(self.ctx, self.routes),
-            "DriftMonitor": DriftMonitorReconciler(self.ctx),
-            "BatchPrediction": BatchPredictionReconciler(self.ctx),
+            "TrainingJob": AsReconciler(self.ctx, TrainingJobReconciler(self.ctx)),
+            "ModelVersion": AsReconciler(self.ctx, ModelVersionReconciler(self.ctx)),
+            "Deployment": AsReconciler(self.ctx, DeploymentReconciler(self.ctx, self.routes)),
+            "DriftMonitor": AsReconciler(self.ctx, DriftMonitorReconciler(self.ctx)),
+            "BatchPrediction": AsReconciler(self.ctx, BatchPredictionReconciler(self.ctx)),
         }
         self.seen: dict[Key, tuple[Any, ...]] = {}
         self.primed: set[Key] = set()

@@ -21,7 +21,8 @@ from mlkube.builders.common import Owner
 from mlkube.builders.training import build_verify_job, verify_job_name
 from mlkube.controller import metrics
 from mlkube.controller.cache import Body
-from mlkube.controller.context import Context, Read, ready_reason
+from mlkube.controller.context import Read, ready_reason
+from mlkube.controller.reconciler import ObjectReconciler
 from mlkube.core.conditions import condition, set_condition
 from mlkube.core.history import version_record
 from mlkube.core.training import termination_result
@@ -34,20 +35,13 @@ VERIFY_POLL_SECONDS = 5.0
 Read_ = Read[ModelVersionSpec, ModelVersionStatus]
 
 
-class ModelVersionReconciler:
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+class ModelVersionReconciler(ObjectReconciler[ModelVersionSpec, ModelVersionStatus]):
+    kind = KIND
+    spec_model = ModelVersionSpec
+    status_model = ModelVersionStatus
 
-    def __call__(self, namespace: str, name: str) -> float | None:
+    def reconcile(self, r: Read_) -> float | None:
         """Returns seconds until verification wants another look (None: settled)."""
-        with metrics.reconciling(KIND):
-            read = self.ctx.read(KIND, namespace, name, ModelVersionSpec, ModelVersionStatus)
-            if read is None:
-                self._wake_users(namespace, name)
-                return None
-            return self._reconcile(read)
-
-    def _reconcile(self, r: Read_) -> float | None:
         ctx, spec, status = self.ctx, r.spec, r.status
         now = ctx.clock()
         new = status.model_copy(deep=True)
@@ -188,7 +182,7 @@ class ModelVersionReconciler:
             if spec.get("modelVersion") == r.name or spec.get("model") == r.spec.model:
                 self.ctx.enqueue(("Deployment", r.namespace, deployment["metadata"]["name"]), 0)
 
-    def _wake_users(self, namespace: str, name: str) -> None:
+    def gone(self, namespace: str, name: str) -> None:
         """A version gone (or unreadable): the Deployments naming it, or serving it, look again
         now, so none keeps it as a rollout target."""
         for deployment in self.ctx.caches.objects["Deployment"].list(namespace):
