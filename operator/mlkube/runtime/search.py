@@ -100,8 +100,10 @@ def rank(trials: Iterable[Mapping[str, Any]], metric_name: str) -> list[Mapping[
     """Best first: succeeded trials by their validation `value` (ties: the lower index), then
     failed ones by index. Deterministic for the same records in any order."""
     sign = -1.0 if higher_is_better(metric_name) else 1.0
-    ok = [t for t in trials if t.get("status") == "Succeeded" and _number(t.get("value"))]
-    failed = [t for t in trials if t not in ok]
+    ok, failed = [], []
+    for t in trials:
+        scored = t.get("status") == "Succeeded" and _number(t.get("value"))
+        (ok if scored else failed).append(t)
     ok.sort(key=lambda t: (sign * float(t["value"]), int(t["index"])))
     failed.sort(key=lambda t: int(t.get("index", 0)))
     return [*ok, *failed]
