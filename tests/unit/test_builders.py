@@ -203,6 +203,20 @@ def test_service_selects_every_version_in_traffic() -> None:
     assert per_version["spec"]["selector"]["mlkube.io/model-version"] == "iris-v2"
 
 
+def test_servers_and_services_name_the_http_and_grpc_ports() -> None:
+    """gRPC (the Open Inference Protocol) on a port of its own, 8081 (KServe's) by default."""
+    spec = DeploymentSpec(model_version="iris-v2", port=8000)
+    server = container(build_server_deployment(DEP_OWNER, spec, "iris-v2", VERSION, 1, CONFIG))
+    assert server["ports"] == [
+        {"name": "http", "containerPort": 8000},
+        {"name": "grpc", "containerPort": 8081},
+    ]
+    assert {"name": "MLKUBE_GRPC_PORT", "value": "8081"} in server["env"]
+    for service in (build_service(DEP_OWNER, spec), build_service(DEP_OWNER, spec, "iris-v2")):
+        ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+        assert ports == {"http": (8000, "http"), "grpc": (8081, "grpc")}
+
+
 def gateway_spec(**route: object) -> DeploymentSpec:
     spec: dict[str, object] = {
         "modelVersion": "iris-v2",

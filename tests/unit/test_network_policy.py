@@ -37,8 +37,9 @@ def by_name(namespace: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
 
 
-def test_by_default_only_the_own_namespace_reaches_the_servers_port() -> None:
-    built = policy(spec(port=8080))
+def test_by_default_only_the_own_namespace_reaches_the_servers_ports() -> None:
+    """HTTP's and gRPC's port, from the same peers."""
+    built = policy(spec(port=8080, grpcPort=9090))
     assert built["apiVersion"] == "networking.k8s.io/v1"
     assert built["kind"] == "NetworkPolicy"
     meta = built["metadata"]
@@ -46,7 +47,10 @@ def test_by_default_only_the_own_namespace_reaches_the_servers_port() -> None:
     assert meta["ownerReferences"] == [OWNER.reference()], "deleted with the Deployment"
     assert built["spec"]["policyTypes"] == ["Ingress"], "egress stays open (object storage)"
     assert built["spec"]["ingress"] == [
-        {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]}
+        {
+            "from": [{"podSelector": {}}],
+            "ports": [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 9090}],
+        }
     ]
 
 

@@ -247,6 +247,11 @@ class DeploymentSpec(ApiModel):
             "route must be unset unless traffic is GatewayAPI",
             field_path=".route",
         ),
+        cel(
+            "self.grpcPort != self.port",
+            "grpcPort must differ from port",
+            field_path=".grpcPort",
+        ),
     )
 
     model_version: str | None = Field(default=None, pattern=DNS_LABEL, max_length=NAME_LENGTH)
@@ -263,7 +268,13 @@ class DeploymentSpec(ApiModel):
     image: str | None = Field(
         default=None, max_length=TEXT_LENGTH, description="Server image; default: the operator's."
     )
-    port: int = Field(default=3000, ge=1024, le=65535)
+    port: int = Field(default=3000, ge=1024, le=65535, description="HTTP: REST, probes, metrics.")
+    grpc_port: int = Field(
+        default=8081,
+        ge=1024,
+        le=65535,
+        description="The Open Inference Protocol over gRPC (KServe's port, 8081, by default).",
+    )
     traffic: Literal["Replicas", "GatewayAPI"] = Field(
         default="Replicas",
         description="Replicas: weight approximated by pod counts behind one Service; "

@@ -72,6 +72,7 @@ def build_server_deployment(
         # the Open Inference Protocol's and KServe v1's /v2/models/<name>/versions/<number>
         {"name": "MLKUBE_MODEL_NAME", "value": version.model},
         {"name": "MLKUBE_MODEL_VERSION_NUMBER", "value": str(version.version)},
+        {"name": "MLKUBE_GRPC_PORT", "value": str(spec.grpc_port)},
         {
             "name": "MLKUBE_INFERENCE_LOG_URI",
             "value": inference_log_uri(config.artifact_root, owner.namespace, owner.name),
@@ -89,7 +90,10 @@ def build_server_deployment(
         "imagePullPolicy": config.image_pull_policy,
         "command": ["mlkube-runtime"],
         "args": ["serve", "--host", "0.0.0.0", "--port", str(spec.port)],
-        "ports": [{"name": "http", "containerPort": spec.port}],
+        "ports": [
+            {"name": "http", "containerPort": spec.port},
+            {"name": "grpc", "containerPort": spec.grpc_port},
+        ],
         "env": env,
         "envFrom": storage_env_from(config),
         "resources": resources(spec.resources, {"cpu": "100m", "memory": "256Mi"}),
@@ -136,7 +140,17 @@ def build_service(owner: Owner, spec: DeploymentSpec, model_version: str | None 
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"},
+                # appProtocol: meshes and gateways carry it as HTTP/2 (gRPC) end to end
+                {
+                    "name": "grpc",
+                    "port": spec.grpc_port,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
+            ],
         },
     }
 
@@ -208,8 +222,9 @@ def build_autoscaler(owner: Owner, spec: DeploymentSpec, model_version: str) -> 
 def build_network_policy(
     owner: Owner, spec: DeploymentSpec, config: OperatorConfig
 ) -> Manifest | None:
-    """Connections to the server pods' port only from pods of their own namespace, of the
-    gateway's, of the namespaces the spec and the chart allow, and from the API server's ranges
+    """Connections to the server pods' ports (HTTP and gRPC, the same peers for both) only from
+    pods of their own namespace, of the gateway's, of the namespaces the spec and the chart
+    allow, and from the API server's ranges
     (its service and pod proxy carry `predict` calls and the canary's scrapes); None when the
     chart or the spec turns the policy off."""
     if not (config.network_policy and spec.network_policy.enabled):
@@ -235,6 +250,14 @@ def build_network_policy(
                 }
             },
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": spec.port}]}],
+            "ingress": [
+                {
+                    "from": peers,
+                    "ports": [
+                        {"protocol": "TCP", "port": spec.port},
+                        {"protocol": "TCP", "port": spec.grpc_port},
+                    ],
+                }
+            ],
         },
     }
