@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mlkube import __version__
 from mlkube.api.common import GROUP
 from mlkube.api.crdgen import BY_KIND, KINDS, Kind
+from mlkube.contract import TRAININGJOB_LABEL
 from mlkube.core.actions import ACTION_ANNOTATION, action_value, managed_by_gitops
 from mlkube.core.canary import Action
 from mlkube.core.conditions import timestamp
@@ -407,7 +408,7 @@ def _act(cluster: Cluster, args: argparse.Namespace, verb: Action) -> int:
 
 
 def _logs(cluster: Cluster, args: argparse.Namespace) -> int:
-    logs = cluster.pod_logs(args.namespace, f"mlkube.io/trainingjob={args.name}")
+    logs = cluster.pod_logs(args.namespace, f"{TRAININGJOB_LABEL}={args.name}")
     if not logs:
         print(f"no pods for trainingjob {args.name} in {args.namespace}", file=sys.stderr)
         return 1

@@ -17,3 +17,18 @@ SHARD_ATTEMPT_ENV = {
 }
 """Annotations the Job controller writes on an index's pods (its earlier failed, and ignored,
 attempts), handed to the worker by the downward API under these names."""
+
+# -- owner labels: the mlkube object a child (a Job, its pods, an apps/v1 Deployment, a CronJob)
+# belongs to; builders set them, caches index by them, reconcilers and the CLI select by them
+TRAININGJOB_LABEL = "mlkube.io/trainingjob"
+MODELVERSION_LABEL = "mlkube.io/modelversion"
+DEPLOYMENT_LABEL = "mlkube.io/deployment"
+DRIFTMONITOR_LABEL = "mlkube.io/driftmonitor"
+BATCHPREDICTION_LABEL = "mlkube.io/batchprediction"
+OWNER_LABELS = {
+    TRAININGJOB_LABEL: "TrainingJob",
+    MODELVERSION_LABEL: "ModelVersion",
+    DRIFTMONITOR_LABEL: "DriftMonitor",
+}
+"""Labels naming the object a Job belongs to when its controller is not ours (a drift run's Job
+is owned by its CronJob)."""

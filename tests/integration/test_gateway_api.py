@@ -23,7 +23,8 @@ from kopf.testing import KopfRunner
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from mlkube.builders.serving import DEPLOYMENT_LABEL, TRAFFIC_LABEL, VERSION_LABEL, server_name
+from mlkube.builders.serving import TRAFFIC_LABEL, VERSION_LABEL, server_name
+from mlkube.contract import DEPLOYMENT_LABEL
 from mlkube.core.actions import ACTION_ANNOTATION, action_value
 from tests.cluster.fixtures import KubeCluster
 from tests.integration.fixtures import (

@@ -20,7 +20,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from mlkube.builders.serving import DEPLOYMENT_LABEL
+from mlkube.contract import DEPLOYMENT_LABEL
 from mlkube.controller.kube import Cluster
 from tests.cluster.fixtures import KubeCluster, pod_logs, wait_pod_phase, wait_until
 from tests.integration.fixtures import (

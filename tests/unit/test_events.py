@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
+from mlkube.api.common import Body
 from mlkube.controller import metrics
-from mlkube.controller.cache import Body
 from mlkube.controller.events import EventRecorder, Post
 
 

@@ -20,6 +20,10 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+Body = dict[str, Any]
+"""A Kubernetes object as JSON, as the API server sends and takes it (a watch event's object, a
+manifest, a status)."""
+
 GROUP = "mlkube.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"

@@ -24,11 +24,10 @@ from mlkube.builders.common import (
     spec_env,
 )
 from mlkube.config import OperatorConfig
-from mlkube.contract import BATCHPREDICTION_ENV, SHARD_ATTEMPT_ENV
+from mlkube.contract import BATCHPREDICTION_ENV, BATCHPREDICTION_LABEL, SHARD_ATTEMPT_ENV
 from mlkube.runtime.outcome import EXIT_PERMANENT
 
 WORKER = "batch"
-OWNER_LABEL = "mlkube.io/batchprediction"
 STEP_LABEL = "mlkube.io/batch-step"
 Step = Literal["plan", "shards", "manifest"]
 COMMANDS: dict[Step, str] = {"plan": "plan", "shards": "shard", "manifest": "manifest"}
@@ -57,7 +56,7 @@ def job_name(batchprediction: str, step: Step) -> str:
 def labels(owner: Owner, step: Step) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "mlkube-batch",
-        OWNER_LABEL: owner.name,
+        BATCHPREDICTION_LABEL: owner.name,
         STEP_LABEL: step,
     }
 

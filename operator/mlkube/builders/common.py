@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
-from mlkube.api.common import API_VERSION, GROUP, ApiModel
+from mlkube.api.common import API_VERSION, GROUP, ApiModel, Body
 from mlkube.api.common import Resources as ResourcesModel
 from mlkube.config import ARTIFACT_MOUNT_PATH, OperatorConfig
+from mlkube.contract import OWNER_LABELS
 
-Manifest = dict[str, Any]
+Manifest = Body
+"""A child as the builders make it, for server-side apply or create."""
 
 MAX_NAME = 63
 MANAGED_BY = {"app.kubernetes.io/managed-by": "mlkube"}
@@ -28,7 +29,7 @@ class Owner:
     uid: str
 
     @classmethod
-    def from_body(cls, kind: str, body: dict[str, Any]) -> Owner:
+    def from_body(cls, kind: str, body: Body) -> Owner:
         meta = body["metadata"]
         return cls(kind=kind, name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
@@ -41,15 +42,6 @@ class Owner:
             "controller": True,
             "blockOwnerDeletion": True,
         }
-
-
-OWNER_LABELS = {
-    "mlkube.io/trainingjob": "TrainingJob",
-    "mlkube.io/modelversion": "ModelVersion",
-    "mlkube.io/driftmonitor": "DriftMonitor",
-}
-"""Labels naming the object a Job belongs to when its controller is not ours (a drift run's Job
-is owned by its CronJob)."""
 
 
 def owner_of(child: Manifest) -> tuple[str, str] | None:

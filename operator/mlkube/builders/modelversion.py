@@ -18,6 +18,7 @@ from mlkube.api.modelversion import (
 )
 from mlkube.api.trainingjob import TrainingJobSpec
 from mlkube.builders.common import MANAGED_BY, Manifest, Owner
+from mlkube.contract import TRAININGJOB_LABEL
 from mlkube.core.conditions import timestamp
 from mlkube.core.training import mlflow_run
 
@@ -84,7 +85,7 @@ def model_version_manifest(
             "labels": {
                 **MANAGED_BY,
                 "mlkube.io/model": spec.model,
-                "mlkube.io/trainingjob": owner.name,
+                TRAININGJOB_LABEL: owner.name,
             },
         },
         "spec": mv.to_api(),

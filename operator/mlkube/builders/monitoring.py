@@ -18,6 +18,7 @@ from mlkube.builders.common import (
     spec_env,
 )
 from mlkube.config import OperatorConfig
+from mlkube.contract import DEPLOYMENT_LABEL, DRIFTMONITOR_LABEL
 from mlkube.layout import inference_log_uri
 
 CHECKER = "drift"
@@ -49,8 +50,8 @@ def build_cronjob(
     model_args = [] if watched.model_uri is None else ["--model-uri", watched.model_uri]
     labels = {
         "app.kubernetes.io/name": "mlkube-drift",
-        "mlkube.io/driftmonitor": owner.name,
-        "mlkube.io/deployment": spec.deployment,
+        DRIFTMONITOR_LABEL: owner.name,
+        DEPLOYMENT_LABEL: spec.deployment,
     }
     container = runtime_container(
         CHECKER,

@@ -22,13 +22,13 @@ from mlkube.builders.common import (
     storage_env_from,
 )
 from mlkube.config import OperatorConfig
+from mlkube.contract import DEPLOYMENT_LABEL
 from mlkube.core.routes import Route
 from mlkube.layout import inference_log_uri
 
 SERVER = "server"
 SERVER_APP = "mlkube-server"
 TRAFFIC_LABEL = "mlkube.io/traffic"
-DEPLOYMENT_LABEL = "mlkube.io/deployment"
 VERSION_LABEL = "mlkube.io/model-version"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 """Set on every namespace by the API server: selects a namespace by its name."""

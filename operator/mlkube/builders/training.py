@@ -18,7 +18,7 @@ from mlkube.builders.common import (
 )
 from mlkube.builders.tracking import credentials_env
 from mlkube.config import OperatorConfig
-from mlkube.contract import POD_NAME_ENV
+from mlkube.contract import MODELVERSION_LABEL, POD_NAME_ENV, TRAININGJOB_LABEL
 from mlkube.runtime.outcome import EXIT_PERMANENT
 
 TRAINER = "trainer"
@@ -32,7 +32,7 @@ def job_name(trainingjob: str) -> str:
 def trainer_labels(owner: Owner, spec: TrainingJobSpec) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "mlkube-trainer",
-        "mlkube.io/trainingjob": owner.name,
+        TRAININGJOB_LABEL: owner.name,
         "mlkube.io/model": spec.model,
     }
 
@@ -192,7 +192,7 @@ def build_verify_job(
         {"requests": {"cpu": "50m", "memory": "128Mi"}},
         config,
     )
-    labels = {"app.kubernetes.io/name": "mlkube-verify", "mlkube.io/modelversion": owner.name}
+    labels = {"app.kubernetes.io/name": "mlkube-verify", MODELVERSION_LABEL: owner.name}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

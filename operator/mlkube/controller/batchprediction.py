@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlkube.api.batchprediction import BatchPredictionSpec, BatchPredictionStatus
+from mlkube.api.common import Body
 from mlkube.builders.batch import (
     WORKER,
     Scoring,
@@ -23,14 +24,12 @@ from mlkube.builders.batch import (
     job_name,
 )
 from mlkube.builders.common import Owner
-from mlkube.controller.cache import Body
 from mlkube.controller.context import Read, describe
 from mlkube.controller.errors import Forbidden, Invalid
 from mlkube.controller.reconciler import ObjectReconciler
 from mlkube.core.batch import (
     SHARD_LABEL,
     Observation,
-    Problem,
     Target,
     decide,
     describe_failures,
@@ -43,7 +42,7 @@ from mlkube.core.batch import (
 from mlkube.core.conditions import INVALID_SPEC, Event
 from mlkube.core.serving import resolve_target
 from mlkube.core.training import termination_result
-from mlkube.core.waiting import blocked
+from mlkube.core.waiting import Problem, blocked
 
 KIND = "BatchPrediction"
 

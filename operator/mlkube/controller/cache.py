@@ -20,11 +20,10 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
+from mlkube.api.common import Body
 from mlkube.core.routes import Conflict, Key, Route, StoredRoute, route_conflict, stored_route
 
-Body = dict[str, Any]
 _KEPT_METADATA = (
     "name",
     "namespace",

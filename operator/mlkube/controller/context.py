@@ -16,11 +16,17 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from mlkube.api.common import Condition, ConditionStatus, StatusBase
+from mlkube.api.common import Body, Condition, ConditionStatus, StatusBase
 from mlkube.api.crdgen import BY_KIND
 from mlkube.builders.common import artifact_pvc
 from mlkube.config import OperatorConfig
-from mlkube.controller.cache import Body, Store
+from mlkube.contract import (
+    DEPLOYMENT_LABEL,
+    DRIFTMONITOR_LABEL,
+    MODELVERSION_LABEL,
+    TRAININGJOB_LABEL,
+)
+from mlkube.controller.cache import Store
 from mlkube.controller.errors import ApiError, Forbidden, Invalid
 from mlkube.controller.kube import Cluster, Scraped
 from mlkube.controller.queue import Key
@@ -63,11 +69,11 @@ class Caches:
     jobs: Store = field(
         default_factory=lambda: Store(
             slim_bodies=True,
-            index=("mlkube.io/trainingjob", "mlkube.io/modelversion", "mlkube.io/driftmonitor"),
+            index=(TRAININGJOB_LABEL, MODELVERSION_LABEL, DRIFTMONITOR_LABEL),
         )
     )
     servers: Store = field(
-        default_factory=lambda: Store(slim_bodies=True, index=("mlkube.io/deployment",))
+        default_factory=lambda: Store(slim_bodies=True, index=(DEPLOYMENT_LABEL,))
     )
 
 

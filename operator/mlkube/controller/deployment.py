@@ -7,11 +7,11 @@ Deployments put their owner in the work queue, so pods becoming ready move a rol
 
 from __future__ import annotations
 
+from mlkube.api.common import Body
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
 from mlkube.api.modelversion import MlflowRun, ModelVersionSpec, ModelVersionStatus
 from mlkube.builders.common import Owner
 from mlkube.builders.serving import (
-    DEPLOYMENT_LABEL,
     TRAFFIC_LABEL,
     VERSION_LABEL,
     build_autoscaler,
@@ -27,8 +27,9 @@ from mlkube.builders.tracking import (
     alias_job_name,
     build_alias_job,
 )
+from mlkube.contract import DEPLOYMENT_LABEL
 from mlkube.controller import metrics
-from mlkube.controller.cache import Body, Routes
+from mlkube.controller.cache import Routes
 from mlkube.controller.context import Context, Read
 from mlkube.controller.errors import Forbidden, Invalid
 from mlkube.controller.reconciler import ObjectReconciler

@@ -12,13 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from mlkube.api.common import API_VERSION
+from mlkube.api.common import API_VERSION, Body
 from mlkube.api.crdgen import BY_KIND
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from mlkube.builders.common import MANAGED_BY, Owner, child_name
 from mlkube.builders.monitoring import CHECKER, Watched, build_cronjob, cronjob_name
+from mlkube.contract import DRIFTMONITOR_LABEL
 from mlkube.controller import metrics
-from mlkube.controller.cache import Body
 from mlkube.controller.context import Read
 from mlkube.controller.reconciler import ObjectReconciler
 from mlkube.core.conditions import set_condition, timestamp
@@ -103,7 +103,7 @@ class DriftMonitorReconciler(ObjectReconciler[DriftMonitorSpec, DriftMonitorStat
         pod, an image), why, in Kubernetes' words (`core.waiting`)."""
         runs = [
             j
-            for j in self.ctx.caches.jobs.list(r.namespace, {"mlkube.io/driftmonitor": r.name})
+            for j in self.ctx.caches.jobs.list(r.namespace, {DRIFTMONITOR_LABEL: r.name})
             if not _finished(j)
         ]
         if not runs:
@@ -169,7 +169,7 @@ class DriftMonitorReconciler(ObjectReconciler[DriftMonitorSpec, DriftMonitorStat
         ctx, spec = self.ctx, r.spec
         jobs = [
             j
-            for j in ctx.caches.jobs.list(r.namespace, {"mlkube.io/driftmonitor": r.name})
+            for j in ctx.caches.jobs.list(r.namespace, {DRIFTMONITOR_LABEL: r.name})
             if RECORDED_LABEL not in (j["metadata"].get("labels") or {}) and _finished(j)
         ]
         recorded = []
@@ -246,7 +246,7 @@ class DriftMonitorReconciler(ObjectReconciler[DriftMonitorSpec, DriftMonitorStat
             "metadata": {
                 "name": job,
                 "namespace": r.namespace,
-                "labels": {**MANAGED_BY, "mlkube.io/driftmonitor": r.name},
+                "labels": {**MANAGED_BY, DRIFTMONITOR_LABEL: r.name},
             },
             "spec": r.spec.action.retrain.template.to_api(),
         }

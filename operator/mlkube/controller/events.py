@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from mlkube.api.common import Body
 from mlkube.controller import metrics
-from mlkube.controller.cache import Body
 
 MAX_QUEUED = 1000
 """client-go's `maxQueuedEvents`."""

@@ -24,12 +24,11 @@ from urllib.parse import quote, urlencode
 import urllib3
 from kubernetes import client, config
 
-from mlkube.api.common import API_VERSION, GROUP, VERSION
+from mlkube.api.common import API_VERSION, GROUP, VERSION, Body
 from mlkube.api.crdgen import KINDS, Kind
 from mlkube.controller.errors import ApiError, Conflict, NotFound, Temporary, classify
 from mlkube.controller.metrics import API_REQUESTS
 
-Body = dict[str, Any]
 FIELD_MANAGER = "mlkube-operator"
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for every request: no call can hang a reconcile."""

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from mlkube.api.common import Body
 from mlkube.controller.errors import ApiError, Conflict
-from mlkube.controller.kube import Body, Cluster
+from mlkube.controller.kube import Cluster
 
 LEASE = ("coordination.k8s.io/v1", "Lease")
 LEASE_DURATION = 10

@@ -36,14 +36,14 @@ from typing import Any, cast
 
 import kopf
 
-from mlkube.api.common import API_VERSION, GROUP, VERSION
+from mlkube.api.common import API_VERSION, GROUP, VERSION, Body
 from mlkube.api.crdgen import KINDS
 from mlkube.api.deployment import DeploymentStatus
 from mlkube.builders.common import MANAGED_BY, owner_of
 from mlkube.config import OperatorConfig
 from mlkube.controller import metrics
 from mlkube.controller.batchprediction import BatchPredictionReconciler
-from mlkube.controller.cache import Body, Routes, Store
+from mlkube.controller.cache import Routes, Store
 from mlkube.controller.context import Context
 from mlkube.controller.deployment import DeploymentReconciler, routes_through_gateway
 from mlkube.controller.driftmonitor import DriftMonitorReconciler

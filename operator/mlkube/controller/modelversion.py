@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from mlkube.api.common import ConditionStatus
+from mlkube.api.common import Body, ConditionStatus
 from mlkube.api.deployment import DeploymentStatus
 from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
 from mlkube.builders.common import Owner
 from mlkube.builders.training import build_verify_job, verify_job_name
 from mlkube.controller import metrics
-from mlkube.controller.cache import Body
 from mlkube.controller.context import Read, ready_reason
 from mlkube.controller.reconciler import ObjectReconciler
 from mlkube.core.conditions import condition, set_condition

@@ -14,13 +14,13 @@ import threading
 from dataclasses import replace
 from typing import Any
 
+from mlkube.api.common import Body
 from mlkube.api.crdgen import BY_KIND
 from mlkube.api.modelversion import model_version_name
 from mlkube.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.common import Owner
 from mlkube.builders.modelversion import model_version_manifest
 from mlkube.builders.training import build_job, build_trials_job, job_name, trials_job_name
-from mlkube.controller.cache import Body
 from mlkube.controller.context import Context, Read, describe
 from mlkube.controller.errors import ApiError, Forbidden, Invalid
 from mlkube.controller.reconciler import ObjectReconciler

@@ -27,11 +27,11 @@ from mlkube.api.batchprediction import (
     ShardCounts,
     ShardFailure,
 )
+from mlkube.api.common import Body
 from mlkube.core.conditions import Event, outcome_conditions, parse_timestamp, timestamp
+from mlkube.core.waiting import Problem
 
-Body = dict[str, Any]
 Step = Literal["plan", "shards", "manifest"]
-Problem = tuple[str, str]
 """(reason, message) for a condition."""
 
 WAIT_FOR_MODEL_SECONDS = 30.0

@@ -6,10 +6,11 @@ Pure: ModelVersion bodies in, (name, problem) out.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
-Body = dict[str, Any]
-Problem = tuple[str, str]
+from mlkube.api.common import Body
+from mlkube.core.waiting import Problem
+
 """(reason, message) for a condition."""
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from mlkube.api.common import ConditionStatus
+from mlkube.api.common import Body, ConditionStatus
 from mlkube.api.modelversion import MlflowRun, model_version_name
 from mlkube.api.trainingjob import ChampionGate, SearchStatus, TrainingJobSpec, TrainingJobStatus
 from mlkube.builders.training import TRAINER
@@ -172,7 +172,6 @@ CHAMPION_NOT_FOUND = "ChampionNotFound"
 JOB_LOST = "JobLost"
 SCHEMA_TOO_LARGE = "SchemaTooLarge"
 
-Body = dict[str, Any]
 ChampionArtifact = tuple[str, str]
 """(artifact URI, sha256) of the version a challenger must beat."""
 

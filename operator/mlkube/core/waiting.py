@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-Body = dict[str, Any]
+from mlkube.api.common import Body
+
 Problem = tuple[str, str]
 """(reason, message) for a condition: CamelCase reason, Kubernetes' own words."""
 
