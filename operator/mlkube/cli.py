@@ -20,6 +20,8 @@ from mlkube.core.actions import ACTION_ANNOTATION, action_value, managed_by_gito
 from mlkube.core.canary import Action
 from mlkube.core.conditions import timestamp
 from mlkube.core.history import ALIASES
+from mlkube.core.search import as_trial, trial_records
+from mlkube.runtime.search import rank
 
 if TYPE_CHECKING:
     from mlkube.controller.errors import ApiError
@@ -129,6 +131,68 @@ def batch_progress(prediction: dict[str, Any], detail: bool = False) -> str:
             f"{condition.get('message', '')}"
         )
     return "\n".join(lines)
+
+
+def search_progress(trainingjob: dict[str, Any]) -> str | None:
+    """A TrainingJob's search as a bar of its trials and the best so far; None without one."""
+    status = trainingjob.get("status") or {}
+    search = status.get("search")
+    if not search:
+        return None
+    name = (trainingjob.get("metadata") or {}).get("name", "")
+    total, done, failed = (int(search.get(k) or 0) for k in ("total", "done", "failed"))
+    line = f"{name} {progress_bar(done - failed, failed, total)} {done}/{total} trials"
+    if failed:
+        line += f", {failed} failed"
+    best = search.get("winner") or next(
+        (t for t in search.get("top") or [] if t.get("status") == "Succeeded"), None
+    )
+    if best:
+        which = "winner" if search.get("winner") else "best so far"
+        line += f"   {which}: trial {best['index']} {search.get('metric')} {best.get('value')}"
+    return f"{line}   {status.get('phase') or 'Pending'}"
+
+
+def trials_table(trainingjob: dict[str, Any], records: list[dict[str, Any]] | None = None) -> str:
+    """The trials, best first by the search's metric: every trial the trial pods still report
+    (`records`), else the top trials status keeps. The winner is marked with *."""
+    search = (trainingjob.get("status") or {}).get("search") or {}
+    metric = str(search.get("metric") or "value")
+    trials = (
+        [as_trial(r).to_api() for r in rank(records, metric)]
+        if records
+        else list(search.get("top") or [])
+    )
+    winner = (search.get("winner") or {}).get("index")
+    headers = ["RANK", "TRIAL", "STATUS", metric.upper(), "FIT S", "PARAMETERS", "POD / REASON"]
+    rows = []
+    for rank_, t in enumerate(trials, start=1):
+        parameters = " ".join(f"{k}={v}" for k, v in sorted((t.get("parameters") or {}).items()))
+        where = t.get("pod") or ""
+        if t.get("status") == "Failed":
+            where = f"{t.get('reason', '')}: {str(t.get('message', ''))[:60]}"
+        mark = "*" if t["index"] == winner else ""
+        rows.append([f"{rank_}{mark}", str(t["index"]), str(t.get("status")),
+                     str(t.get("value") or "-"), str(t.get("fitSeconds") or "-"),
+                     parameters, where])  # fmt: skip
+    return table(headers, rows)
+
+
+def _trials(cluster: Cluster, args: argparse.Namespace) -> int:
+    trainingjob = cluster.get_object(BY_KIND["TrainingJob"], args.namespace, args.name)
+    if trainingjob is None:
+        print(f"trainingjob.{GROUP}/{args.name} not found in {args.namespace}", file=sys.stderr)
+        return 1
+    search = (trainingjob.get("status") or {}).get("search")
+    if not search:
+        print(f"trainingjob.{GROUP}/{args.name} has no search (spec.search)", file=sys.stderr)
+        return 1
+    pods = cluster.list_of("v1", "Pod", args.namespace, f"job-name={args.name}-trials")
+    print(search_progress(trainingjob))
+    print(trials_table(trainingjob, trial_records(pods)))
+    if search.get("trialsUri"):
+        print(f"every trial's record: {search['trialsUri']}")
+    return 0
 
 
 def canary_progress(deployment: dict[str, Any]) -> str:
@@ -317,6 +381,11 @@ def _status(cluster: Cluster, args: argparse.Namespace) -> int:
             if kind.kind == "BatchPrediction":
                 for item in items:
                     print(batch_progress(item))
+            if kind.kind == "TrainingJob":
+                for item in items:
+                    bar = search_progress(item)
+                    if bar:
+                        print(bar)
             print()
     return 0
 
@@ -459,6 +528,10 @@ def parser() -> argparse.ArgumentParser:
         "history", help="what a Deployment served when and why (or a ModelVersion: mlmv/NAME)"
     )
     history.add_argument("name", help="DEPLOYMENT, or modelversion/NAME")
+    trials = commands.add_parser(
+        "trials", help="a TrainingJob's search: its trials, best first by the search's metric"
+    )
+    trials.add_argument("name", help="TRAININGJOB")
     return root
 
 
@@ -490,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         return _logs(cluster, args)
     if args.command == "history":
         return _history(cluster, args)
+    if args.command == "trials":
+        return _trials(cluster, args)
     verb: Action = "promote-full" if args.command == "promote" and args.full else args.command
     return _act(cluster, args, verb)
 

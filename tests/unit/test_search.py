@@ -321,3 +321,39 @@ def test_the_trials_job_is_indexed_with_a_retry_per_index() -> None:
     container = s["template"]["spec"]["containers"][0]
     assert container["args"][-1] == "--trial" and "--version" in container["args"]
     assert not any(e["name"].startswith("MLFLOW") for e in container["env"])
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def searched(**search_fields: Any) -> dict[str, Any]:
+    search_status = {"metric": "accuracy", "total": 6, "done": 4, "failed": 1,
+                     "progress": "4/6", **search_fields}  # fmt: skip
+    return {"metadata": {"name": "grid"}, "status": {"phase": "Running", "search": search_status}}
+
+
+def test_status_shows_a_search_as_a_bar_of_its_trials() -> None:
+    from mlkube.cli import search_progress
+
+    top = [{"index": 2, "status": "Succeeded", "value": "0.95"}]
+    line = search_progress(searched(top=top))
+    assert line is not None
+    assert line.startswith("grid [###############xxxxx..........] 4/6 trials, 1 failed")
+    assert "best so far: trial 2 accuracy 0.95" in line and line.endswith("Running")
+    assert search_progress({"metadata": {"name": "plain"}, "status": {}}) is None
+
+
+def test_trials_prints_every_reported_trial_best_first_the_winner_marked() -> None:
+    from mlkube.cli import trials_table
+
+    job = searched(winner={"index": 2, "value": "0.95"})
+    records = [record(0, "0.9"), record(1, None, "Failed"), record(2, "0.95")]
+    lines = trials_table(job, records).splitlines()
+    assert lines[0].split() == ["RANK", "TRIAL", "STATUS", "ACCURACY", "FIT", "S", "PARAMETERS",
+                                "POD", "/", "REASON"]  # fmt: skip
+    assert [line.split()[:4] for line in lines[1:]] == [
+        ["1*", "2", "Succeeded", "0.95"], ["2", "0", "Succeeded", "0.9"], ["3", "1", "Failed", "-"]
+    ]  # fmt: skip
+    assert "InvalidHyperparameters: trial 1 refused" in lines[3]
+    kept = trials_table(searched(top=[{"index": 5, "status": "Succeeded", "value": "0.9"}]))
+    assert kept.splitlines()[1].split()[:2] == ["1", "5"], "without pods: status's top trials"
