@@ -100,7 +100,8 @@ def rank(trials: Iterable[Mapping[str, Any]], metric_name: str) -> list[Mapping[
     """Best first: succeeded trials by their validation `value` (ties: the lower index), then
     failed ones by index. Deterministic for the same records in any order."""
     sign = -1.0 if higher_is_better(metric_name) else 1.0
-    ok, failed = [], []
+    ok: list[Mapping[str, Any]] = []
+    failed: list[Mapping[str, Any]] = []
     for t in trials:
         scored = t.get("status") == "Succeeded" and _number(t.get("value"))
         (ok if scored else failed).append(t)
