@@ -5,6 +5,7 @@ training's run, and the trials live under the namespace's own store path."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client, watch
+from urllib3.exceptions import ProtocolError
 
 from tests.batch_store import STORE
 from tests.cluster.fixtures import KubeCluster
@@ -40,6 +42,10 @@ class PodWatch:
         self._thread.start()
 
     def _run(self, kube: KubeCluster, ns: str, job: str) -> None:
+        with contextlib.suppress(ProtocolError):  # stop() ends the stream mid-chunk
+            self._follow(kube, ns, job)
+
+    def _follow(self, kube: KubeCluster, ns: str, job: str) -> None:
         for event in self._watch.stream(
             kube.core.list_namespaced_pod, ns, label_selector=f"job-name={job}", timeout_seconds=600
         ):

@@ -400,7 +400,7 @@ class SearchDimension(ApiModel):
             field_path=".min",
         ),
         cel(
-            "!has(self.min) || !self.log || double(self.min) > 0.0",
+            "!has(self.min) || !has(self.log) || !self.log || double(self.min) > 0.0",
             "a search range with log: true must have min greater than 0",
             field_path=".min",
         ),
