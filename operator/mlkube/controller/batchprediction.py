@@ -183,14 +183,9 @@ class BatchPredictionReconciler(ObjectReconciler[BatchPredictionSpec, BatchPredi
                 else build_manifest_job(owner, r.spec, scoring, ctx.config)
             )
         try:
-            ctx.kube.create(manifest)
+            ctx.create_job(manifest)
         except (Invalid, Forbidden) as e:  # the spec cannot change: the run ends here
             return describe(e, manifest)
-        # the watch brings the full object; until then, what was sent is what exists
-        if ctx.caches.jobs.get(r.namespace, manifest["metadata"]["name"]) is None:
-            ctx.caches.jobs.put(
-                {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "0"}}
-            )
         return None
 
 

@@ -130,6 +130,14 @@ class Context:
         fresh = self.kube.get_object(BY_KIND[kind], namespace, name)
         return None if fresh is None else store.put(fresh)
 
+    def create_job(self, manifest: Body) -> None:
+        """Create a Job and cache what was sent until the watch brings the full object, so the
+        next look never creates it again; the API server's refusal is raised (`errors`)."""
+        self.kube.create(manifest)
+        meta = manifest["metadata"]
+        if self.caches.jobs.get(meta["namespace"], meta["name"]) is None:
+            self.caches.jobs.put({**manifest, "metadata": {**meta, "resourceVersion": "0"}})
+
     def write_status(self, kind: str, obj: Body, status: BaseModel) -> None:
         """Patch the status subresource and keep the cache at least as new as the write."""
         meta = obj["metadata"]

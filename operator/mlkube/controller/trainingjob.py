@@ -205,14 +205,9 @@ class TrainingJobReconciler(ObjectReconciler[TrainingJobSpec, TrainingJobStatus]
             else build_job(owner, r.spec, version, ctx.config, decision.champion)
         )
         try:
-            ctx.kube.create(manifest)
+            ctx.create_job(manifest)
         except (Invalid, Forbidden) as e:
             return e, describe(e, manifest)
-        # the watch brings the full object; until then, what was sent is what exists
-        if ctx.caches.jobs.get(r.namespace, manifest["metadata"]["name"]) is None:
-            ctx.caches.jobs.put(
-                {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "0"}}
-            )
         return None
 
     def _act(self, r: Read_, decision: Decision) -> None:
