@@ -17,7 +17,7 @@ from urllib3.exceptions import ProtocolError
 
 from tests.batch_store import STORE
 from tests.cluster.fixtures import KubeCluster
-from tests.integration.fixtures import condition, create, get, training_finished
+from tests.integration.fixtures import condition, create, get, rejection, training_finished
 from tests.loop import training
 from tests.mlflow_fixtures import MlflowServer
 
@@ -182,3 +182,30 @@ def test_another_namespaces_trials_are_out_of_reach(
     assert "spec.dataset.uri" in failed["message"]
     jobs = kube.batch.list_namespaced_job(ns, label_selector="mlkube.io/trainingjob=poke").items
     assert jobs == [], "no trial ran"
+
+
+@pytest.mark.parametrize(
+    ("search", "field", "words"),
+    [
+        ({"method": "Grid", "space": {"C": {"min": "0.1", "max": "10"}}},
+         "spec.search.space", "a Grid must list values for every hyperparameter"),
+        ({"method": "Random", "space": {"C": {"values": [1]}}},
+         "spec.search.trials", "search.trials must be set for method Random"),
+        ({"method": "Grid", "trials": 3, "space": {"C": {"values": [1]}}},
+         "spec.search.trials", "search.trials must only be set for method Random"),
+        ({"method": "Grid", "parallelism": 0, "space": {"C": {"values": [1]}}},
+         "spec.search.parallelism", "should be greater than or equal to 1"),
+        ({"method": "Random", "trials": 2, "space": {"C": {"min": "0", "max": "1", "log": True}}},
+         "spec.search.space[C].min", "a search range with log: true must have min greater than 0"),
+        ({"method": "Random", "trials": 2, "space": {"C": {"min": "2", "max": "1"}}},
+         "spec.search.space[C].min", "a search range's min must be less than its max"),
+        ({"method": "Random", "trials": 2, "space": {"C": {"values": [1]}}, "metric": "rmse"},
+         "spec.search.metric", "must only be set for a regression estimator"),
+    ],
+)  # fmt: skip
+def test_a_bad_search_is_refused_at_apply_time_naming_the_field(
+    kube_cluster: KubeCluster, operator_namespace: str, search: dict[str, Any], field: str,
+    words: str,
+) -> None:  # fmt: skip
+    message = rejection(kube_cluster, operator_namespace, training("bad", search=search))
+    assert field in message and words in message, message
