@@ -122,8 +122,8 @@ def _values_of(name: str, datatype: str, array: npt.NDArray[Any]) -> list[Any]:
         at = int(np.argmin(np.isfinite(array)))
         raise RequestError(
             400,
-            f"{_input(name)} has {array[at]!r} at value {at}: a {datatype} input takes finite "
-            "numbers only (no NaN or infinity)",
+            f"{_input(name)} has {float(array[at])} at value {at}: a {datatype} input takes "
+            "finite numbers only (no NaN or infinity)",
         )
     if array.dtype.kind == "u" and datatype == "BOOL":
         array = array != 0
