@@ -62,7 +62,7 @@ CALLS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "request": ("path", (), ""),
     "server_version": ("fixed", (), ""),  # /version: open to every authenticated user
 }
-FORWARDERS = {("ctx", "apply"): "apply"}
+FORWARDERS = {("ctx", "apply"): "apply", ("ctx", "create_job"): "create"}
 """Context methods that pass a caller's manifest straight to a Cluster method: their callers are
 read instead (the forwarding call itself names no kind)."""
 RELISTS = {("main.py", "relist")}
@@ -200,7 +200,7 @@ class Scan:
                 for child in ast.walk(fn):
                     scopes.setdefault(child, fn)
         # the forwarding method itself passes on its caller's manifest
-        forwarders = set(FORWARDERS.values()) if self.source.name == "context.py" else set()
+        forwarders = {name for _, name in FORWARDERS} if self.source.name == "context.py" else set()
         forwarders |= {fn for module, fn in RELISTS if module == self.source.name}
         called = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
         for node in ast.walk(tree):
