@@ -357,3 +357,19 @@ def test_trials_prints_every_reported_trial_best_first_the_winner_marked() -> No
     assert "InvalidHyperparameters: trial 1 refused" in lines[3]
     kept = trials_table(searched(top=[{"index": 5, "status": "Succeeded", "value": "0.9"}]))
     assert kept.splitlines()[1].split()[:2] == ["1", "5"], "without pods: status's top trials"
+
+
+def test_the_trial_pods_spread_over_nodes_where_there_are_several() -> None:
+    owner = Owner("TrainingJob", "iris", "team-a", "uid-1")
+    pod_spec = build_trials_job(owner, spec(), 1, OperatorConfig())["spec"]["template"]["spec"]
+    (spread,) = pod_spec["topologySpreadConstraints"]
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"] == {"mlkube.io/trials": "iris"}
+
+
+def test_a_finished_search_cleans_up_its_trials_job_after_the_ttl() -> None:
+    ttl = spec().model_copy(update={"ttl_seconds_after_finished": 0})
+    failed = TrainingJobStatus(phase="Failed", version=1, job_name="iris-trials",
+                               completion_time="2026-12-07T11:00:00Z", observed_generation=1)  # fmt: skip
+    d = decide(ttl, failed, Observation(version=1, trials_job=trials_job()), NOW, 1, "iris-train")
+    assert d.delete_job

@@ -145,6 +145,17 @@ def build_trials_job(
     assert spec.search is not None
     pod_name = {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     template, labels = _trainer_parts(owner, spec, version, config, ["--trial"], [pod_name])
+    labels = {**labels, TRIALS_LABEL: owner.name}
+    template["metadata"]["labels"] = labels
+    # spread over nodes where there are several; never held back where there is one
+    template["spec"]["topologySpreadConstraints"] = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {TRIALS_LABEL: owner.name}},
+        }
+    ]
     trials = spec.search.trial_count()
     policy = _fail_on_permanent("FailIndex")
     policy["rules"].append({"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]})
@@ -162,7 +173,7 @@ def build_trials_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            **metadata(trials_job_name(owner.name), owner, {**labels, TRIALS_LABEL: "true"}),
+            **metadata(trials_job_name(owner.name), owner, labels),
             "annotations": {"mlkube.io/model-version": str(version)},
         },
         "spec": job_spec,

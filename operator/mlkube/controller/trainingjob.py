@@ -119,7 +119,10 @@ class TrainingJobReconciler(ObjectReconciler[TrainingJobSpec, TrainingJobStatus]
         ctx, status = self.ctx, r.status
         job = ctx.caches.jobs.get(r.namespace, job_name(r.name))
         if status.phase in ("Succeeded", "Failed") and not retries_after_fix(status, r.generation):
-            return Observation(version=status.version or 0, job=job)  # only its clean-up is left
+            trials = (
+                ctx.caches.jobs.get(r.namespace, trials_job_name(r.name)) if r.spec.search else None
+            )  # only their clean-up is left
+            return Observation(version=status.version or 0, job=job, trials_job=trials)
         if job is None and status.job_name == job_name(r.name):
             job = ctx.kube.get("batch/v1", "Job", r.namespace, job_name(r.name))
             if job is None:

@@ -292,7 +292,8 @@ def decide(
     """One look at a TrainingJob: its new status, what to create, patch, register or delete,
     the Events to post and when to look again. `job_name` is the name of its Job."""
     if status.phase in ("Succeeded", "Failed") and not retries_after_fix(status, generation):
-        left = seconds_to_clean_up(spec, status, now) if o.job is not None else None
+        children = o.job is not None or o.trials_job is not None
+        left = seconds_to_clean_up(spec, status, now) if children else None
         if left is not None and left <= 0:
             return Decision(status, delete_job=True)
         return Decision(status, requeue_after=left)
@@ -338,7 +339,7 @@ def decide(
         decision.events.append(Event(type_, outcome.reason, outcome.message or str(new.phase)))
     if new.phase in ("Pending", "Running"):
         decision.requeue_after = POLL_SECONDS
-    elif new.phase in ("Succeeded", "Failed") and o.job is not None:
+    elif new.phase in ("Succeeded", "Failed") and (o.job or o.trials_job) is not None:
         decision.requeue_after = seconds_to_clean_up(spec, new, now)
     return decision
 
