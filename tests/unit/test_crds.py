@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ConfigDict, Field
 
 from mlkube.api.batchprediction import BatchPrediction
-from mlkube.api.crdgen import KINDS, all_crds, rendered_files
+from mlkube.api.common import ApiModel, cel, immutable, validations
+from mlkube.api.crdgen import KINDS, all_crds, rendered_files, structural_schema
 from mlkube.api.deployment import Deployment
 from mlkube.api.driftmonitor import CRON_PATTERN, DriftMonitor
 from mlkube.api.modelversion import ModelVersion
@@ -190,3 +192,18 @@ def test_every_string_list_and_map_has_a_bound(name: str) -> None:
         for problem in unbounded(path, node)
     ]
     assert not found, "\n".join(found)
+
+
+def test_a_fields_own_rules_come_beside_its_models_rules_optional_or_not() -> None:
+    class Window(ApiModel):
+        model_config = ConfigDict(json_schema_extra=validations(cel("self.a < 5", "a too big")))
+        a: int = 0
+
+    class Spec(ApiModel):
+        required: Window = Field(json_schema_extra=immutable("required"))
+        optional: Window | None = Field(default=None, json_schema_extra=immutable("optional"))
+
+    properties = structural_schema(Spec)["properties"]
+    for name in ("required", "optional"):
+        rules = [r["rule"] for r in properties[name]["x-kubernetes-validations"]]
+        assert rules == ["self.a < 5", "self == oldSelf"], name

@@ -178,10 +178,14 @@ def structural_schema(model: type[BaseModel]) -> JsonSchema:
 def _resolve(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     ref: str = node["$ref"]
     target = defs[ref.rsplit("/", 1)[-1]]
-    siblings = {k: v for k, v in node.items() if k != "$ref"}
-    merged = {**target, **siblings}
-    # A field's own rules (immutable) come beside its model's rules, never instead of them.
-    rules = [*target.get(RULES, []), *siblings.get(RULES, [])]
+    return _merged(target, {k: v for k, v in node.items() if k != "$ref"})
+
+
+def _merged(model: JsonSchema, field: JsonSchema) -> JsonSchema:
+    """A field's schema over its model's. The field's own rules (immutable) come beside the
+    model's rules, never instead of them (for `X | None` fields too)."""
+    merged = {**model, **field}
+    rules = [*model.get(RULES, []), *field.get(RULES, [])]
     if rules:
         merged[RULES] = rules
     return merged
@@ -229,7 +233,7 @@ def _collapse_any_of(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchem
     only = variants[0]
     if "$ref" in only:
         only = _resolve(only, defs)
-    return {**only, **rest}
+    return _merged(only, rest)
 
 
 def crd(kind: Kind) -> JsonSchema:
