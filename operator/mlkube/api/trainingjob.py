@@ -587,8 +587,9 @@ class TrainingJobSpec(ApiModel):
     tracking: Tracking | None = None
     search: Search | None = Field(
         default=None,
+        json_schema_extra=immutable("search"),
         description="Hyperparameter search before the training: the winner is trained and gated "
-        "(its trials Job and the winner's Job take the spec as it is when each is created).",
+        "on the test split.",
     )
 
 
