@@ -311,6 +311,25 @@ def test_request_ids_are_made_per_row_by_the_writer(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def test_request_ids_of_a_request_larger_than_the_kept_row_endings_run_on(tmp_path: Path) -> None:
+    """Row endings (``-<row>``) are made once for 1,024 rows; a larger request gets more."""
+    with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
+        writer.append({"x": np.arange(3000.0)}, np.zeros(3000), "big")
+        writer.append({"x": np.arange(2.0)}, np.zeros(2), "small")
+    ids = read_window(str(tmp_path), rows=3002).column(LOG_REQUEST_ID_COLUMN).to_pylist()
+    assert ids[:2] == ["big-0", "big-1"] and ids[1023:1025] == ["big-1023", "big-1024"]
+    assert ids[2999:] == ["big-2999", "small-0", "small-1"]
+
+
+def test_a_segment_is_never_seen_half_written(tmp_path: Path) -> None:
+    """Written under a temporary name and renamed: only whole segments end in .parquet."""
+    with SegmentWriter(str(tmp_path / "new" / "dir"), "w1", max_seconds=3600) as writer:
+        writer.append({"x": np.arange(3.0)}, np.zeros(3), "r")
+    names = [p.name for p in (tmp_path / "new" / "dir").iterdir()]
+    assert len(names) == 1 and names[0].endswith(".parquet")
+    assert pq.read_table(tmp_path / "new" / "dir" / names[0]).num_rows == 3
+
+
 def test_probabilities_are_a_fixed_size_list_per_row(tmp_path: Path) -> None:
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import fsspec
@@ -183,15 +184,38 @@ class _Run:
 
 
 def _row_ids(batch_ids: list[str], batch_rows: list[int]) -> pa.Array:
-    """``<id>-<row>`` for every row, row counting from 0 within its batch."""
+    """``<id>-<row>`` for every row, row counting from 0 within its batch. The ``-<row>`` ends
+    are taken from one array made once (`_row_suffixes`) rather than cast from the row numbers
+    for every row of every segment."""
     counts = np.asarray(batch_rows, dtype=np.int64)
     batch_of_row = np.repeat(np.arange(len(counts)), counts)
     row_in_batch = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     return pc.binary_join_element_wise(
         pa.array(batch_ids, pa.string()).take(batch_of_row),
-        pa.array(row_in_batch).cast(pa.string()),
-        "-",
+        _row_suffixes(int(counts.max(initial=0))).take(row_in_batch),
+        "",
     )
+
+
+class _RowSuffixes:
+    """``-0``, ``-1``, ... made once, and longer when a larger request comes (at most a
+    request's row cap)."""
+
+    def __init__(self) -> None:
+        self._suffixes = self._made(1024)
+
+    @staticmethod
+    def _made(rows: int) -> pa.Array:
+        return pa.array([f"-{row}" for row in range(rows)], pa.string())
+
+    def __call__(self, rows: int) -> pa.Array:
+        """At least `rows` of them."""
+        if rows > len(self._suffixes):
+            self._suffixes = self._made(rows)
+        return self._suffixes
+
+
+_row_suffixes = _RowSuffixes()
 
 
 @dataclass
@@ -384,7 +408,6 @@ class SegmentWriter:
             table = table.append_column(name, pa.repeat(value, table.num_rows))
         if self.metadata:
             table = table.replace_schema_metadata(self.metadata)
-        sink = io.BytesIO()
         # Dictionary pages only pay off for repeated strings (not ids); LZ4 decodes fastest of
         # the codecs tried; statistics only for the time column (a reader may skip row groups by
         # time), as the others' cost a third of the encoding for nothing a drift check reads.
@@ -393,13 +416,20 @@ class SegmentWriter:
             for f in table.schema
             if pa.types.is_string(f.type) and f.name not in _UNIQUE_STRINGS
         ]
-        pq.write_table(
-            table, sink, use_dictionary=strings, compression="lz4", write_statistics=[TS_COLUMN]
-        )
+        options: dict[str, Any] = {
+            "use_dictionary": strings,
+            "compression": "lz4",
+            "write_statistics": [TS_COLUMN],
+        }
         with self._write_lock:
             self._seq += 1
             name = segment_name(buffer.newest, self.writer_id, self._seq)
-            store_bytes(join(self.uri, name), sink.getvalue())
+            if isinstance(self._fs, LocalFileSystem):
+                _write_local(table, f"{self._dir}/{name}", options)
+            else:
+                sink = io.BytesIO()
+                pq.write_table(table, sink, **options)
+                store_bytes(join(self.uri, name), sink.getvalue())
             if self.retention_segments is not None or self.retention_bytes is not None:
                 self._enforce_retention()
 
@@ -414,6 +444,21 @@ class SegmentWriter:
         for path, _ in segments[:first]:
             with contextlib.suppress(FileNotFoundError):  # another writer deleted it first
                 self._fs.rm(path)
+
+
+def _write_local(table: pa.Table, path: str, options: Mapping[str, Any]) -> None:
+    """A segment written by Arrow straight into a temporary file, then renamed (a reader never
+    sees half a file): no Python buffer to grow and copy, ~6 MB per 100,000 rows, and Arrow
+    writes without the GIL."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp")
+    try:
+        pq.write_table(table, str(tmp), **options)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Logged(NamedTuple):
