@@ -150,6 +150,21 @@ def test_the_bound_drops_the_oldest_ended_spans_never_an_open_one() -> None:
     assert bounded(history[:10], limit=50) == history[:10]
 
 
+def test_a_version_stable_in_more_deployments_than_the_bound_keeps_the_newest_open_spans() -> None:
+    """Past the schema's maxItems the whole status write would be refused (seen at 200
+    Deployments of one version in the operator benchmark)."""
+    deployments = {
+        f"d{n:03}": DeploymentStatus(
+            stable_version="iris-v1", history=[entry("iris-v1", "Stable", n)]
+        )
+        for n in range(60)
+    }
+    record = version_record("iris-v1", deployments, [], T0)
+    assert len(record.history) == 50
+    assert [r.deployment for r in record.history] == [f"d{n:03}" for n in range(10, 60)]
+    assert len(record.serving_in) == 60, "servingIn still names every one"
+
+
 def test_a_version_serving_in_two_deployments_has_a_role_and_alias_in_each() -> None:
     prod = DeploymentStatus(
         stable_version="iris-v2",

@@ -112,13 +112,17 @@ Entry = TypeVar("Entry", bound=HistoryEntry)
 
 
 def bounded(history: list[Entry], limit: int = HISTORY_LIMIT) -> list[Entry]:
-    """At most `limit` entries, the oldest ended ones dropped first: an open span is never
-    dropped, however long ago it began (a stable serving through fifty aborted canaries)."""
+    """At most `limit` entries (the schema's maxItems: a longer list gets the whole status write
+    refused), the oldest ended ones dropped first: an open span goes, oldest first, only when the
+    open ones alone exceed `limit` (a version stable in more Deployments than that, which its
+    servingIn still names), never for an ended one (a stable serving through fifty aborted
+    canaries keeps its span)."""
     excess = len(history) - limit
     if excess <= 0:
         return history
     ended = [i for i, entry in enumerate(history) if entry.to is not None]
-    dropped = set(ended[:excess])
+    still_open = [i for i, entry in enumerate(history) if entry.to is None]
+    dropped = set([*ended, *still_open][:excess])
     return [entry for i, entry in enumerate(history) if i not in dropped]
 
 
