@@ -227,7 +227,7 @@ def test_rows_keep_their_order_when_columns_come_and_go(tmp_path: Path) -> None:
 
 
 def test_many_small_batches_keep_every_row_in_order(tmp_path: Path) -> None:
-    """One-row requests fill (and grow) the buffer's blocks; nothing is lost or reordered."""
+    """One-row requests fill the buffer's blocks; nothing is lost or reordered."""
     with SegmentWriter(str(tmp_path), "w1", max_seconds=3600) as writer:
         for i in range(3000):
             writer.append({"x": np.array([float(i)]), "colour": [f"c{i}"]}, np.array([i % 3]))
@@ -235,6 +235,21 @@ def test_many_small_batches_keep_every_row_in_order(tmp_path: Path) -> None:
     assert table.column("x").to_pylist() == [float(i) for i in range(3000)]
     assert table.column("colour").to_pylist()[-2:] == ["c2998", "c2999"]
     assert table.column(PREDICTION_COLUMN).to_pylist()[:4] == [0, 1, 2, 0]
+
+
+def test_a_full_buffer_starts_new_blocks_while_the_writer_is_late(tmp_path: Path) -> None:
+    """Blocks take twice a segment's rows; past that, rows go into new blocks (never a copy of
+    the full ones on the request path), and the segment still has every row in order."""
+    writer = SegmentWriter(str(tmp_path), "w1", max_rows=10, max_seconds=3600)
+    with writer._write_lock:  # the writer thread is late: it waits here to write
+        for i in range(95):
+            writer.append({"x": np.array([float(i)])}, np.array([i]), f"r{i}")
+        runs = len(writer._buffer.runs)
+    writer.close()
+    table = read_window(str(tmp_path), rows=95)
+    assert runs >= 3  # at most 20 rows a run
+    assert table.column("x").to_pylist() == [float(i) for i in range(95)]
+    assert table.column(LOG_REQUEST_ID_COLUMN).to_pylist()[-2:] == ["r93-0", "r94-0"]
 
 
 def test_appended_values_are_copied(tmp_path: Path) -> None:
