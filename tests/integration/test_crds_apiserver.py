@@ -382,6 +382,47 @@ def test_immutable_fields_cannot_change(
     assert message in str(refused.value.body)
 
 
+GRID = {"method": "Grid", "space": {"C": {"values": [0.1, 1.0]}}}
+
+
+def test_a_search_cannot_be_added_or_removed_after_creation(
+    kube_cluster: KubeCluster, namespace: str
+) -> None:
+    """A TrainingJob is a search or a single fit for its whole life (Katib's Experiment spec is
+    immutable too); an optional field's own `self == oldSelf` rule cannot see it come or go."""
+    plain, searching = named("TrainingJob", "plain"), example("TrainingJob", search=GRID)
+    searching["metadata"]["name"] = "searching"
+    for manifest, patch in (
+        (plain, {"spec": {"search": GRID}}),
+        (searching, {"spec": {"search": None}}),
+    ):
+        create(kube_cluster, namespace, manifest)
+        with pytest.raises(ApiException) as refused:
+            kube_cluster.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "trainingjobs", manifest["metadata"]["name"], patch
+            )
+        assert refused.value.status == 422
+        assert "spec.search: Invalid value" in str(refused.value.body)
+        assert "search must not be added or removed after creation" in str(refused.value.body)
+
+
+def test_a_drift_monitors_retrain_template_may_be_edited(
+    kube_cluster: KubeCluster, namespace: str
+) -> None:
+    """The TrainingJob's immutable fields are fixed in each TrainingJob made from the template,
+    not in the template itself."""
+    manifest = example("DriftMonitor")
+    create(kube_cluster, namespace, manifest)
+    template = {"estimator": {"className": "sklearn.svm.SVC"}, "search": GRID}
+    patched = kube_cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "driftmonitors", manifest["metadata"]["name"],
+        {"spec": {"action": {"retrain": {"template": template}}}},
+    )  # fmt: skip
+    assert patched["spec"]["action"]["retrain"]["template"]["estimator"]["className"] == (
+        "sklearn.svm.SVC"
+    )
+
+
 def test_suspend_may_change(kube_cluster: KubeCluster, namespace: str) -> None:
     manifest = example("TrainingJob")
     create(kube_cluster, namespace, manifest)

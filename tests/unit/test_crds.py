@@ -207,3 +207,10 @@ def test_a_fields_own_rules_come_beside_its_models_rules_optional_or_not() -> No
     for name in ("required", "optional"):
         rules = [r["rule"] for r in properties[name]["x-kubernetes-validations"]]
         assert rules == ["self.a < 5", "self == oldSelf"], name
+
+
+def test_a_template_of_another_kinds_spec_carries_none_of_its_transition_rules() -> None:
+    crds = {c["spec"]["names"]["kind"]: yaml.safe_dump(c) for c in all_crds().values()}
+    assert "oldSelf" in crds["TrainingJob"]
+    assert "oldSelf" not in crds["DriftMonitor"], "its retrain template stays editable"
+    assert "search must not change after creation" not in crds["DriftMonitor"]

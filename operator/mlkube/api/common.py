@@ -154,6 +154,11 @@ FreeForm = Annotated[
 """Free-form arguments (hyperparameters): at most 64 keys, values nested at most two deep."""
 
 
+TEMPLATE = "x-mlkube-template"
+"""Schema extra marking a field that holds another kind's spec as a template: its transition
+rules (`oldSelf`) are left out there, since a template is edited for the objects made later."""
+
+
 def immutable(what: str) -> JsonDict:
     """Schema extra forbidding changes after creation (a CEL transition rule)."""
     return {

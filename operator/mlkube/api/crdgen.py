@@ -17,7 +17,7 @@ from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
 from mlkube.api.batchprediction import BatchPredictionSpec, BatchPredictionStatus
-from mlkube.api.common import GROUP, VERSION, ApiModel, JsonDict, cel
+from mlkube.api.common import GROUP, TEMPLATE, VERSION, ApiModel, JsonDict, cel
 from mlkube.api.deployment import DeploymentSpec, DeploymentStatus
 from mlkube.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from mlkube.api.modelversion import ModelVersionSpec, ModelVersionStatus
@@ -191,11 +191,30 @@ def _merged(model: JsonSchema, field: JsonSchema) -> JsonSchema:
     return merged
 
 
+def _without_transition_rules(node: Any) -> Any:
+    """`node` with every rule reading `oldSelf` left out, at any depth (see `TEMPLATE`)."""
+    if isinstance(node, list):
+        return [_without_transition_rules(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _without_transition_rules(value) for key, value in node.items()}
+    if RULES in out:
+        kept = [rule for rule in out[RULES] if "oldSelf" not in rule["rule"]]
+        if kept:
+            out[RULES] = kept
+        else:
+            del out[RULES]
+    return out
+
+
 def _rewrite(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     if "$ref" in node:
         node = _resolve(node, defs)
     if "anyOf" in node:
         node = _collapse_any_of(node, defs)
+    if node.get(TEMPLATE):
+        rest = {key: value for key, value in node.items() if key != TEMPLATE}
+        return dict(_without_transition_rules(_rewrite(rest, defs)))
     if "const" in node:
         node = {**{k: v for k, v in node.items() if k != "const"}, "enum": [node["const"]]}
     out: JsonSchema = {}

@@ -13,6 +13,7 @@ from mlkube.api.common import (
     NAME_LENGTH,
     NUMBER_LENGTH,
     OBJECT_NAME_LENGTH,
+    TEMPLATE,
     TEXT_LENGTH,
     URI_LENGTH,
     ApiModel,
@@ -90,7 +91,11 @@ class ColumnOverride(ApiModel):
 
 
 class RetrainAction(ApiModel):
-    template: TrainingJobSpec = Field(description="Spec of the TrainingJob created on drift.")
+    template: TrainingJobSpec = Field(
+        description="Spec of the TrainingJob created on drift; editable (the TrainingJob's "
+        "immutable fields are fixed in each TrainingJob, not here).",
+        json_schema_extra={TEMPLATE: True},
+    )
     cooldown_seconds: int = Field(default=3600, ge=0)
     consecutive_detections: int = Field(
         default=1, ge=1, description="Drifted runs in a row before retraining (hysteresis)."

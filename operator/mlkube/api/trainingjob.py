@@ -551,6 +551,11 @@ class TrainingJobSpec(ApiModel):
         ),
         *_gates_fit_the_task(),
         *_metric_fits_the_task(),
+        cel(
+            "has(self.search) == has(oldSelf.search)",
+            "search must not be added or removed after creation",
+            field_path=".search",
+        ),
     )
 
     model: str = Field(
