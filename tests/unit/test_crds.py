@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 
 from mlkube.api.batchprediction import BatchPrediction
-from mlkube.api.common import ApiModel, cel, immutable, validations
+from mlkube.api.common import ApiModel, cel, immutable, refusal, validations
 from mlkube.api.crdgen import KINDS, all_crds, rendered_files, structural_schema
 from mlkube.api.deployment import Deployment
 from mlkube.api.driftmonitor import CRON_PATTERN, DriftMonitor
 from mlkube.api.modelversion import ModelVersion
-from mlkube.api.trainingjob import TrainingJob
+from mlkube.api.trainingjob import TrainingJob, TrainingJobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTIN_SHORT_NAMES = {
@@ -214,3 +214,17 @@ def test_a_template_of_another_kinds_spec_carries_none_of_its_transition_rules()
     assert "oldSelf" in crds["TrainingJob"]
     assert "oldSelf" not in crds["DriftMonitor"], "its retrain template stays editable"
     assert "search must not change after creation" not in crds["DriftMonitor"]
+
+
+def test_a_spec_the_operator_refuses_names_the_field_without_pydantics_prefix() -> None:
+    values = {"values": list(range(40))}
+    spec = {
+        "model": "iris", "dataset": {"uri": "builtin:iris"}, "target": "target",
+        "estimator": {"className": "sklearn.linear_model.LogisticRegression"},
+        "search": {"method": "Grid", "space": {"C": values, "max_iter": values}},
+    }  # fmt: skip
+    with pytest.raises(ValidationError) as refused:
+        TrainingJobSpec.model_validate(spec)
+    message = refusal(refused.value)
+    assert message.startswith("spec.search: a Grid must have at most 500 trials"), message
+    assert "Value error" not in message

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
 )
@@ -152,6 +153,19 @@ FreeForm = Annotated[
     ),
 ]
 """Free-form arguments (hyperparameters): at most 64 keys, values nested at most two deep."""
+
+
+def refusal(error: ValidationError, root: str = "spec") -> str:
+    """Each of pydantic's errors as `<root>.<field path>: <what is wrong>`, joined by "; ", the
+    way the API server names a field; a validator's own message without pydantic's
+    "Value error, " prefix."""
+    parts = []
+    for err in error.errors():
+        where = ".".join([root, *map(str, err["loc"])])
+        cause = (err.get("ctx") or {}).get("error")
+        what = str(cause) if err["type"] == "value_error" and cause is not None else err["msg"]
+        parts.append(f"{where}: {what}")
+    return "; ".join(parts)
 
 
 TEMPLATE = "x-mlkube-template"

@@ -12,6 +12,7 @@ from typing import Generic
 
 from pydantic import ValidationError
 
+from mlkube.api.common import refusal
 from mlkube.controller import metrics
 from mlkube.controller.context import Context, Read, Refused, SpecT, StatusT
 
@@ -67,9 +68,6 @@ class AsReconciler(Generic[SpecT, StatusT]):
         try:
             spec = rec.spec_model.model_validate(obj["spec"])
         except ValidationError as e:
-            message = "; ".join(
-                f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-            )
-            self.ctx.invalid(rec.kind, obj, status, message, refused=rec.refused)
+            self.ctx.invalid(rec.kind, obj, status, refusal(e), refused=rec.refused)
             return None
         return Read(obj, spec, status)
