@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 from tritonclient.utils import InferenceServerException
+from tritonclient.utils import np_to_triton_dtype as triton_dtype
 
 from mlkube.api.modelversion import Column
 from mlkube.layout import LOG_REQUEST_ID_COLUMN
@@ -283,6 +284,62 @@ def test_an_oip_prediction_is_counted_and_takes_feedback(
     assert (stored.status_code, stored.json()) == (200, {"stored": 2})
 
 
+# The fresh-eyes tester's bodies: each value beyond its datatype, once scored as sent (INT8 1000,
+# FP16 1e10 as infinity), and INT32 1.5 worded as the model's column type instead of the input's.
+BEYOND_THEIR_DATATYPE = [
+    ("INT8", [1000, 2], "is INT8 but holds 1000 at index 0: INT8 takes integers from -128 to 127"),
+    ("UINT8", [-1, 2], "is UINT8 but holds -1 at index 0: UINT8 takes integers from 0 to 255"),
+    ("FP16", [1e10, 2], "is FP16 but holds 10000000000.0 at index 0: FP16 takes finite numbers"),
+    ("FP32", [1e300, 2], "is FP32 but holds 1e+300 at index 0: FP32 takes finite numbers"),
+    ("INT32", [1.5, 2], "is INT32 but holds 1.5 at index 0: INT32 takes integers"),
+]
+
+
+def test_a_value_beyond_its_datatype_is_a_400_counted_as_4xx(
+    server: ServerProcess, iris_artifact: IrisArtifact
+) -> None:
+    """Triton and KServe decode into the declared datatype; a value it cannot hold is the
+    client's error, counted as a 4xx (never a 5xx, which canary analysis counts against the
+    model)."""
+    sample = iris_artifact.features.iloc[[0, 1]]
+    counted = {code: _requests(server, code) for code in ("2xx", "4xx", "5xx")}
+    for datatype, data, words in BEYOND_THEIR_DATATYPE:
+        inputs = [
+            {"name": name, "shape": [2], "datatype": "FP64", "data": sample[name].tolist()}
+            for name in IRIS_FEATURES[:3]
+        ]
+        inputs.append({"name": "petal_width", "shape": [2], "datatype": datatype, "data": data})
+        answer = httpx.post(f"{server.url}/v2/models/iris/infer", json={"inputs": inputs})
+        assert answer.status_code == 400, answer.text
+        assert answer.json() == {"error": answer.json()["error"]}
+        assert answer.json()["error"].startswith(f"input 'petal_width' {words}"), answer.text
+    refused = len(BEYOND_THEIR_DATATYPE)
+    assert {code: _requests(server, code) for code in counted} == counted | {
+        "4xx": counted["4xx"] + refused
+    }
+
+
+def test_every_datatype_within_its_range_is_taken(
+    client: triton.InferenceServerClient, iris_artifact: IrisArtifact
+) -> None:
+    """tritonclient's JSON of each numeric datatype, at its bounds where a float column holds
+    them: the model scores the values as sent."""
+    sample = iris_artifact.features.iloc[[0, 1]]
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
+                  np.uint64, np.float16, np.float32):  # fmt: skip
+        info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else np.finfo(dtype)
+        values = np.array([info.min, info.max], dtype=dtype)
+        inputs = _column_inputs(sample)[:3]
+        width = triton.InferInput("petal_width", [2], triton_dtype(dtype))
+        width.set_data_from_numpy(values, binary_data=False)
+        result = client.infer("iris", [*inputs, width], outputs=_outputs("predict"))
+        expected = sample.assign(petal_width=values.astype(np.float64))
+        assert (
+            result.as_numpy("predict").tolist()
+            == iris_artifact.estimator.predict(expected).tolist()
+        ), dtype
+
+
 def test_an_oip_prediction_is_in_the_inference_log(
     iris_artifact: IrisArtifact, tmp_path: Path
 ) -> None:
@@ -378,10 +435,11 @@ def test_columns_of_every_type_with_their_datatypes(mixed_server: ServerProcess)
             {"count": ("FP64", [3.5])},
             "input 'count' has datatype FP64, but column 'count' is int",
         ),
-        ({"count": ("INT64", [True])}, "input 'count' must be int, got bool True in row 0"),
-        ({"colour": ("BYTES", [7])}, "input 'colour' must be string, got integer 7 in row 0"),
+        ({"count": ("INT64", [True])}, "input 'count' is INT64 but holds bool True at index 0"),
+        ({"colour": ("BYTES", [7])}, "input 'colour' is BYTES but holds 7 at index 0"),
         ({"fresh": ("BOOL", [None])}, "input 'fresh' must be bool, got null in row 0"),
-        ({"weight": ("INT64", [1.5])}, "input 'weight' must be int, got number 1.5 in row 0"),
+        ({"weight": ("INT64", [1.5])}, "input 'weight' is INT64 but holds 1.5 at index 0"),
+        ({"count": ("INT8", [300])}, "input 'count' is INT8 but holds 300 at index 0"),
     ],
 )
 def test_a_bad_column_is_a_400_naming_the_input(

@@ -27,6 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
+from tritonclient.utils import np_to_triton_dtype as triton_dtype
 
 from mlkube.api.modelversion import Column
 from mlkube.layout import LOG_REQUEST_ID_COLUMN
@@ -246,7 +247,7 @@ def test_errors_are_status_codes_naming_what_is_wrong(
     not_finite.set_data_from_numpy(np.array([[5.1, np.nan, 1.4, 0.2]]))
     status, message = _refusal(lambda: client.infer("iris", [not_finite]))
     assert status == "StatusCode.INVALID_ARGUMENT", message
-    assert "input 'x' has nan at value 1" in message, message
+    assert "input 'x' is FP64 but holds nan at index [0, 1]" in message, message
 
     short = service_pb2.ModelInferRequest(model_name="iris")
     short.inputs.add(name="x", datatype="FP64", shape=[1, 4])
@@ -282,6 +283,58 @@ def test_a_grpc_prediction_is_counted_logged_and_takes_feedback(
     labels = {"feedback": [{"requestId": "h-7-0", "label": 0}, {"requestId": "h-7-1", "label": 0}]}
     stored = httpx.post(f"{server.http.url}/feedback", json=labels)
     assert (stored.status_code, stored.json()) == (200, {"stored": 2})
+
+
+def test_a_value_beyond_its_datatype_is_invalid_argument_counted_as_4xx(
+    client: triton.InferenceServerClient,
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+    server: GRPCServerProcess,
+    iris_artifact: IrisArtifact,
+) -> None:
+    """Typed contents are wider than their datatype (int_contents carries any int32 for INT8),
+    raw floats may be NaN or infinity: each is INVALID_ARGUMENT naming the input and the value,
+    counted as a 4xx like REST's 400 (a 5xx would let a client fail a canary), with nothing in
+    the server log."""
+    sample = iris_artifact.features.iloc[[0, 1]]
+    counted = {code: _requests(server, code) for code in ("2xx", "4xx", "5xx")}
+
+    def typed(datatype: str, field: str, values: list[Any]) -> Any:
+        request = service_pb2.ModelInferRequest(model_name="iris")
+        for name in IRIS_FEATURES[:3]:
+            request.inputs.add(name=name, datatype="FP64", shape=[2]).contents.fp64_contents.extend(
+                sample[name].tolist()
+            )
+        width = request.inputs.add(name="petal_width", datatype=datatype, shape=[2])
+        getattr(width.contents, field).extend(values)
+        return lambda: stub.ModelInfer(request)
+
+    def raw(values: np.ndarray[Any, Any]) -> Any:
+        width = triton.InferInput("petal_width", [2], triton_dtype(values.dtype))
+        width.set_data_from_numpy(values)
+        return lambda: client.infer("iris", [*_column_inputs(sample)[:3], width])
+
+    cases = [
+        (typed("INT8", "int_contents", [1000, 2]), "is INT8 but holds 1000 at index 0"),
+        (typed("UINT8", "uint_contents", [2, 256]), "is UINT8 but holds 256 at index 1"),
+        (typed("INT16", "int_contents", [-40000, 2]), "is INT16 but holds -40000 at index 0"),
+        (typed("FP32", "fp32_contents", [np.inf, 2]), "is FP32 but holds inf at index 0"),
+        (raw(np.array([np.inf, 2], np.float16)), "is FP16 but holds inf at index 0"),
+        (raw(np.array([1.0, np.nan], np.float64)), "is FP64 but holds nan at index 1"),
+    ]
+    for call, words in cases:
+        with pytest.raises((grpc.RpcError, InferenceServerException)) as caught:
+            call()
+        refusal = caught.value
+        if isinstance(refusal, grpc.RpcError):
+            code, message = str(refusal.code()), str(refusal.details())
+        else:
+            code, message = str(refusal.status()), str(refusal.message())
+        assert code == "StatusCode.INVALID_ARGUMENT", message
+        assert message.startswith(f"input 'petal_width' {words}: "), message
+    assert {code: _requests(server, code) for code in counted} == counted | {
+        "4xx": counted["4xx"] + len(cases)
+    }
+    assert "Traceback" not in server.http.log_path.read_text()
 
 
 def test_a_grpc_prediction_is_in_the_inference_log(

@@ -1,9 +1,11 @@
 """The pure parts of the Open Inference Protocol over gRPC: a tensor's values from raw or typed
-contents, each malformed tensor refused naming its input, and the status code of each refusal."""
+contents, each malformed tensor refused naming its input, each value held to its datatype as
+REST's are, and the status code of each refusal."""
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import grpc
 import numpy as np
@@ -13,6 +15,7 @@ from mlkube.runtime.protocol import grpc_service_pb2 as pb
 from mlkube.runtime.protocol.errors import RequestError
 from mlkube.runtime.protocol.grpc_server import grpc_code, parameters, raw_values, tensor_of
 from mlkube.runtime.protocol.rest.v2_endpoints import Tensor
+from tests.unit.test_oip_datatypes import float_model_endpoint
 
 pytestmark = pytest.mark.unit
 
@@ -53,7 +56,6 @@ def test_raw_contents_are_little_endian_row_major() -> None:
         ("BYTES", _bytes(b"a", b"b"), 1, "are not 1 BYTES values"),
         ("BYTES", _bytes(b"a") + b"\x00", 1, "are not 1 BYTES values"),
         ("BYTES", _bytes(b"\xff"), 1, "BYTES value 0 is not UTF-8"),
-        ("FP64", np.array([1.0, np.inf]).tobytes(), 2, "has inf at value 1"),
     ],
 )
 def test_raw_contents_that_do_not_hold_the_shape_are_refused(
@@ -134,3 +136,61 @@ def test_parameters_read_as_rest_has_them() -> None:
         "sorted": True,
         "unset": None,
     }
+
+
+def _typed(datatype: str, field: str, values: list[Any]) -> Input:
+    tensor = Input(name="petal_width_cm", datatype=datatype, shape=[len(values)])
+    getattr(tensor.contents, field).extend(values)
+    return tensor
+
+
+def _sepal(rows: int) -> Tensor:
+    return Tensor("sepal_length_cm", [rows], "FP64", [5.1] * rows)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "raw", "words"),
+    [
+        (_typed("INT8", "int_contents", [1000, 2]), None, "is INT8 but holds 1000 at index 0"),
+        (_typed("INT16", "int_contents", [2, -40000]), None, "is INT16 but holds -40000 at index 1"),
+        (_typed("UINT8", "uint_contents", [256, 2]), None, "is UINT8 but holds 256 at index 0"),
+        (_typed("FP64", "fp64_contents", [1.0, np.nan]), None, "is FP64 but holds nan at index 1"),
+        (_typed("FP32", "fp32_contents", [np.inf, 1.0]), None, "is FP32 but holds inf at index 0"),
+        (
+            Input(name="petal_width_cm", datatype="FP16", shape=[2]),
+            np.array([np.inf, 2], "<f2").tobytes(),
+            "is FP16 but holds inf at index 0",
+        ),
+        (
+            Input(name="petal_width_cm", datatype="FP64", shape=[2]),
+            np.array([1.0, np.nan]).tobytes(),
+            "is FP64 but holds nan at index 1",
+        ),
+    ],
+)  # fmt: skip
+def test_a_value_beyond_its_datatype_is_invalid_argument_naming_it(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, words: str
+) -> None:
+    """Typed contents are wider than their datatype (int_contents holds any int32 for INT8), raw
+    floats may be NaN: decoded without fault, then refused by the check REST's JSON takes."""
+    decoded = tensor_of(0, tensor, raw)
+    with pytest.raises(RequestError) as refused:
+        float_model_endpoint().inputs([_sepal(2), decoded], None, None)
+    assert refused.value.status == 400
+    assert grpc_code(refused.value.status) == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.message.startswith(f"input 'petal_width_cm' {words}: "), refused.value
+
+
+def test_narrow_datatypes_within_their_range_are_taken() -> None:
+    endpoint = float_model_endpoint()
+    for tensor, raw in [
+        (_typed("INT8", "int_contents", [-128, 127]), None),
+        (_typed("UINT8", "uint_contents", [0, 255]), None),
+        (Input(name="petal_width_cm", datatype="INT8", shape=[2]), bytes([0x80, 0x7F])),
+        (
+            Input(name="petal_width_cm", datatype="FP16", shape=[2]),
+            np.array([-65504, 0.5], "<f2").tobytes(),
+        ),
+    ]:
+        inputs = endpoint.inputs([_sepal(2), tensor_of(0, tensor, raw)], None, None)
+        assert np.asarray(inputs.features)[:, 1].tolist() in ([-128, 127], [0, 255], [-65504, 0.5])

@@ -331,6 +331,21 @@ class Endpoint(Protocol):
         ...
 
 
+def read(endpoint: Endpoint, body: bytes) -> Inputs:
+    """`endpoint.read`, where any failure is the request's 400: a body the decoder did not
+    foresee must not be a 5xx (canary analysis counts those against the model), nor put a
+    traceback in the answer (it goes to the log)."""
+    try:
+        return endpoint.read(body)
+    except RequestError:
+        raise
+    except Exception as e:
+        logger.exception("decoding a request failed")
+        raise RequestError(
+            400, f"the request could not be decoded ({type(e).__name__}); see the server log"
+        ) from None
+
+
 class Answer(NamedTuple):
     """A prediction request's answer, as `DataPlane.answer` gives it to a protocol to send."""
 
@@ -472,7 +487,7 @@ class DataPlane:
             ):
                 status, document = 500, {"error": f"injected fault ({ENV_FAULT_ERROR_PERCENT})"}
             elif len(content) <= INLINE_BODY_BYTES:
-                inputs = endpoint.read(content)
+                inputs = read(endpoint, content)
                 request_id = request_id_of(inputs.id, headers)
                 arrays = inputs.arrays
                 if inputs.rows <= self.predictor.inline_rows:
@@ -486,7 +501,7 @@ class DataPlane:
                     status = 200
             else:
                 admitted = self.pool.admit()
-                inputs = await self.pool.run(endpoint.read, content)
+                inputs = await self.pool.run(read, endpoint, content)
                 del content  # its megabytes need not live through the prediction
                 request_id = request_id_of(inputs.id, headers)
                 arrays = inputs.arrays

@@ -14,14 +14,16 @@ messages are in ``grpc_service.proto`` beside this file (how to regenerate the c
   a BYTES element is a 4-byte little-endian length and its bytes). The answer's outputs carry
   their values the way the request did (raw in, raw out). The request's ``id`` is echoed, else
   the ``x-request-id`` metadata, else a new id (``request_ids``); rows are logged, counted and
-  take feedback as any other prediction.
+  take feedback as any other prediction. Each value must fit its datatype, typed or raw
+  (``datatypes``: ``int_contents`` 1000 is no ``INT8``, a raw ``FP64`` NaN no number), checked
+  where REST's JSON is (``V2Endpoint.inputs``).
 
 Errors are gRPC status codes with the REST answer's message: ``INVALID_ARGUMENT`` for a bad
-request (naming the input; also a request over ``MLKUBE_MAX_ROWS``), ``NOT_FOUND`` for a model
-or version not served here, ``UNAVAILABLE`` when the server is busy (with ``retry-after`` and
-``grpc-retry-pushback-ms`` trailers) or not ready, ``INTERNAL`` when the prediction failed. The
-request metrics count each call by the HTTP status REST would have answered (`HTTP_STATUSES`), so
-canary analysis weighs gRPC calls with HTTP's.
+request (naming the input; also a request over ``MLKUBE_MAX_ROWS``, and any request the server
+fails to decode), ``NOT_FOUND`` for a model or version not served here, ``UNAVAILABLE`` when the
+server is busy (with ``retry-after`` and ``grpc-retry-pushback-ms`` trailers) or not ready,
+``INTERNAL`` when the prediction failed. The request metrics count each call by the HTTP status
+REST would have answered (`HTTP_STATUSES`), so canary analysis weighs gRPC calls with HTTP's.
 """
 
 from __future__ import annotations
@@ -114,23 +116,6 @@ def _input(name: str) -> str:
     return f"input {cut(repr(name))}"
 
 
-def _values_of(name: str, datatype: str, array: npt.NDArray[Any]) -> list[Any]:
-    """A numeric or bool array as Python values (what REST's JSON gives the checks); a float
-    that is not finite is refused, naming its position: a tensor has no null, and the model
-    takes no NaN."""
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        at = int(np.argmin(np.isfinite(array)))
-        raise RequestError(
-            400,
-            f"{_input(name)} has {float(array[at])} at value {at}: a {datatype} input takes "
-            "finite numbers only (no NaN or infinity)",
-        )
-    if array.dtype.kind == "u" and datatype == "BOOL":
-        array = array != 0
-    values: list[Any] = array.tolist()
-    return values
-
-
 def _strings(name: str, items: list[bytes]) -> list[str]:
     try:
         return [item.decode() for item in items]
@@ -151,8 +136,9 @@ def _utf8(item: bytes) -> bool:
 
 def raw_values(name: str, datatype: str, raw: bytes, size: int) -> list[Any]:
     """`size` values of `datatype` from their raw contents (the protocol's row-major,
-    little-endian layout; a BYTES element is a 4-byte little-endian length, then its bytes); a
-    400 naming the input where the bytes do not hold them."""
+    little-endian layout; a BYTES element is a 4-byte little-endian length, then its bytes; a
+    nonzero BOOL byte is true), as Python values; a 400 naming the input where the bytes do not
+    hold them. Whether they fit the datatype (an FP64 NaN does not) is the endpoint's check."""
     if datatype == "BYTES":
         items: list[bytes] = []
         at = 0
@@ -179,7 +165,9 @@ def raw_values(name: str, datatype: str, raw: bytes, size: int) -> list[Any]:
             f"{_input(name)}: its raw contents have {len(raw)} bytes, but {size} {datatype} "
             f"values take {size * dtype.itemsize}",
         )
-    return _values_of(name, datatype, np.frombuffer(raw, dtype))
+    array = np.frombuffer(raw, dtype)
+    values: list[Any] = (array != 0 if datatype == "BOOL" else array).tolist()
+    return values
 
 
 def tensor_of(
@@ -226,8 +214,9 @@ def tensor_of(
         )
     if datatype == "BYTES":
         return Tensor(name, shape, datatype, _strings(name, list(contents)))
-    dtype = np.dtype(_RAW_DTYPES[datatype]) if datatype != "BOOL" else np.dtype(bool)
-    return Tensor(name, shape, datatype, _values_of(name, datatype, np.asarray(contents, dtype)))
+    # as they came (int_contents holds any int32 for INT8): whether they fit the datatype is
+    # the endpoint's check, as for REST's JSON
+    return Tensor(name, shape, datatype, list(contents))
 
 
 class Requested(NamedTuple):

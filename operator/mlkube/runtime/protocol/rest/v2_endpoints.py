@@ -18,6 +18,8 @@ Tabular input comes in either of the two shapes clients send:
   for models whose columns are all numeric (any input name).
 
 ``data`` is JSON, flat or nested in row-major order; Triton's binary tensor extension is refused.
+Each value must fit its datatype (``datatypes``: ``INT8`` holds -128 to 127, ``FP32`` finite
+numbers within float32's range), as Triton and KServe decode it.
 The request's ``outputs`` choose among ``predict`` and ``predict_proba`` (default: both where
 the model has them); the answer carries the request's ``id`` (or the one the server gave it,
 see ``request_ids``), ``model_name`` and ``model_version``. Errors are ``{"error": "..."}``:
@@ -35,8 +37,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mlkube.api.modelversion import ColumnType
-from mlkube.runtime.protocol.columns import check_types, number_matrix
+from mlkube.runtime.protocol.columns import number_matrix
 from mlkube.runtime.protocol.dataplane import DataPlane, Inputs, Prediction, Predictor
+from mlkube.runtime.protocol.datatypes import check_array, check_values, fits
 from mlkube.runtime.protocol.errors import RequestError, cut, decode_json, describe
 from mlkube.runtime.protocol.http import (
     ASGIReceive,
@@ -247,13 +250,14 @@ class V2Endpoint:
             parts = [by_name[name].data for name in predictor.feature_order]
             matrix = number_matrix(parts, (self._width, rows))
             if matrix is not None:
+                if not fits(min(t.datatype for t in tensors), matrix):  # the narrowest FP
+                    for row, name in enumerate(predictor.feature_order):
+                        tensor = by_name[name]
+                        check_array(self._labels[name], tensor.datatype, matrix[row], tensor.data)
                 return predictor.from_matrix(matrix.T, body_id, rows, outputs)
         columns = {name: by_name[name].data for name in types}
         for name, tensor in by_name.items():
-            if DATATYPE_KINDS[tensor.datatype] == "int" and types[name] == "float":
-                check_types(
-                    name, "int", tensor.data, name in predictor.nullable, self._labels[name]
-                )
+            check_values(self._labels[name], tensor.datatype, tensor.data, tensor.shape)
         return predictor.from_columns(columns, body_id, rows, outputs, self._labels)
 
     def _from_tensor(self, tensor: Tensor, body_id: Any, outputs: Any) -> Inputs:
@@ -283,17 +287,16 @@ class V2Endpoint:
         if kind == "float" and predictor.float_matrix:
             matrix = number_matrix([tensor.data], (rows, width))
             if matrix is not None:
+                check_array(label, tensor.datatype, matrix, tensor.data, tensor.shape)
                 return predictor.from_matrix(
                     predictor.in_feature_order(matrix), body_id, rows, outputs
                 )
         data = tensor.data
+        check_values(label, tensor.datatype, data, tensor.shape)
         columns = {name: data[j::width] for j, name in enumerate(predictor.schema_order)}
         labels = {
             name: f"{label} column {j} ({name!r})" for j, name in enumerate(predictor.schema_order)
         }
-        if kind == "int":
-            for name, column in columns.items():
-                check_types(name, "int", column, name in predictor.nullable, labels[name])
         return predictor.from_columns(columns, body_id, rows, outputs, labels)
 
     def answer(self, prediction: Prediction, request_id: str, inputs: Inputs) -> dict[str, Any]:
