@@ -98,7 +98,9 @@ def test_a_bad_shard_fails_alone_the_others_output_is_complete_and_it_is_named(
     assert status["failedShards"] == [{"shard": 2, "reason": "InputSchemaMismatch", "message": bad}]
     failed = condition(status, "Failed")
     assert failed["reason"] == "ShardsFailed"
-    assert failed["message"].startswith("1 of 4 shards failed (the others' output is complete)")
+    assert failed["message"].startswith(
+        "1 of 4 shards failed (the other 3 shards' parts are complete): shard 2: "
+    )
     assert status["manifestUri"] == f"{output}_manifest.json"
     pods = pods_by_index(kube, ns, "scores-shards")
     assert len(pods[2]) == 1, "a schema error is not retried: FailIndex on the first attempt"
@@ -119,6 +121,29 @@ def test_a_bad_shard_fails_alone_the_others_output_is_complete_and_it_is_named(
     kube.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "batchpredictions", "scores")
     eventually(lambda: not jobs_of(kube, ns, "scores"), 60, "the Jobs to be garbage-collected")
     assert read_output(kube, ns, runtime_image, output)["rows"] == 110
+
+    # applied again, the same YAML is a new run: refused, naming the earlier run as such; and an
+    # id column no file holds is refused by the plan, before any shard starts
+    eventually(lambda: get(kube, ns, "batchpredictions", "scores") is None, 60, "it to be gone")
+    create(kube, ns, batch(
+        "scores", input={"uri": source}, output={"uri": output, "idColumn": "id"},
+        rowsPerShard=40, parallelism=2, backoffLimitPerIndex=1,
+    ))  # fmt: skip
+    create(kube, ns, batch(
+        "no-id", input={"uri": source},
+        output={"uri": f"{STORE}/{ns}/no-id/", "idColumn": "customer_id"},
+    ))  # fmt: skip
+    again = condition(wait_phase(kube, ns, "scores", timeout=60), "Failed")
+    assert again["reason"] == "OutputInUse"
+    assert f"holds the output of an earlier run of scores (run {manifest['runId']}, since " \
+        "deleted), which finished (_manifest.json is there)" in again["message"]  # fmt: skip
+    no_id = condition(wait_phase(kube, ns, "no-id", timeout=60), "Failed")
+    assert (no_id["reason"], no_id["message"]) == (
+        "InputSchemaMismatch",
+        f"{source}a.parquet: spec.output.idColumn 'customer_id' is not in the file (its columns: "
+        "id, sepal_length_cm, sepal_width_cm, petal_length_cm, petal_width_cm)",
+    )
+    assert list(jobs_of(kube, ns, "no-id")) == ["no-id-plan"], "no shard ran"
 
 
 @pytest.mark.timeout(900)

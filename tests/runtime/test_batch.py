@@ -5,6 +5,7 @@ file, column and row; a retried shard overwrites its part; the S3 store works th
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -161,10 +162,10 @@ def test_a_bad_row_fails_its_shard_for_good_naming_file_column_and_row(
          "c.parquet: column 'sepal_length' must be float, got null in row 25: the model was not "
          "trained to take missing values there"),
         (lambda f: f.drop(columns="sepal_width"),
-         "c.parquet: column 'sepal_width' is not in the file (its columns: customer, "
-         "sepal_length, petal_length, petal_width)"),
+         "c.parquet: the model's input column 'sepal_width' is not in the file (its columns: "
+         "customer, sepal_length, petal_length, petal_width)"),
         (lambda f: f.drop(columns="customer"),
-         "c.parquet: the id column (output.idColumn) 'customer' is not in the file"),
+         "c.parquet: spec.output.idColumn 'customer' is not in the file"),
         (lambda f: f.assign(petal_length=f.petal_length.astype(str)),
          "c.parquet: column 'petal_length' must be float, got string '5.7' in row 20"),
     ],
@@ -173,10 +174,12 @@ def test_a_bad_row_fails_its_shard_for_good_naming_file_column_and_row(
 def test_parquet_schema_errors_name_the_column_and_row(
     tmp_path: Path, model: IrisArtifact, change: Any, message: str
 ) -> None:
+    """What a shard finds, should a file change after the plan read it (or the plan run without
+    the model's schema, as this one does)."""
     frame = write_inputs(model, tmp_path / "in")
+    batch.plan(spec_for(tmp_path), RUN)
     change(frame.iloc[100:]).to_parquet(tmp_path / "in/c.parquet")
     spec = spec_for(tmp_path)
-    batch.plan(spec, RUN)
     with pytest.raises(RunFailure) as failed:
         batch.score_shard(spec, RUN, 3, scoring(model))  # rows 120-149: c.parquet 20-49
     assert failed.value.reason == "InputSchemaMismatch"
@@ -222,6 +225,45 @@ def test_an_output_another_run_wrote_is_refused(tmp_path: Path, model: IrisArtif
     assert taken.value.message.startswith(f"spec.output.uri: file://{tmp_path}/out/ holds")
 
 
+def test_an_earlier_unfinished_run_of_the_same_name_is_named_as_such_and_not_mixed_in(
+    tmp_path: Path, model: IrisArtifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BatchPrediction deleted mid-run and applied again is a new run (a new uid): it is told
+    the parts are its predecessor's, unfinished, and how to clear them; never mixed, never
+    deleted for it."""
+    write_inputs(model, tmp_path / "in")
+    spec = spec_for(tmp_path)
+    monkeypatch.setenv("MLKUBE_BATCHPREDICTION", "bp-big")
+    batch.plan(spec, "uid-1")
+    batch.score_shard(spec, "uid-1", 0, scoring(model))  # then deleted: no manifest
+    with pytest.raises(RunFailure) as again:
+        batch.plan(spec, "uid-2")
+    assert (again.value.reason, again.value.permanent) == ("OutputInUse", True)
+    assert again.value.message == (
+        f"spec.output.uri: file://{tmp_path}/out/ holds the output of an earlier run of bp-big "
+        "(run uid-1, since deleted), which did not finish (no _manifest.json: deleted or failed "
+        "mid-run): choose another output.uri, or delete the directory's part-*.parquet, "
+        "_manifest.json and _mlkube/ to score there again; a run never mixes its parts with "
+        "another run's, nor deletes them"
+    )
+    assert (tmp_path / "out/part-00000.parquet").exists(), "the user's data is never deleted"
+
+    batch.write_manifest(spec, "uid-1", "iris-v1", model.sha256)
+    with pytest.raises(RunFailure, match=r"bp-big \(run uid-1, since deleted\), which finished "
+                       r"\(_manifest.json is there\)"):  # fmt: skip
+        batch.plan(spec, "uid-2")
+    monkeypatch.setenv("MLKUBE_BATCHPREDICTION", "other-scores")
+    with pytest.raises(
+        RunFailure, match=r"holds the output of BatchPrediction bp-big \(run uid-1\)"
+    ):
+        batch.plan(spec, "uid-3")
+
+    for leftover in [*(tmp_path / "out").glob("part-*.parquet"), tmp_path / "out/_manifest.json"]:
+        leftover.unlink()
+    shutil.rmtree(tmp_path / "out/_mlkube")
+    assert batch.plan(spec, "uid-3")["shards"] == 4, "cleared as the message says: it runs"
+
+
 def test_a_tampered_model_is_refused_before_any_row_is_scored(
     tmp_path: Path, model: IrisArtifact
 ) -> None:
@@ -239,7 +281,18 @@ def test_a_tampered_model_is_refused_before_any_row_is_scored(
 def test_no_input_and_too_many_shards_are_refused_at_planning(
     tmp_path: Path, model: IrisArtifact
 ) -> None:
+    with pytest.raises(RunFailure) as absent:
+        batch.plan(spec_for(tmp_path), RUN)
+    assert (absent.value.reason, absent.value.message) == (
+        "InputNotFound",
+        f"spec.input.uri: file://{tmp_path}/in/ does not exist (no file or directory of that name)",
+    )
+    prefix = spec_for(tmp_path, input={"uri": f"file://{tmp_path}/scoring-2026"})
+    with pytest.raises(RunFailure, match=r"scoring-2026 does not exist .*nor any file whose name "
+                       r"starts with it"):  # fmt: skip
+        batch.plan(prefix, RUN)
     (tmp_path / "in").mkdir()
+    (tmp_path / "in/notes.txt").write_text("not an input")
     with pytest.raises(RunFailure, match="holds no Parquet or CSV file") as empty:
         batch.plan(spec_for(tmp_path), RUN)
     assert empty.value.reason == "InputNotFound"
@@ -296,3 +349,123 @@ def test_the_s3_store_reads_a_prefix_and_writes_parts_and_manifest(
     assert sorted(out["customer"]) == sorted(frame["customer"])
     names = {p.rsplit("/", 1)[1] for p in fs.ls(output.removeprefix("s3://"), refresh=True)}
     assert names == {*(f"part-{i:05d}.parquet" for i in range(4)), "_manifest.json", "_mlkube"}
+
+
+# -- what the plan refuses before any shard runs --------------------------------------------------
+
+
+def plan_failure(spec: BatchPredictionSpec, model: IrisArtifact) -> RunFailure:
+    with pytest.raises(RunFailure) as failed:
+        batch.plan(spec, RUN, str(model.directory))
+    return failed.value
+
+
+def test_an_id_column_missing_from_a_csv_is_refused_at_planning_naming_the_field_and_file(
+    tmp_path: Path, model: IrisArtifact
+) -> None:
+    write_inputs(model, tmp_path / "in")
+    spec = spec_for(tmp_path, output={"uri": f"file://{tmp_path}/out/", "idColumn": "customer_id"})
+    failure = plan_failure(spec, model)
+    assert (failure.reason, failure.permanent) == ("InputSchemaMismatch", True)
+    assert failure.message == (
+        f"file://{tmp_path}/in/a.parquet: spec.output.idColumn 'customer_id' is not in the file "
+        "(its columns: customer, sepal_length, sepal_width, petal_length, petal_width)"
+    )
+    only_csv = spec.model_copy(update={"input": spec.input.model_copy(
+        update={"uri": f"file://{tmp_path}/in/b.csv"})})  # fmt: skip
+    assert plan_failure(only_csv, model).message.startswith(
+        f"file://{tmp_path}/in/b.csv: spec.output.idColumn 'customer_id' is not in the file"
+    ), "a CSV's header line is read as a Parquet footer is"
+    assert not (tmp_path / "out/_mlkube/plan.json").exists(), "no plan, so no shard"
+
+
+def test_a_csv_missing_the_id_column_fails_its_shard_for_good_naming_it(
+    tmp_path: Path, model: IrisArtifact
+) -> None:
+    """The shard's own check, should the file change after planning: a schema fault, never a
+    transient store error (which the Job would retry three times)."""
+    frame = write_inputs(model, tmp_path / "in")
+    spec = spec_for(tmp_path)
+    batch.plan(spec, RUN, str(model.directory))
+    frame.iloc[60:100].drop(columns=["customer", "petal_width"]).to_csv(
+        tmp_path / "in/b.csv", index=False
+    )
+    with pytest.raises(RunFailure) as failed:
+        batch.score_shard(spec, RUN, 1, scoring(model))  # rows 40-79: a.parquet and b.csv
+    assert (failed.value.reason, failed.value.permanent) == ("InputSchemaMismatch", True)
+    assert failed.value.message == (
+        f"file://{tmp_path}/in/b.csv: spec.output.idColumn 'customer' and the model's input "
+        "column 'petal_width' are not in the file (its columns: sepal_length, sepal_width, "
+        "petal_length)"
+    )
+
+
+def test_a_file_without_the_models_columns_is_refused_at_planning_naming_them_all(
+    tmp_path: Path, model: IrisArtifact
+) -> None:
+    frame = write_inputs(model, tmp_path / "in")
+    frame.iloc[100:].drop(columns=["petal_width", "sepal_width"]).to_parquet(
+        tmp_path / "in/c.parquet"
+    )
+    failure = plan_failure(spec_for(tmp_path), model)
+    assert (failure.reason, failure.message) == (
+        "InputSchemaMismatch",
+        f"file://{tmp_path}/in/c.parquet: the model's input columns 'sepal_width', "
+        "'petal_width' are not in the file (its columns: customer, sepal_length, petal_length)",
+    )
+    with pytest.raises(RunFailure, match="'sepal_width', 'petal_width' are not in the file"):
+        batch.run_local(spec_for(tmp_path), RUN, scoring(model), parallelism=1)
+    assert not list((tmp_path / "out").glob("part-*")), "no shard ran"
+
+
+def test_a_ragged_csv_is_refused_at_planning_by_its_line_in_plain_words(
+    tmp_path: Path, model: IrisArtifact
+) -> None:
+    frame = write_inputs(model, tmp_path / "in")
+    lines = frame.iloc[60:100].to_csv(index=False).splitlines()
+    lines[3] += ",extra,fields"  # line 4 of the file: the header is line 1
+    (tmp_path / "in/b.csv").write_text("\n".join(lines) + "\n")
+    failure = plan_failure(spec_for(tmp_path), model)
+    assert (failure.reason, failure.permanent) == ("InvalidInput", True)
+    assert failure.message == (
+        f"spec.input.uri: file://{tmp_path}/in/b.csv is not valid Csv: line 4 has 7 fields where "
+        f"the header has 5: {lines[3]}"
+    )
+    assert "Arrow" not in failure.message
+
+
+def test_a_csv_whose_later_rows_change_type_still_plans(tmp_path: Path) -> None:
+    """Counting reads values as text: a value past the first block that is not of the type
+    Arrow would guess from the first block is the shards' to judge, by column and row."""
+    (tmp_path / "in").mkdir()
+    rows = [f"c-{i},{i}" for i in range(200_000)] + ["c-x,not a number"]
+    (tmp_path / "in/ids.csv").write_text("customer,sepal_length\n" + "\n".join(rows) + "\n")
+    planned = batch.plan(spec_for(tmp_path, rowsPerShard=100_000), RUN)
+    assert (planned["rows"], planned["shards"]) == (200_001, 3)
+
+
+@pytest.mark.usefixtures("s3_server")
+def test_the_s3_store_refuses_a_missing_column_or_input_at_planning(
+    s3_root: str, tmp_path: Path, model: IrisArtifact
+) -> None:
+    frame = write_inputs(model, tmp_path / "in")
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    prefix = f"{s3_root}/ns/in"
+    frame.iloc[:60].drop(columns="petal_width").to_parquet(tmp_path / "a.parquet")
+    fs.put(str(tmp_path / "a.parquet"), f"{prefix}/a.parquet".removeprefix("s3://"))
+    fs.put(str(tmp_path / "in/b.csv"), f"{prefix}/b.csv".removeprefix("s3://"))
+    output = {"uri": f"{s3_root}/ns/out/", "idColumn": "customer_id"}
+    spec = spec_for(tmp_path, input={"uri": f"{prefix}/"}, output=output)
+    assert plan_failure(spec, model).message == (
+        f"{prefix}/a.parquet: spec.output.idColumn 'customer_id' and the model's input column "
+        "'petal_width' are not in the file (its columns: customer, sepal_length, sepal_width, "
+        "petal_length)"
+    )
+    only_csv = spec_for(tmp_path, input={"uri": f"{prefix}/b.csv"}, output=output)
+    assert plan_failure(only_csv, model).message.startswith(
+        f"{prefix}/b.csv: spec.output.idColumn 'customer_id' is not in the file"
+    )
+    nowhere = spec_for(tmp_path, input={"uri": f"{s3_root}/ns/missing/"}, output=output)
+    assert plan_failure(nowhere, model).message == (
+        f"spec.input.uri: {s3_root}/ns/missing/ does not exist (no file or directory of that name)"
+    )

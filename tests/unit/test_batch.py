@@ -12,6 +12,7 @@ from mlkube.api.batchprediction import (
     MAX_FAILED_SHARDS,
     BatchPredictionSpec,
     BatchPredictionStatus,
+    ShardCounts,
     ShardFailure,
 )
 from mlkube.builders.batch import (
@@ -30,6 +31,7 @@ from mlkube.core.batch import (
     Target,
     decide,
     describe_failures,
+    failure_summary,
     parse_indexes,
     shard_rows,
     unread_failures,
@@ -159,10 +161,45 @@ def test_a_failed_shard_is_named_with_its_reason_and_the_others_go_on() -> None:
     assert final.status.phase == "Failed" and failed is not None
     assert failed.reason == "ShardsFailed"
     assert failed.message == (
-        "1 of 4 shards failed (the others' output is complete): shard 2: InputSchemaMismatch: "
+        "1 of 4 shards failed (the other 3 shards' parts are complete): shard 2: "
+        "InputSchemaMismatch: "
         "b.csv: column 'age' must be float, got string 'x' in row 7"
     )
     assert final.status.manifest_uri == "s3://.../_manifest.json"
+
+
+def summary(total: int, done: int, failed: int, named: list[int]) -> str:
+    why = "b.parquet: the model's input column 'age' is not in the file"
+    return failure_summary(
+        BatchPredictionStatus(
+            shards=ShardCounts(total=total, succeeded=done, failed=failed),
+            failed_shards=[ShardFailure(shard=i, reason="InputSchemaMismatch", message=why)
+                           for i in named],
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ((3, 0, 3, [0, 1, 2]),
+         "all 3 shards failed: shard 0: InputSchemaMismatch: b.parquet: the model's input column "
+         "'age' is not in the file; also shards 1, 2"),
+        ((1, 0, 1, [0]), "the run's only shard failed: shard 0: InputSchemaMismatch: b.parquet: "
+         "the model's input column 'age' is not in the file"),
+        ((2, 1, 1, [1]), "1 of 2 shards failed (the other shard's part is complete): shard 1: "
+         "InputSchemaMismatch: b.parquet: the model's input column 'age' is not in the file"),
+        ((40, 10, 20, list(range(16))), "10 of 40 shards done, 20 failed, 10 never finished: "
+         "shard 0: InputSchemaMismatch: b.parquet: the model's input column 'age' is not in the "
+         "file; also shards 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 and 4 more"),
+        ((4, 3, 0, []), "3 of 4 shards done, 1 never finished"),
+    ],
+    ids=["all failed", "the only shard", "one other done", "some never finished", "none failed"],
+)  # fmt: skip
+def test_the_failure_summary_says_what_is_true_of_the_other_shards(
+    counts: tuple[int, int, int, list[int]], message: str
+) -> None:
+    assert summary(*counts) == message
 
 
 def test_every_shard_done_and_the_manifest_written_is_success() -> None:
@@ -317,6 +354,13 @@ def test_every_step_runs_a_locked_down_pod_without_a_token() -> None:
         assert container(job)["image"] == CONFIG.runtime_image
     assert [container(j)["args"][1] for j in jobs] == ["plan", "shard", "manifest"]
     assert jobs[0]["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+
+
+def test_the_plan_pod_reads_the_pinned_versions_schema() -> None:
+    """It checks every input file holds the model's columns before any shard starts."""
+    args = container(build_plan_job(OWNER, SPEC, CONFIG, 600, SCORING.uri))["args"]
+    assert args[1] == "plan" and args[-2:] == ["--model-uri", SCORING.uri]
+    assert "--model-uri" not in container(build_plan_job(OWNER, SPEC, CONFIG, 600))["args"]
 
 
 @pytest.mark.parametrize("left", [0, -30])

@@ -98,14 +98,19 @@ def _parts(
 
 
 def build_plan_job(
-    owner: Owner, spec: BatchPredictionSpec, config: OperatorConfig, deadline_seconds: int
+    owner: Owner,
+    spec: BatchPredictionSpec,
+    config: OperatorConfig,
+    deadline_seconds: int,
+    model_uri: str | None = None,
 ) -> Manifest:
-    """List the input files, count their rows, write the plan; its result names the shards."""
+    """List the input files, count their rows, check they hold the model's columns (from
+    `model_uri`'s schema) and the id column, write the plan; its result names the shards."""
     meta, job = _parts(
         owner,
         spec,
         "plan",
-        [],
+        ["--model-uri", model_uri] if model_uri else [],
         config,
         {
             "backoffLimit": 2,

@@ -169,13 +169,13 @@ class BatchPredictionReconciler(ObjectReconciler[BatchPredictionSpec, BatchPredi
         ctx = self.ctx
         owner = Owner.from_body(KIND, r.obj)
         left = remaining_seconds(r.spec, status, ctx.clock())
+        assert status.model_version and status.model_sha256, "pinned before planning"
+        mv = ctx.get("ModelVersion", r.namespace, status.model_version) or {}
+        uri = str(mv.get("spec", {}).get("artifact", {}).get("uri", ""))
         if step == "plan":
             ctx.ensure_artifact_storage(r.namespace)
-            manifest = build_plan_job(owner, r.spec, ctx.config, left)
+            manifest = build_plan_job(owner, r.spec, ctx.config, left, uri or None)
         else:
-            assert status.model_version and status.model_sha256, "pinned before planning"
-            mv = ctx.get("ModelVersion", r.namespace, status.model_version) or {}
-            uri = str(mv.get("spec", {}).get("artifact", {}).get("uri", ""))
             scoring = Scoring(status.model_version, uri, status.model_sha256)
             manifest = (
                 build_shards_job(owner, r.spec, scoring, status.shards.total, ctx.config, left)

@@ -174,19 +174,32 @@ def progress_message(status: BatchPredictionStatus) -> str:
 
 
 def failure_summary(status: BatchPredictionStatus) -> str:
-    """Which shards failed and why, the first one's message in full."""
+    """Which shards failed and why, the first one's message in full, worded by how many:
+    ``all 3 shards failed: shard 0: ...``, ``1 of 4 shards failed (the other 3 shards' parts
+    are complete): shard 2: ...``, or with shards that never finished, how many of each."""
+    shards = status.shards
+    total, done, bad = shards.total, shards.succeeded, shards.failed
+    unfinished = max(total - done - bad, 0)
+    if total == 1 and bad == 1:
+        head = "the run's only shard failed"
+    elif bad == total:
+        head = f"all {total:,} shards failed"
+    elif unfinished:
+        head = f"{done} of {_count(total, 'shard')} done, " + (f"{bad} failed, " if bad else "")
+        head += f"{unfinished} never finished"
+    elif done == 1:
+        head = f"{bad} of {_count(total, 'shard')} failed (the other shard's part is complete)"
+    else:
+        head = f"{bad} of {_count(total, 'shard')} failed (the other {done:,} shards' parts are complete)"
     failed = status.failed_shards
     if not failed:
-        return f"{status.shards.failed} of {_count(status.shards.total, 'shard')} failed"
+        return head
     first = failed[0]
     others = [str(f.shard) for f in failed[1:]]
-    more = status.shards.failed - len(failed)
+    more = bad - len(failed)
     tail = f"; also shard{'s' if len(others) > 1 else ''} {', '.join(others)}" if others else ""
     tail += f" and {more} more" if more > 0 else ""
-    return (
-        f"{status.shards.failed} of {_count(status.shards.total, 'shard')} failed (the others' "
-        f"output is complete): shard {first.shard}: {first.reason}: {first.message}{tail}"
-    )
+    return f"{head}: shard {first.shard}: {first.reason}: {first.message}{tail}"
 
 
 def _step_failure(job: Body, result: Mapping[str, Any] | None, step: str) -> Problem:

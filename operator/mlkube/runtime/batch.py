@@ -74,9 +74,6 @@ PARQUET_BUFFER_BYTES = 1 << 20
 whole row group at once (1M-row row groups of 20 float columns are 160 MB)."""
 CSV_BLOCK_BYTES = (64 << 10, 64 << 20)
 """The smallest and largest CSV block read at once; within them, batchSize rows' worth."""
-CSV_PARSE = pacsv.ParseOptions(ignore_empty_lines=False)
-"""A blank line is a row (of missing values), as the fast skip to a shard's first row counts it:
-it fails the schema check by its row number instead of vanishing."""
 CSV_MISSING = pa.array(pacsv.ConvertOptions().null_values, pa.string())
 """Arrow's (and pandas') words for a missing value in a CSV cell: '', NA, NaN, null, ..."""
 CSV_TYPES: dict[ColumnType, pa.DataType] = {
@@ -192,7 +189,7 @@ def list_inputs(uri: str, declared: str) -> list[tuple[str, Format, int]]:
     ``.`` and, with format Auto, names without a Parquet or CSV extension.
 
     Raises:
-        RunFailure: InputNotFound when nothing is there.
+        RunFailure: InputNotFound when nothing is there (saying whether `uri` exists at all).
     """
     fs, path = _fs(uri)
     try:
@@ -215,6 +212,12 @@ def list_inputs(uri: str, declared: str) -> list[tuple[str, Format, int]]:
         raise RunFailure(
             "InputNotFound", f"spec.input.uri: cannot list {uri}: {one_line(e)}", permanent=False
         ) from e
+    if not entries:
+        raise RunFailure(
+            "InputNotFound",
+            f"spec.input.uri: {uri} does not exist (no file or directory of that name"
+            + (")" if uri.endswith("/") else ", nor any file whose name starts with it)"),
+        )
     found = []
     for entry in sorted(entries, key=lambda e: str(e["name"])):
         name = str(entry["name"])
@@ -240,23 +243,94 @@ def _open_parquet(uri: str) -> tuple[Any, pq.ParquetFile]:
     return handle, pq.ParquetFile(handle, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
 
 
-def count_rows(uri: str, fmt: Format) -> int:
-    """Rows of one input file: Parquet's footer says; a CSV is read through once, in blocks.
+def arrow_message(error: pa.ArrowException) -> str:
+    """Arrow's words without its class name: the first line of the text."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else "unreadable"
+
+
+def inspect_file(uri: str, fmt: Format) -> tuple[int, list[str]]:
+    """(rows, column names) of one input file. Parquet's footer says both. A CSV's header line
+    names its columns and the file is read through once, in blocks, its first column only, as
+    text (a value never fails a type Arrow guessed from earlier rows; a ragged row still fails).
 
     Raises:
-        RunFailure: InvalidInput when the file is not valid Parquet or CSV.
+        RunFailure: InvalidInput when the file is not valid Parquet or CSV (a ragged CSV row
+        named by its line, counted from 1 with the header); StoreError (transient) when the
+        store cannot be read.
     """
+    ragged: list[Any] = []
     try:
         if fmt == "Parquet":
             handle, parquet = _open_parquet(uri)
             with handle:
-                return int(parquet.metadata.num_rows)
+                return int(parquet.metadata.num_rows), list(parquet.schema_arrow.names)
+        names = csv_header(uri)
         with fsspec.open(with_scheme(uri), "rb", compression="infer") as f:
-            return sum(b.num_rows for b in pacsv.open_csv(f, parse_options=CSV_PARSE))
-    except (pa.ArrowInvalid, OSError) as e:
+            reader = pacsv.open_csv(
+                f,
+                parse_options=_csv_parse(ragged),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=names[:1], column_types={names[0]: pa.string()}
+                ),
+            )
+            return sum(b.num_rows for b in reader), names
+    except pa.ArrowInvalid as e:
+        problem = _ragged_row(uri, ragged[0]) if fmt == "Csv" and ragged else arrow_message(e)
         raise RunFailure(
-            "InvalidInput", f"spec.input.uri: {uri} is not valid {fmt}: {one_line(e)}"
+            "InvalidInput", f"spec.input.uri: {uri} is not valid {fmt}: {problem}"
         ) from e
+    except OSError as e:
+        raise RunFailure(
+            "StoreError", f"spec.input.uri: cannot read {uri}: {one_line(e)}", permanent=False
+        ) from e
+
+
+def csv_header(uri: str) -> list[str]:
+    """The column names a CSV's header line gives (Arrow reads its first block only).
+
+    Raises:
+        pa.ArrowInvalid: not CSV (an empty file, a ragged first block).
+    """
+    ragged: list[Any] = []
+    with fsspec.open(with_scheme(uri), "rb", compression="infer") as f:
+        try:
+            return list(pacsv.open_csv(f, parse_options=_csv_parse(ragged)).schema.names)
+        except pa.ArrowInvalid as e:
+            if ragged:
+                raise pa.ArrowInvalid(_ragged_row(uri, ragged[0])) from e
+            raise
+
+
+def _csv_parse(ragged: list[Any]) -> pacsv.ParseOptions:
+    """How every CSV is parsed. A blank line is a row (of missing values), as the fast skip to a
+    shard's first row counts it: it fails the schema check by its row number instead of
+    vanishing. The first ragged row is kept in `ragged` (Arrow's error does not say where)."""
+
+    def keep(row: Any) -> str:
+        ragged.append(row)
+        return "error"
+
+    return pacsv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=keep)
+
+
+def _ragged_row(uri: str, row: Any) -> str:
+    """A row with more or fewer fields than the header, named by its line (counted from 1,
+    the header line 1); a streaming reader does not know the line, so it is looked up."""
+    text = str(row.text)
+    line = None
+    with fsspec.open(with_scheme(uri), "rb", compression="infer") as f:
+        target = text.encode()
+        for number, raw in enumerate(f, start=1):
+            if number > 1 and raw.rstrip(b"\r\n") == target:
+                line = number
+                break
+    where = f"line {line}" if line is not None else "a row"
+    shown = text if len(text) <= 120 else f"{text[:120]}..."
+    return (
+        f"{where} has {row.actual_columns} fields where the header has "
+        f"{row.expected_columns}: {shown}"
+    )
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
@@ -272,24 +346,22 @@ def _write_json(uri: str, value: Any) -> None:
 
 
 def _claim_output(output: str, run_id: str) -> None:
-    """The output directory is this run's: empty, or holding this very run's files.
+    """The output directory is this run's: empty, or holding this very run's files. Another
+    run's are never written over nor deleted: its parts may be someone's results.
 
     Raises:
-        RunFailure: OutputInUse when another run (another BatchPrediction, or this one
-        deleted and created again) wrote there.
+        RunFailure: OutputInUse when another run (another BatchPrediction, or an earlier one of
+        this name, deleted and created again) wrote there.
     """
-    for name in (PLAN_FILE, MANIFEST_FILE):
-        found = _read_json(join(output, name))
+    planned = _read_json(join(output, PLAN_FILE))
+    manifest = _read_json(join(output, MANIFEST_FILE))
+    for found in (planned, manifest):
         if found is not None and found.get("runId") != run_id:
-            who = found.get("batchPrediction") or "another run"
-            raise RunFailure(
-                "OutputInUse",
-                f"spec.output.uri: {output} holds the output of {who} (run {found.get('runId')}): "
-                "choose an empty output.uri; a run never writes over another's parts",
-            )
+            finished = manifest is not None and manifest.get("runId") == found.get("runId")
+            raise RunFailure("OutputInUse", in_use_message(output, found, finished))
     fs, path = _fs(output)
     parts = fs.glob(f"{path.rstrip('/')}/part-*.parquet") if fs.exists(path) else []
-    if parts and _read_json(join(output, PLAN_FILE)) is None:
+    if parts and planned is None:
         raise RunFailure(
             "OutputInUse",
             f"spec.output.uri: {output} already holds parts ({parts[0].rsplit('/', 1)[-1]}) "
@@ -297,16 +369,47 @@ def _claim_output(output: str, run_id: str) -> None:
         )
 
 
-def plan(spec: BatchPredictionSpec, run_id: str) -> dict[str, Any]:
-    """List and count the input, claim the output, write the plan; the result names the shards.
+def in_use_message(output: str, found: dict[str, Any], finished: bool) -> str:
+    """Why `output` is refused: whose run wrote there (an earlier run of this very name is
+    said to be one), whether it finished, and how to score there again."""
+    other, run = found.get("batchPrediction"), found.get("runId")
+    ended = (
+        f"finished ({MANIFEST_FILE} is there)"
+        if finished
+        else f"did not finish (no {MANIFEST_FILE}: deleted or failed mid-run)"
+    )
+    if other and other == os.environ.get(BATCHPREDICTION_ENV):
+        whose = f"an earlier run of {other} (run {run}, since deleted), which {ended}"
+    else:
+        whose = (
+            f"{f'BatchPrediction {other}' if other else 'another run'} (run {run}), which {ended}"
+        )
+    return (
+        f"spec.output.uri: {output} holds the output of {whose}: choose another output.uri, or "
+        f"delete the directory's part-*.parquet, {MANIFEST_FILE} and {PRIVATE_DIR}/ to score "
+        "there again; a run never mixes its parts with another run's, nor deletes them"
+    )
+
+
+def plan(spec: BatchPredictionSpec, run_id: str, model_uri: str | None = None) -> dict[str, Any]:
+    """List the input, count its rows and check every file has the columns the shards read
+    (the model's input columns, from `model_uri`'s schema.json, and ``output.idColumn``), claim
+    the output, write the plan; the result names the shards. A file's missing column fails the
+    run here, before any shard starts.
 
     Raises:
-        RunFailure: InputNotFound, InvalidInput, OutputInUse, TooManyShards.
+        RunFailure: InputNotFound, InvalidInput, InputSchemaMismatch, ArtifactError,
+        OutputInUse, TooManyShards; StoreError (transient).
     """
-    files = [
-        InputFile(uri, fmt, count_rows(uri, fmt), size)
-        for uri, fmt, size in list_inputs(spec.input.uri, spec.input.format)
-    ]
+    columns = _model_columns(model_uri) if model_uri else []
+    id_column = spec.output.id_column
+    wanted = list(dict.fromkeys([*columns, *([id_column] if id_column else [])]))
+    files = []
+    for uri, fmt, size in list_inputs(spec.input.uri, spec.input.format):
+        rows, names = inspect_file(uri, fmt)
+        if rows:
+            _missing(uri, names, wanted, id_column)
+        files.append(InputFile(uri, fmt, rows, size))
     made = Plan(
         run_id, spec.input.uri, spec.output.uri, spec.rows_per_shard, [f for f in files if f.rows]
     )
@@ -329,6 +432,18 @@ def plan(spec: BatchPredictionSpec, run_id: str) -> dict[str, Any]:
         "shards": made.shards,
         "bytes": sum(f.bytes for f in made.files),
     }
+
+
+def _model_columns(model_uri: str) -> list[str]:
+    """The model's input columns, from its schema.json (the model itself is not loaded).
+
+    Raises:
+        RunFailure: ArtifactError.
+    """
+    try:
+        return list(artifacts.load_schema(model_uri).column_types())
+    except (artifacts.ArtifactError, ServeConfigError, ValueError) as e:
+        raise RunFailure("ArtifactError", f"{model_uri}: {e}") from e
 
 
 def load_plan(output: str, run_id: str) -> Plan:
@@ -464,21 +579,51 @@ def _batches(
     source: InputFile, start: int, end: int, columns: list[str], predictor: Predictor,
     id_column: str | None, batch_size: int,
 ) -> Iterator[tuple[pa.RecordBatch, int]]:  # fmt: skip
-    """(batch, file row of its first row) over rows [start, end) of one file."""
-    if source.format == "Parquet":
-        yield from _parquet_batches(source, start, end, columns, id_column, batch_size)
-    else:
-        yield from _csv_batches(source, start, end, columns, predictor, id_column, batch_size)
+    """(batch, file row of its first row) over rows [start, end) of one file.
+
+    Raises:
+        RunFailure: InvalidInput (permanent: the file is not what the plan read) when it cannot
+        be parsed; SchemaMismatch for a missing column or a bad value.
+    """
+    ragged: list[Any] = []
+    try:
+        if source.format == "Parquet":
+            yield from _parquet_batches(source, start, end, columns, id_column, batch_size)
+        else:
+            yield from _csv_batches(
+                source, start, end, columns, predictor, id_column, batch_size, ragged
+            )
+    except pa.ArrowInvalid as e:
+        problem = _ragged_row(source.uri, ragged[0]) if ragged else arrow_message(e)
+        raise RunFailure(
+            "InvalidInput", f"{source.uri} is not valid {source.format}: {problem}"
+        ) from None
 
 
 def _missing(where: str, present: list[str], columns: list[str], id_column: str | None) -> None:
+    """Refuse a file without some of `columns`, naming every one missing (and saying which is
+    ``output.idColumn``) and the file's own columns.
+
+    Raises:
+        SchemaMismatch: naming `where` (the file).
+    """
     absent = [c for c in columns if c not in present]
-    if absent:
-        what = "the id column (output.idColumn)" if absent[0] == id_column else "column"
-        raise SchemaMismatch(
-            f"{where}: {what} {absent[0]!r} is not in the file (its columns: "
-            f"{', '.join(present[:20])}{', ...' if len(present) > 20 else ''})"
+    if not absent:
+        return
+    said = []
+    if id_column in absent:
+        said.append(f"spec.output.idColumn {id_column!r}")
+    model = [c for c in absent if c != id_column]
+    if model:
+        said.append(
+            f"the model's input column{'s' if len(model) > 1 else ''} "
+            + ", ".join(repr(c) for c in model)
         )
+    verb = "is" if len(absent) == 1 else "are"
+    raise SchemaMismatch(
+        f"{where}: {' and '.join(said)} {verb} not in the file (its columns: "
+        f"{', '.join(present[:20])}{', ...' if len(present) > 20 else ''})"
+    )
 
 
 def _parquet_batches(
@@ -513,23 +658,27 @@ def _parquet_batches(
 
 def _csv_batches(
     source: InputFile, start: int, end: int, columns: list[str], predictor: Predictor,
-    id_column: str | None, batch_size: int,
+    id_column: str | None, batch_size: int, ragged: list[Any],
 ) -> Iterator[tuple[pa.RecordBatch, int]]:  # fmt: skip
     """A CSV's rows [start, end), in blocks of about `batch_size` rows. The rows before `start`
     are skipped as lines, never parsed into values; every column is read as text and cast to
-    its schema type here, so only the shard's own rows can fail it."""
+    its schema type here, so only the shard's own rows can fail it. A ragged row is kept in
+    `ragged`."""
     per_row = source.bytes / max(source.rows, 1)
     block = int(min(max(batch_size * per_row, CSV_BLOCK_BYTES[0]), CSV_BLOCK_BYTES[1]))
     with fsspec.open(with_scheme(source.uri), "rb", compression="infer") as handle:
-        reader = pacsv.open_csv(
-            handle,
-            read_options=pacsv.ReadOptions(block_size=block, skip_rows_after_names=start),
-            parse_options=CSV_PARSE,
-            convert_options=pacsv.ConvertOptions(
-                include_columns=columns, column_types=dict.fromkeys(columns, pa.string())
-            ),
-        )
-        _missing(source.uri, reader.schema.names, columns, id_column)
+        try:
+            reader = pacsv.open_csv(
+                handle,
+                read_options=pacsv.ReadOptions(block_size=block, skip_rows_after_names=start),
+                parse_options=_csv_parse(ragged),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=columns, column_types=dict.fromkeys(columns, pa.string())
+                ),
+            )
+        except pa.ArrowKeyError:  # a column not in the header: say which, as Parquet does
+            _missing(source.uri, csv_header(source.uri), columns, id_column)
+            raise
         row = start
         for text in reader:
             batch = text.slice(0, min(end - row, text.num_rows))
@@ -889,7 +1038,7 @@ def run_local(
     """Plan, every shard (`parallelism` processes at once, default spec.parallelism), manifest:
     what the operator's three Jobs do, on a laptop. Returns the manifest step's result plus the
     failed shards."""
-    planned = plan(spec, run_id)
+    planned = plan(spec, run_id, scoring.model_uri)
     workers = parallelism or spec.parallelism
     shards = range(int(planned["shards"]))
     one = partial(_shard_in_process, spec, run_id, scoring=scoring)

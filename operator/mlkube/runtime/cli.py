@@ -138,7 +138,7 @@ def _batch(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, BatchPredictionSpec)
     try:
         if args.step == "plan":
-            result = batch.plan(spec, args.run_id)
+            result = batch.plan(spec, args.run_id, args.model_uri)
             _write_result(json.dumps(result, separators=(",", ":")), args.result_file)
             return 0
         scoring = batch.Scoring(args.model_version, getattr(args, "model_uri", ""), args.sha256)
@@ -302,12 +302,12 @@ def parser() -> argparse.ArgumentParser:
                 "--model-version", default="local", help="the ModelVersion's name, recorded"
             )
             command.add_argument("--sha256", help="of model.joblib (default: the one beside it)")
-        if step in ("shard", "run"):
-            command.add_argument(
-                "--model-uri",
-                required=True,
-                help="the version directory (model.joblib, schema.json)",
-            )
+        command.add_argument(
+            "--model-uri",
+            required=step in ("shard", "run"),
+            help="the version directory (model.joblib, schema.json); the plan reads the "
+            "schema's columns and refuses a file without them",
+        )
         if step == "shard":
             command.add_argument(
                 "--shard",
