@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 
 from mlkube.builders.serving import server_name
+from mlkube.contract import DEPLOYMENT_LABEL
 from mlkube.controller.kube import Cluster
 from tests.cluster.fixtures import KubeCluster
 from tests.integration.fixtures import (
@@ -160,6 +161,31 @@ def test_every_deleted_child_is_back_within_5_seconds(
         back[f"{kind} {name}"] = round(time.monotonic() - deleted, 2)
     print(f"deleted children back after (s): {back}", file=sys.__stdout__)
     assert max(back.values()) <= 5.0, back
+
+    # a hand edit of a child that keeps no metadata.generation (Service, HPA) is put back too
+    edits: dict[tuple[str, str, str], tuple[dict[str, Any], Callable[[dict[str, Any]], bool]]] = {
+        ("v1", "Service", "iris"): (
+            {"spec": {"selector": {DEPLOYMENT_LABEL: "someone-else"}}},
+            lambda child: child["spec"]["selector"].get(DEPLOYMENT_LABEL) == "iris",
+        ),
+        ("autoscaling/v2", "HorizontalPodAutoscaler", "iris"): (
+            {"spec": {"maxReplicas": 40}},
+            lambda child: child["spec"]["maxReplicas"] == 2,
+        ),
+    }
+    undone = {}
+    for (api_version, kind, name), (patch, restored) in edits.items():
+        cluster.patch(api_version, kind, ns, name, patch)
+        edited = time.monotonic()
+        eventually(
+            lambda: restored(cluster.get(api_version, kind, ns, name) or {"spec": {}}),  # noqa: B023
+            60,
+            f"{kind} {name}'s hand edit to be put back",
+            interval=0.1,
+        )
+        undone[f"{kind} {name}"] = round(time.monotonic() - edited, 2)
+    print(f"hand edits put back after (s): {undone}", file=sys.__stdout__)
+    assert max(undone.values()) <= 5.0, undone
 
 
 def reason_within(

@@ -251,6 +251,19 @@ def test_versions_whose_status_does_not_show_a_change_yet_are_stale() -> None:
     )
 
 
+def test_a_warm_previous_scaled_down_is_stale_until_its_record_drops_the_role() -> None:
+    warm = DeploymentStatus(
+        stable_version="iris-v2",
+        previous_stable_version="iris-v1",
+        history=[entry("iris-v1", "Stable", 0, 5), entry("iris-v2", "Stable", 5)],
+    )
+    scaled_down = warm.model_copy(update={"previous_stable_version": None})
+    record = version_record("iris-v1", {"iris": warm}, [], T0)
+    assert [s.role for s in record.serving_in] == ["Previous"]
+    shown = {"iris-v1": ModelVersionStatus(serving_in=record.serving_in, history=record.history)}
+    assert stale_versions("iris", warm, scaled_down, shown.get) == ["iris-v1"]
+
+
 def test_an_action_carries_who_asked_and_is_still_carried_out_once() -> None:
     value = action_value("rollback", T0, "alice@example.com")
     assert value == "rollback@2026-11-27T12:00:00Z@alice@example.com"

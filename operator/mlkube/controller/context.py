@@ -46,6 +46,16 @@ APPLY_MEMO_SECONDS = 300.0
 """The reason for a spec the API server, the models or a child's admission refused."""
 
 
+def spec_version(child: Body) -> object:
+    """What changes when a child's spec does: its `metadata.generation`, or for kinds that keep
+    none (Service, HorizontalPodAutoscaler) a digest of its spec, so their status updates do
+    not count as edits."""
+    generation = (child.get("metadata") or {}).get("generation")
+    if generation is not None:
+        return generation
+    return hashlib.sha256(json.dumps(child.get("spec"), sort_keys=True).encode()).hexdigest()
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -228,16 +238,15 @@ class Context:
         result = self.kube.apply(manifest)
         if manifest["kind"] == "Deployment" and manifest["apiVersion"] == "apps/v1":
             self.caches.servers.put(result)
-        generation = (result.get("metadata") or {}).get("generation")
-        self._applied[key] = (digest, time.monotonic(), generation)
+        self._applied[key] = (digest, time.monotonic(), spec_version(result))
 
     def forget_applied(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self._applied.pop((api_version, kind, namespace, name), None)
 
     def child_changed(self, child: Body, deleted: bool) -> None:
         """A child's watch event: one deleted, or whose spec moved past what this process last
-        applied (a hand edit bumps its generation), is applied again at its owner's next look
-        instead of up to APPLY_MEMO_SECONDS later."""
+        applied (a hand edit), is applied again at its owner's next look instead of up to
+        APPLY_MEMO_SECONDS later."""
         meta = child.get("metadata") or {}
         key = (
             child.get("apiVersion", ""),
@@ -246,7 +255,7 @@ class Context:
             meta.get("name", ""),
         )
         last = self._applied.get(key)
-        if last is not None and (deleted or last[2] != meta.get("generation")):
+        if last is not None and (deleted or last[2] != spec_version(child)):
             self._applied.pop(key, None)
 
     def events_about(self, workload: Body, pods: list[Body]) -> list[Body]:

@@ -223,7 +223,8 @@ def stale_versions(
     changed = [e for e in after.history or [] if e not in (before.history or [])]
     touched = {e.version for e in changed}
     stale = []
-    for version in sorted(serving_versions(after) | touched):
+    # a version that lost its role (a warm previous scaled down) must lose it on its record too
+    for version in sorted(serving_versions(before) | serving_versions(after) | touched):
         mv = recorded(version)
         if mv is None:
             if version in touched:
